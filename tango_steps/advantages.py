@@ -1,0 +1,415 @@
+"""Advantage estimators of the generator and the verifier (TANGO.md §4, §5).
+
+Generator (TANGO.md §4): the outcome part and the step part are normalised SEPARATELY, then blended
+per token:
+
+    A(i, t) = (1 - alpha) * A_out(i) + alpha * A_step(i, t)
+
+- ``A_out``: an outcome estimator (``grpo``, ``rloo``, ``reinforce_pp``) over r_out;
+- ``A_step``: the step rewards y_k/K of all aligned responses of a group are pooled and normalised
+  with a step estimator of the same name, placed on the last token of their step, and summed
+  backwards (undiscounted reverse cumulative sum): the token t gets the normalised rewards of the
+  step containing t and of every later step; tokens after the last step get 0.
+
+Estimators are pure tensor functions in registries (as veRL's ``core_algos``); configs pick them by
+name. Shapes: B responses, T tokens, K (padded) steps; ``group_index`` (B,) says which prompt's
+group each response belongs to.
+
+Verifier (TANGO.md §5): GRPO over the N verifications of one solution, then class-aware reweighting
+(:class:`VerifierReweighter`) of the policy-gradient term.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+EPS = 1e-6  # TANGO.md §4: A_out = (r - mean) / (std + 1e-6)
+
+OutcomeEstimator = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+StepEstimator = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+OUTCOME_ESTIMATORS: dict[str, OutcomeEstimator] = {}
+STEP_ESTIMATORS: dict[str, StepEstimator] = {}
+
+
+def register_outcome_estimator(name: str) -> Callable[[OutcomeEstimator], OutcomeEstimator]:
+    def deco(fn: OutcomeEstimator) -> OutcomeEstimator:
+        OUTCOME_ESTIMATORS[name] = fn
+        return fn
+
+    return deco
+
+
+def register_step_estimator(name: str) -> Callable[[StepEstimator], StepEstimator]:
+    def deco(fn: StepEstimator) -> StepEstimator:
+        STEP_ESTIMATORS[name] = fn
+        return fn
+
+    return deco
+
+
+def _lookup(registry: dict, name: str, what: str):
+    try:
+        return registry[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(registry))}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Group statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def group_stats(values: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-element count, sum and unbiased std of the element's group (two-pass, for accuracy).
+
+    Args:
+        values: (N,) float.
+        group: (N,) long, any non-negative ids.
+
+    Returns:
+        ``count``, ``total``, ``std`` as (N,) tensors (std is 0 for groups of one).
+    """
+    _, inv = torch.unique(group, return_inverse=True)
+    g = int(inv.max()) + 1 if inv.numel() else 0
+    count = torch.zeros(g, dtype=values.dtype, device=values.device).index_add_(0, inv, torch.ones_like(values))
+    total = torch.zeros(g, dtype=values.dtype, device=values.device).index_add_(0, inv, values)
+    mean = total / count
+    dev2 = (values - mean[inv]) ** 2
+    var = torch.zeros(g, dtype=values.dtype, device=values.device).index_add_(0, inv, dev2)
+    var = var / (count - 1).clamp(min=1)
+    return count[inv], total[inv], var.sqrt()[inv]
+
+
+def _whiten(values: torch.Tensor, group: torch.Tensor, eps: float, small_group_value: str) -> torch.Tensor:
+    """(v - group mean) / (group std + eps); groups of one give 0 (``"zero"``) or v (``"identity"``)."""
+    count, total, std = group_stats(values, group)
+    out = (values - total / count) / (std + eps)
+    small = count <= 1
+    return torch.where(small, torch.zeros_like(values) if small_group_value == "zero" else values, out)
+
+
+def _leave_one_out(values: torch.Tensor, group: torch.Tensor, small_group_value: str) -> torch.Tensor:
+    """v - mean of the OTHER members of its group; groups of one give 0 or v."""
+    count, total, _ = group_stats(values, group)
+    out = values - (total - values) / (count - 1).clamp(min=1)
+    small = count <= 1
+    return torch.where(small, torch.zeros_like(values) if small_group_value == "zero" else values, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Outcome estimators: (r_out (B,), group_index (B,), eps) -> A_out (B,)
+# ----------------------------------------------------------------------------------------------
+
+
+@register_outcome_estimator("grpo")
+def grpo_outcome(r_out: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """GRPO: A_out(i) = (r_out(i) - mean_g) / (std_g + 1e-6), unbiased std; a group of 1 -> 0 (TANGO.md §4)."""
+    return _whiten(r_out, group_index, eps, "zero")
+
+
+@register_outcome_estimator("rloo")
+def rloo_outcome(r_out: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """RLOO: A_out(i) = r_out(i) - mean_{j != i in group} r_out(j); a group of 1 -> 0 (TANGO.md §4)."""
+    return _leave_one_out(r_out, group_index, "zero")
+
+
+@register_outcome_estimator("reinforce_pp")
+def reinforce_pp_outcome(r_out: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """REINFORCE++: returns whitened over the whole batch, A_out(i) = (r(i) - mean_B) / (std_B + eps) (TANGO.md §4).
+
+    With the KL term in the loss (TANGO.md §6) and gamma = 1, each response's return is its r_out at
+    every token, so whitening responses is whitening returns. ``group_index`` is not used.
+    """
+    return _whiten(r_out, torch.zeros_like(group_index), eps, "zero")
+
+
+# ----------------------------------------------------------------------------------------------
+# Step estimators: (step rewards (S,), group of each (S,), eps, rloo_step_scale) -> normalised (S,)
+# S = all aligned steps of the batch, flattened.
+# ----------------------------------------------------------------------------------------------
+
+
+@register_step_estimator("grpo")
+def grpo_step(
+    rewards: torch.Tensor, group: torch.Tensor, eps: float = EPS, rloo_step_scale: float = 1.0
+) -> torch.Tensor:
+    """Pool the group's step rewards, normalise with the pool's mean and std (pool of <= 1: mean 0, std 1).
+
+    TANGO.md §4. ``rloo_step_scale`` is not used.
+    """
+    return _whiten(rewards, group, eps, "identity")
+
+
+@register_step_estimator("rloo")
+def rloo_step(
+    rewards: torch.Tensor, group: torch.Tensor, eps: float = EPS, rloo_step_scale: float = 1.0
+) -> torch.Tensor:
+    """Leave-one-out baseline within the group's pool of step rewards, times ``rloo_step_scale`` (TANGO.md §4).
+
+    A pool of one keeps its reward (baseline 0, as GRPO's pool of one). The released code multiplies
+    this part by a hard-coded 10; here it is the named setting ``rloo_step_scale`` (default 1.0).
+    """
+    return rloo_step_scale * _leave_one_out(rewards, group, "identity")
+
+
+@register_step_estimator("reinforce_pp")
+def reinforce_pp_step(
+    rewards: torch.Tensor, group: torch.Tensor, eps: float = EPS, rloo_step_scale: float = 1.0
+) -> torch.Tensor:
+    """REINFORCE++ step part: step rewards whitened over the whole batch's pool (TANGO.md §4).
+
+    The reverse cumulative sum is taken afterwards over each response's own tokens (the released
+    code's step-return loop runs over the wrong dimension; not copied).
+    """
+    return _whiten(rewards, torch.zeros_like(group), eps, "identity")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator advantages
+# ----------------------------------------------------------------------------------------------
+
+
+def collate_steps(
+    step_rewards: Sequence[Sequence[float] | None], step_token_indices: Sequence[Sequence[int] | None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad per-response step rewards and their token indices into (B, K) tensors.
+
+    A response whose rewards are None (verdict count != K) or empty gets an all-False mask row.
+
+    Returns:
+        ``rewards`` (B, K) float32, ``mask`` (B, K) bool, ``token_index`` (B, K) long (-1 where masked).
+    """
+    if len(step_rewards) != len(step_token_indices):
+        raise ValueError(f"got {len(step_rewards)} step-reward rows but {len(step_token_indices)} index rows")
+    b = len(step_rewards)
+    k = max([len(r) for r in step_rewards if r is not None] + [1])
+    rewards = torch.zeros(b, k)
+    mask = torch.zeros(b, k, dtype=torch.bool)
+    index = torch.full((b, k), -1, dtype=torch.long)
+    for i, (r, idx) in enumerate(zip(step_rewards, step_token_indices, strict=True)):
+        if r is None or len(r) == 0:
+            continue
+        if idx is None or len(idx) != len(r):
+            raise ValueError(f"response {i}: {len(r)} step rewards but {0 if idx is None else len(idx)} token indices")
+        rewards[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+        index[i, : len(r)] = torch.tensor(idx, dtype=torch.long)
+        mask[i, : len(r)] = True
+    return rewards, mask, index
+
+
+def reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Undiscounted reverse cumulative sum along the last dim: out[..., t] = sum_{t' >= t} x[..., t']."""
+    return torch.flip(torch.cumsum(torch.flip(x, dims=[-1]), dim=-1), dims=[-1])
+
+
+def step_advantages(
+    normed_step_rewards: torch.Tensor,
+    step_mask: torch.Tensor,
+    step_token_index: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """A_step(i, t): normalised step rewards on their last tokens, summed backwards (TANGO.md §4).
+
+    Args:
+        normed_step_rewards: (B, K) normalised step rewards.
+        step_mask: (B, K) bool, the aligned steps.
+        step_token_index: (B, K) long, last token of each step.
+        response_mask: (B, T) the response tokens.
+
+    Returns:
+        (B, T) A_step, 0 on padding and on tokens after the last step.
+    """
+    b, t = response_mask.shape
+    keep = step_mask & (step_token_index >= 0) & (step_token_index < t)
+    dense = torch.zeros(b, t, dtype=normed_step_rewards.dtype, device=normed_step_rewards.device)
+    dense.scatter_add_(1, step_token_index.clamp(0, t - 1), torch.where(keep, normed_step_rewards, 0.0))
+    return reverse_cumsum(dense) * response_mask.to(dense.dtype)
+
+
+def compute_generator_advantages(
+    r_out: torch.Tensor,
+    step_rewards: torch.Tensor,
+    step_mask: torch.Tensor,
+    step_token_index: torch.Tensor,
+    response_mask: torch.Tensor,
+    group_index: torch.Tensor,
+    alpha: float,
+    estimator: str = "grpo",
+    rloo_step_scale: float = 1.0,
+    eps: float = EPS,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token generator advantages A(i, t) = (1 - alpha) A_out(i) + alpha A_step(i, t) (TANGO.md §4).
+
+    Args:
+        r_out: (B,) outcome rewards.
+        step_rewards: (B, K) raw step rewards y_k / K (see :func:`collate_steps`).
+        step_mask: (B, K) bool, True for the steps of aligned responses.
+        step_token_index: (B, K) long, token holding the last character of each step.
+        response_mask: (B, T) 1 for response tokens.
+        group_index: (B,) long, the prompt group of each response.
+        alpha: step weight, from :func:`alpha_schedule`.
+        estimator: ``grpo``, ``rloo`` or ``reinforce_pp`` (used for both parts).
+        rloo_step_scale: factor on the RLOO step part (reference code: 10; ours: 1.0 by default).
+        eps: std guard, 1e-6.
+
+    Returns:
+        ``advantages`` (B, T) and a metrics dict.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    outcome_fn = _lookup(OUTCOME_ESTIMATORS, estimator, "advantage estimator")
+    step_fn = _lookup(STEP_ESTIMATORS, estimator, "advantage estimator")
+    r_out = r_out.to(torch.float32) if not r_out.is_floating_point() else r_out
+    a_out = outcome_fn(r_out, group_index, eps)  # (B,)
+
+    flat_group = group_index[:, None].expand_as(step_mask)[step_mask]  # (S,)
+    normed = torch.zeros_like(step_rewards)
+    normed[step_mask] = step_fn(step_rewards[step_mask], flat_group, eps, rloo_step_scale)  # (B, K)
+    a_step = step_advantages(normed, step_mask, step_token_index, response_mask)  # (B, T)
+
+    mask = response_mask.to(a_step.dtype)
+    advantages = (1.0 - alpha) * a_out[:, None].to(a_step.dtype) * mask + alpha * a_step  # (B, T)
+    aligned = step_mask.any(dim=1)
+    tokens = mask.sum().clamp(min=1)
+    metrics = {
+        "generator/alpha": float(alpha),
+        "generator/outcome_reward_mean": float(r_out.float().mean()) if r_out.numel() else 0.0,
+        "generator/step_aligned_frac": float(aligned.float().mean()) if aligned.numel() else 0.0,
+        "generator/adv_outcome_abs_mean": float(a_out.abs().mean()) if a_out.numel() else 0.0,
+        "generator/adv_step_abs_mean": float((a_step.abs() * mask).sum() / tokens),
+        "generator/adv_mean": float((advantages * mask).sum() / tokens),
+    }
+    return advantages, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# alpha schedule
+# ----------------------------------------------------------------------------------------------
+
+ALPHA_SCHEDULES = ("exp", "constant", "linear", "cosine")
+
+
+def alpha_schedule(step: int, total_steps: int, alpha0: float, alpha_min: float = 1e-3, kind: str = "exp") -> float:
+    """Weight of the step advantage after ``step`` generator updates (TANGO.md §4).
+
+    - ``exp`` (paper): alpha(s) = max(alpha_min, alpha0 * exp(-k s)), k = ln(alpha0 / alpha_min) / T_g;
+    - ``constant``: alpha0 throughout;
+    - ``linear``: from alpha0 to alpha_min over T_g;
+    - ``cosine``: alpha_min + (alpha0 - alpha_min) (1 + cos(pi s / T_g)) / 2.
+    Past T_g every decaying schedule stays at alpha_min. Paper: alpha0 = 0.1 (GRPO, RLOO) or 0.5
+    (REINFORCE++), alpha_min = 1e-3, T_g = total generator updates.
+    """
+    if kind not in ALPHA_SCHEDULES:
+        raise ValueError(f"unknown alpha schedule '{kind}'; known: {', '.join(ALPHA_SCHEDULES)}")
+    if not 0.0 <= alpha_min <= alpha0 <= 1.0:
+        raise ValueError(f"need 0 <= alpha_min <= alpha0 <= 1, got alpha0={alpha0}, alpha_min={alpha_min}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if kind == "constant":
+        return float(alpha0)
+    if step >= total_steps:
+        return float(alpha_min)
+    frac = step / total_steps
+    if kind == "exp":
+        if alpha_min <= 0.0:
+            raise ValueError("the exp alpha schedule needs alpha_min > 0 (k = ln(alpha0 / alpha_min) / T_g)")
+        k = math.log(alpha0 / alpha_min) / total_steps
+        return max(alpha_min, alpha0 * math.exp(-k * step))
+    if kind == "linear":
+        return alpha0 + (alpha_min - alpha0) * frac
+    return alpha_min + 0.5 * (alpha0 - alpha_min) * (1.0 + math.cos(math.pi * frac))
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier advantages and class-aware reweighting
+# ----------------------------------------------------------------------------------------------
+
+
+def compute_verifier_advantages(r_v: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """GRPO advantage within the N verifications of one solution (TANGO.md §5): (B,) -> (B,)."""
+    return grpo_outcome(r_v.to(torch.float32) if not r_v.is_floating_point() else r_v, group_index, eps)
+
+
+@dataclass
+class VerifierReweighter:
+    """Class-aware reweighting of the verifier's policy-gradient term (TANGO.md §5).
+
+    Keeps EMAs (``decay`` 0.8, initialised from the first batch) of the numbers of correct and
+    incorrect solutions per batch. A sample whose solution is of class c gets s = 1 / sqrt(EMA_c),
+    rescaled so that the batch mean of s is 1. Without it the verifier collapses to always answering
+    INCORRECT while the generator is weak. This is training state: save :meth:`to_dict` with the
+    checkpoint and restore it with :meth:`from_dict` (the released code loses it on resume).
+    """
+
+    decay: float = 0.8
+    ema_correct: float | None = None
+    ema_incorrect: float | None = None
+    updates: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"reweighting decay must be in [0, 1), got {self.decay}")
+
+    def update(self, num_correct: int, num_incorrect: int) -> None:
+        """Fold one batch's solution counts into the EMAs (the first batch initialises them)."""
+        if self.ema_correct is None or self.ema_incorrect is None:
+            self.ema_correct, self.ema_incorrect = float(num_correct), float(num_incorrect)
+        else:
+            self.ema_correct = self.decay * self.ema_correct + (1 - self.decay) * num_correct
+            self.ema_incorrect = self.decay * self.ema_incorrect + (1 - self.decay) * num_incorrect
+        self.updates += 1
+
+    def weights(self, solution_correct: torch.Tensor) -> torch.Tensor:
+        """Per-sample weights s (B,) with batch mean 1, from the current EMAs."""
+        if self.ema_correct is None or self.ema_incorrect is None:
+            raise RuntimeError("VerifierReweighter.weights called before any update()")
+        labels = solution_correct.to(torch.bool)
+        ema = torch.where(
+            labels,
+            torch.tensor(self.ema_correct, dtype=torch.float64),
+            torch.tensor(self.ema_incorrect, dtype=torch.float64),
+        )
+        s = 1.0 / ema.clamp(min=1e-6).sqrt()  # clamp: a class unseen so far (EMA 0) but present now
+        return (s / s.mean()).to(torch.float32)
+
+    def __call__(self, solution_correct: torch.Tensor, group_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Update with this batch and return its weights (TANGO.md §5).
+
+        Args:
+            solution_correct: (B,) bool, true correctness of the solution each sample judged.
+            group_index: (B,) long, the solution each verification belongs to; counts are of
+                SOLUTIONS, so the N verifications of one solution count once. None: one each.
+        """
+        labels = solution_correct.to(torch.bool)
+        if group_index is not None:
+            first = torch.zeros_like(labels)
+            _, inv = torch.unique(group_index, return_inverse=True)
+            seen: set[int] = set()
+            for i, g in enumerate(inv.tolist()):
+                if g not in seen:
+                    seen.add(g)
+                    first[i] = True
+            per_solution = labels[first]
+        else:
+            per_solution = labels
+        n_correct = int(per_solution.sum())
+        self.update(n_correct, int(per_solution.numel()) - n_correct)
+        return self.weights(labels)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        """Plain-dict state (JSON/YAML safe) for checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict) -> VerifierReweighter:
+        """Restore from :meth:`to_dict`; unknown keys are an error naming them."""
+        unknown = set(state) - {"decay", "ema_correct", "ema_incorrect", "updates"}
+        if unknown:
+            raise ValueError(f"unknown VerifierReweighter state keys: {', '.join(sorted(unknown))}")
+        return cls(**state)

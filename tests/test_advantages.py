@@ -1,0 +1,359 @@
+"""Tests of tango_steps.advantages (TANGO.md §4, §5)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tango_steps.advantages import (
+    EPS,
+    OUTCOME_ESTIMATORS,
+    VerifierReweighter,
+    alpha_schedule,
+    collate_steps,
+    compute_generator_advantages,
+    compute_verifier_advantages,
+    reverse_cumsum,
+    step_advantages,
+)
+from tango_steps.rewards import step_rewards
+
+# ----------------------------------------------------------------------------------------------
+# The hand-worked example (also written out in docs/advantages.md)
+# ----------------------------------------------------------------------------------------------
+
+
+def hand_example():
+    """One prompt, M = 3 solutions, T = 8 token slots.
+
+    A: correct (r_out 1), 2 aligned steps judged [CORRECT, CORRECT] -> y/K = [+1/2, +1/2],
+       steps end on tokens 2 and 4, 6 response tokens (token 5 is the answer).
+    B: wrong (r_out 0), 3 aligned steps judged [CORRECT, INCORRECT, INCORRECT] -> [+1/3, -1/3, -1/3],
+       steps end on tokens 1, 3 and 5, 8 response tokens.
+    C: wrong (r_out 0), verifier judged the wrong number of steps -> no step reward, 4 tokens.
+    """
+    rewards, mask, index = collate_steps(
+        [step_rewards([True, True]), step_rewards([True, False, False]), step_rewards(None)],
+        [[2, 4], [1, 3, 5], None],
+    )
+    response_mask = torch.tensor(
+        [[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.float32
+    )
+    r_out = torch.tensor([1.0, 0.0, 0.0])
+    group = torch.tensor([0, 0, 0])
+    return r_out, rewards, mask, index, response_mask, group
+
+
+def test_hand_worked_example_grpo():
+    r_out, rewards, mask, index, response_mask, group = hand_example()
+    adv, metrics = compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=0.1)
+
+    # Outcome part: mean 1/3, unbiased std sqrt(((2/3)^2 + 2 (1/3)^2) / 2) = sqrt(1/3).
+    s_out = math.sqrt(1 / 3) + EPS
+    a_out = [(2 / 3) / s_out, (-1 / 3) / s_out, (-1 / 3) / s_out]  # ~ [1.1547, -0.5774, -0.5774]
+
+    # Step part: pool [1/2, 1/2, 1/3, -1/3, -1/3]; mean 2/15;
+    # squared deviations 2 (11/30)^2 + (1/5)^2 + 2 (7/15)^2 = 67/90, unbiased var 67/360.
+    s_step = math.sqrt(67 / 360) + EPS
+    a1 = (11 / 30) / s_step  # A's steps          ~ +0.8499
+    b1 = (1 / 5) / s_step  # B's CORRECT step    ~ +0.4636
+    b2 = (-7 / 15) / s_step  # B's INCORRECT steps ~ -1.0817
+    # Reverse cumulative sums over the step ends:
+    a_step_a = [2 * a1] * 3 + [a1] * 2 + [0.0] + [0.0, 0.0]  # tokens 0-2 | 3-4 | 5 (answer) | padding
+    a_step_b = [b1 + 2 * b2] * 2 + [2 * b2] * 2 + [b2] * 2 + [0.0] * 2
+    a_step_c = [0.0] * 8
+
+    alpha = 0.1
+    expected = torch.tensor(
+        [
+            [(1 - alpha) * a_out[0] * m + alpha * s for m, s in zip(response_mask[0].tolist(), a_step_a, strict=True)],
+            [(1 - alpha) * a_out[1] * m + alpha * s for m, s in zip(response_mask[1].tolist(), a_step_b, strict=True)],
+            [(1 - alpha) * a_out[2] * m + alpha * s for m, s in zip(response_mask[2].tolist(), a_step_c, strict=True)],
+        ]
+    )
+    torch.testing.assert_close(adv, expected, atol=1e-5, rtol=0)
+    # The rounded table of docs/advantages.md:
+    rounded = [
+        [1.2092, 1.2092, 1.2092, 1.1242, 1.1242, 1.0392, 0.0, 0.0],
+        [-0.6896, -0.6896, -0.7360, -0.7360, -0.6278, -0.6278, -0.5196, -0.5196],
+        [-0.5196, -0.5196, -0.5196, -0.5196, 0.0, 0.0, 0.0, 0.0],
+    ]
+    torch.testing.assert_close(adv, torch.tensor(rounded), atol=1e-4, rtol=0)
+    assert metrics["generator/step_aligned_frac"] == pytest.approx(2 / 3)
+    assert metrics["generator/alpha"] == 0.1
+
+
+def test_hand_example_alpha_zero_is_pure_outcome_and_alpha_one_pure_step():
+    r_out, rewards, mask, index, response_mask, group = hand_example()
+    adv0, _ = compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=0.0)
+    assert torch.allclose(adv0[0, :6], torch.full((6,), 2 / 3 / (math.sqrt(1 / 3) + EPS)))
+    adv1, _ = compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=1.0)
+    assert torch.all(adv1[2] == 0)  # C has no step reward
+    assert adv1[0, 5] == 0  # the answer token after A's last step
+
+
+def test_rloo_step_scale_is_a_named_setting():
+    r_out, rewards, mask, index, response_mask, group = hand_example()
+    kw = dict(estimator="rloo", alpha=1.0)
+    adv1, _ = compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, **kw)
+    adv10, _ = compute_generator_advantages(
+        r_out, rewards, mask, index, response_mask, group, rloo_step_scale=10.0, **kw
+    )
+    torch.testing.assert_close(adv10, 10 * adv1)
+    # RLOO by hand for A's first step: 1/2 - mean(1/2, 1/3, -1/3, -1/3) = 1/2 - 1/24
+    assert adv1[0, 4].item() == pytest.approx(0.5 - 1 / 24, abs=1e-6)
+    adv_out, _ = compute_generator_advantages(
+        r_out, rewards, mask, index, response_mask, group, estimator="rloo", alpha=0.0
+    )
+    assert adv_out[0, 0].item() == pytest.approx(1.0)  # 1 - mean(0, 0)
+    assert adv_out[1, 0].item() == pytest.approx(-0.5)  # 0 - mean(1, 0)
+
+
+def test_reinforce_pp_step_signal_follows_each_response():
+    """The released code's step-return loop ran over the wrong dimension; ours sums per response."""
+    r_out, rewards, mask, index, response_mask, group = hand_example()
+    adv, _ = compute_generator_advantages(
+        r_out, rewards, mask, index, response_mask, group, alpha=1.0, estimator="reinforce_pp"
+    )
+    # Batch pool equals the group pool here (one prompt), so it matches GRPO's step part.
+    ref, _ = compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=1.0)
+    torch.testing.assert_close(adv, ref)
+    assert adv[1, 0] < 0 < adv[0, 0]
+
+
+def test_unknown_estimator_and_bad_alpha():
+    r_out, rewards, mask, index, response_mask, group = hand_example()
+    with pytest.raises(ValueError, match="unknown advantage estimator 'grop'; known: grpo, reinforce_pp, rloo"):
+        compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=0.1, estimator="grop")
+    with pytest.raises(ValueError, match="alpha must be in"):
+        compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=1.5)
+
+
+def test_group_of_one_gets_zero_outcome_and_raw_step_rewards():
+    rewards, mask, index = collate_steps([[0.5, -0.5]], [[0, 1]])
+    adv, _ = compute_generator_advantages(
+        torch.tensor([1.0]), rewards, mask, index, torch.ones(1, 3), torch.tensor([7]), alpha=1.0
+    )
+    # pool of 2 here (one response, two steps): normalised to +-1/sqrt(1/2) ~ +-0.7071
+    assert adv[0].tolist() == pytest.approx([0.0, -0.70710, 0.0], abs=1e-4)
+    rewards, mask, index = collate_steps([[1.0]], [[1]])
+    adv, _ = compute_generator_advantages(
+        torch.tensor([1.0]), rewards, mask, index, torch.ones(1, 3), torch.tensor([0]), alpha=0.5
+    )
+    assert adv[0].tolist() == pytest.approx([0.5, 0.5, 0.0])  # outcome 0, pool of one keeps 1.0
+
+
+def test_collate_steps_errors():
+    with pytest.raises(ValueError, match="2 step-reward rows but 1 index rows"):
+        collate_steps([[1.0], [1.0]], [[0]])
+    with pytest.raises(ValueError, match="response 0: 2 step rewards but 1 token indices"):
+        collate_steps([[1.0, 2.0]], [[0]])
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties
+# ----------------------------------------------------------------------------------------------
+
+_groups = st.lists(st.lists(st.sampled_from([0.0, 1.0, 0.5]), min_size=1, max_size=6), min_size=1, max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_groups, st.sampled_from(sorted(OUTCOME_ESTIMATORS)))
+def test_outcome_advantages_have_zero_mean_per_group(groups, name):
+    r = torch.tensor([x for g in groups for x in g], dtype=torch.float64)
+    gi = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+    a = OUTCOME_ESTIMATORS[name](r, gi, EPS)
+    if name == "reinforce_pp":  # whitened over the batch
+        assert abs(a.sum().item()) < 1e-6
+    else:
+        for i in range(len(groups)):
+            assert abs(a[gi == i].sum().item()) < 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.floats(-5, 5), min_size=1, max_size=12), min_size=1, max_size=4).filter(
+        lambda rows: len({len(r) for r in rows}) == 1
+    )
+)
+def test_reverse_cumsum_equals_double_loop(rows):
+    x = torch.tensor(rows, dtype=torch.float64)
+    naive = [[sum(row[j] for j in range(t, len(row))) for t in range(len(row))] for row in rows]
+    torch.testing.assert_close(reverse_cumsum(x), torch.tensor(naive, dtype=torch.float64))
+
+
+def naive_generator_advantages(r_out, verdicts, ends, lengths, groups, alpha, t):
+    """Loop-by-loop GRPO version of TANGO.md §4, written from the text, for equivalence."""
+    out = [[0.0] * t for _ in r_out]
+    for g in set(groups):
+        members = [i for i in range(len(r_out)) if groups[i] == g]
+        rs = [r_out[i] for i in members]
+        mean = sum(rs) / len(rs)
+        std = statistics.stdev(rs) if len(rs) > 1 else None
+        pool = [
+            (i, k, (1 if v else -1) / len(verdicts[i]))
+            for i in members
+            if verdicts[i]
+            for k, v in enumerate(verdicts[i])
+        ]
+        vals = [p[2] for p in pool]
+        pm, ps = (sum(vals) / len(vals), statistics.stdev(vals)) if len(vals) > 1 else (0.0, 1.0)
+        eps_p = EPS if len(vals) > 1 else 0.0
+        normed = {(i, k): (v - pm) / (ps + eps_p) for i, k, v in pool}
+        for i in members:
+            a_out = (r_out[i] - mean) / (std + EPS) if std is not None else 0.0
+            for tok in range(lengths[i]):
+                a_step = sum(normed[(i, k)] for k in range(len(verdicts[i] or [])) if ends[i][k] >= tok)
+                out[i][tok] = (1 - alpha) * a_out + alpha * a_step
+    return out
+
+
+@st.composite
+def _batches(draw):
+    t = draw(st.integers(3, 10))
+    n = draw(st.integers(1, 7))
+    r_out, verdicts, ends, lengths, groups = [], [], [], [], []
+    for _ in range(n):
+        length = draw(st.integers(1, t))
+        k = draw(st.integers(0, 3))
+        v = draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=k, max_size=k)))
+        e = sorted(draw(st.lists(st.integers(0, length - 1), min_size=len(v or []), max_size=len(v or []))))
+        r_out.append(float(draw(st.booleans())))
+        verdicts.append(v)
+        ends.append(e)
+        lengths.append(length)
+        groups.append(draw(st.integers(0, 2)))
+    return r_out, verdicts, ends, lengths, groups, draw(st.floats(0, 1)), t
+
+
+@settings(max_examples=200, deadline=None)
+@given(_batches())
+def test_vectorised_equals_naive_loops(batch):
+    r_out, verdicts, ends, lengths, groups, alpha, t = batch
+    rewards, mask, index = collate_steps(
+        [step_rewards(v) for v in verdicts], [e if v else None for v, e in zip(verdicts, ends, strict=True)]
+    )
+    response_mask = torch.tensor([[1.0 if j < n else 0.0 for j in range(t)] for n in lengths])
+    adv, _ = compute_generator_advantages(
+        torch.tensor(r_out, dtype=torch.float64), rewards.double(), mask, index, response_mask.double(),
+        torch.tensor(groups), alpha=alpha,
+    )  # fmt: skip
+    expected = naive_generator_advantages(r_out, verdicts, ends, lengths, groups, alpha, t)
+    torch.testing.assert_close(adv, torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
+
+
+def test_step_advantages_zero_after_last_step_and_on_padding():
+    normed = torch.tensor([[1.0, 2.0]])
+    a = step_advantages(
+        normed, torch.tensor([[True, True]]), torch.tensor([[1, 3]]), torch.tensor([[1, 1, 1, 1, 1, 0]])
+    )
+    assert a.tolist() == [[3.0, 3.0, 2.0, 2.0, 0.0, 0.0]]
+
+
+# ----------------------------------------------------------------------------------------------
+# alpha schedule
+# ----------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["exp", "linear", "cosine"]),
+    st.integers(1, 1000),
+    st.floats(0.01, 1.0),
+    st.floats(1e-4, 1e-2),
+)
+def test_alpha_hits_endpoints_and_decays(kind, total, alpha0, alpha_min):
+    assert alpha_schedule(0, total, alpha0, alpha_min, kind) == pytest.approx(alpha0)
+    assert alpha_schedule(total, total, alpha0, alpha_min, kind) == alpha_min
+    assert alpha_schedule(total + 5, total, alpha0, alpha_min, kind) == alpha_min
+    values = [alpha_schedule(s, total, alpha0, alpha_min, kind) for s in range(0, total + 1, max(1, total // 20))]
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(values))
+    assert all(alpha_min - 1e-12 <= v <= alpha0 + 1e-12 for v in values)
+
+
+def test_alpha_exp_matches_paper_formula():
+    # alpha(s) = max(alpha_min, alpha0 exp(-k s)), k = ln(alpha0 / alpha_min) / T_g; paper: 0.1 -> 1e-3
+    k = math.log(0.1 / 1e-3) / 300
+    assert alpha_schedule(150, 300, 0.1, 1e-3, "exp") == pytest.approx(0.1 * math.exp(-k * 150))
+    assert alpha_schedule(150, 300, 0.1, 1e-3, "exp") == pytest.approx(0.01)  # geometric midpoint
+    assert alpha_schedule(77, 300, 0.1, 1e-3, "constant") == 0.1
+    assert alpha_schedule(150, 300, 0.1, 1e-3, "linear") == pytest.approx((0.1 + 1e-3) / 2)
+    assert alpha_schedule(150, 300, 0.1, 1e-3, "cosine") == pytest.approx((0.1 + 1e-3) / 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        ((0, 10, 0.1, 1e-3, "expo"), "unknown alpha schedule 'expo'; known: exp, constant, linear, cosine"),
+        ((0, 10, 0.1, 0.2, "exp"), "alpha_min <= alpha0"),
+        ((0, 0, 0.1, 1e-3, "exp"), "total_steps must be > 0"),
+        ((-1, 10, 0.1, 1e-3, "exp"), "step must be >= 0"),
+        ((1, 10, 0.1, 0.0, "exp"), "needs alpha_min > 0"),
+    ],
+)
+def test_alpha_errors(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        alpha_schedule(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier advantages and reweighting
+# ----------------------------------------------------------------------------------------------
+
+
+def test_verifier_grpo_per_solution():
+    r_v = torch.tensor([1.8, 0.8, 1.8, 0.0, 0.0])
+    a = compute_verifier_advantages(r_v, torch.tensor([0, 0, 0, 1, 1]))
+    assert a[3:].tolist() == [0.0, 0.0]  # identical rewards: no signal
+    assert a[:3].sum().item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reweighter_hand_example_and_resume():
+    rw = VerifierReweighter(decay=0.8)
+    # batch 1: 3 solutions with N = 2 verifications each: one correct, two incorrect
+    labels = torch.tensor([True, True, False, False, False, False])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    w = rw(labels, groups)  # EMA initialised from the first batch: correct 1, incorrect 2
+    assert (rw.ema_correct, rw.ema_incorrect) == (1.0, 2.0)
+    s_c, s_i = 1 / math.sqrt(1), 1 / math.sqrt(2)
+    mean = (2 * s_c + 4 * s_i) / 6
+    assert w.tolist() == pytest.approx([s_c / mean] * 2 + [s_i / mean] * 4)
+    # batch 2: 3 incorrect solutions -> EMA correct 0.8, incorrect 0.8 * 2 + 0.2 * 3 = 2.2
+    state = rw.to_dict()
+    w2 = rw(torch.tensor([False, False, False]))
+    assert rw.ema_correct == pytest.approx(0.8) and rw.ema_incorrect == pytest.approx(2.2)
+    assert w2.tolist() == pytest.approx([1.0, 1.0, 1.0])
+    # resume: a restored reweighter continues identically
+    restored = VerifierReweighter.from_dict(state)
+    assert restored(torch.tensor([False, False, False])).tolist() == w2.tolist()
+    assert restored.to_dict() == rw.to_dict()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=1, max_size=20), min_size=1, max_size=5))
+def test_reweighting_weights_average_one(batches):
+    rw = VerifierReweighter()
+    for b in batches:
+        w = rw(torch.tensor(b))
+        assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
+        if any(b) and not all(b):
+            # the rarer class (by EMA) gets the larger weight
+            labels = torch.tensor(b)
+            rare_is_correct = rw.ema_correct < rw.ema_incorrect
+            if abs(rw.ema_correct - rw.ema_incorrect) > 1e-9:
+                assert (w[labels].mean() > w[~labels].mean()) == rare_is_correct
+
+
+def test_reweighter_errors():
+    with pytest.raises(RuntimeError, match="before any update"):
+        VerifierReweighter().weights(torch.tensor([True]))
+    with pytest.raises(ValueError, match="unknown VerifierReweighter state keys: bogus"):
+        VerifierReweighter.from_dict({"bogus": 1})
+    with pytest.raises(ValueError, match="decay must be in"):
+        VerifierReweighter(decay=1.0)
