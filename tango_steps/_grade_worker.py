@@ -16,7 +16,7 @@ import sys
 
 
 def grade_one(gold: str, pred: str) -> tuple[str, str]:
-    """Grade one prediction against one gold answer with math-verify (gold first: verify is not symmetric)."""
+    """Grade one prediction against one gold answer with math-verify, gold first (TANGO.md §4 r_out)."""
     from math_verify import parse, verify
 
     try:
@@ -33,6 +33,7 @@ def grade_one(gold: str, pred: str) -> tuple[str, str]:
 
 
 def main() -> None:
+    """Serve grading requests on stdin/stdout until stdin closes (TANGO.md §4)."""
     import logging
 
     logging.disable(logging.WARNING)  # math-verify warns on every call when its timeouts are off

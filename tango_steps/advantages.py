@@ -36,6 +36,8 @@ STEP_ESTIMATORS: dict[str, StepEstimator] = {}
 
 
 def register_outcome_estimator(name: str) -> Callable[[OutcomeEstimator], OutcomeEstimator]:
+    """Register an outcome estimator (r_out (B,), group (B,), eps) -> A_out (B,) by name (TANGO.md §4)."""
+
     def deco(fn: OutcomeEstimator) -> OutcomeEstimator:
         OUTCOME_ESTIMATORS[name] = fn
         return fn
@@ -44,6 +46,8 @@ def register_outcome_estimator(name: str) -> Callable[[OutcomeEstimator], Outcom
 
 
 def register_step_estimator(name: str) -> Callable[[StepEstimator], StepEstimator]:
+    """Register a step estimator (pooled step rewards (S,), group (S,), eps, scale) -> (S,) (TANGO.md §4)."""
+
     def deco(fn: StepEstimator) -> StepEstimator:
         STEP_ESTIMATORS[name] = fn
         return fn
@@ -64,7 +68,7 @@ def _lookup(registry: dict, name: str, what: str):
 
 
 def group_stats(values: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-element count, sum and unbiased std of the element's group (two-pass, for accuracy).
+    """Per-element count, sum and unbiased std of the element's group, two-pass (TANGO.md §4 "unbiased std").
 
     Args:
         values: (N,) float.
@@ -176,7 +180,7 @@ def reinforce_pp_step(
 def collate_steps(
     step_rewards: Sequence[Sequence[float] | None], step_token_indices: Sequence[Sequence[int] | None]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad per-response step rewards and their token indices into (B, K) tensors.
+    """Pad per-response step rewards and their token indices into (B, K) tensors (TANGO.md §4).
 
     A response whose rewards are None (verdict count != K) or empty gets an all-False mask row.
 
@@ -202,7 +206,7 @@ def collate_steps(
 
 
 def reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """Undiscounted reverse cumulative sum along the last dim: out[..., t] = sum_{t' >= t} x[..., t']."""
+    """Undiscounted reverse cumulative sum, out[..., t] = sum_{t' >= t} x[..., t'] (TANGO.md §4 A_step)."""
     return torch.flip(torch.cumsum(torch.flip(x, dims=[-1]), dim=-1), dims=[-1])
 
 
@@ -357,7 +361,7 @@ class VerifierReweighter:
             raise ValueError(f"reweighting decay must be in [0, 1), got {self.decay}")
 
     def update(self, num_correct: int, num_incorrect: int) -> None:
-        """Fold one batch's solution counts into the EMAs (the first batch initialises them)."""
+        """Fold one batch's solution counts into the EMAs; the first batch initialises them (TANGO.md §5)."""
         if self.ema_correct is None or self.ema_incorrect is None:
             self.ema_correct, self.ema_incorrect = float(num_correct), float(num_incorrect)
         else:
@@ -366,7 +370,7 @@ class VerifierReweighter:
         self.updates += 1
 
     def weights(self, solution_correct: torch.Tensor) -> torch.Tensor:
-        """Per-sample weights s (B,) with batch mean 1, from the current EMAs."""
+        """Per-sample weights s = 1/sqrt(EMA of the class), rescaled to batch mean 1 (TANGO.md §5)."""
         if self.ema_correct is None or self.ema_incorrect is None:
             raise RuntimeError("VerifierReweighter.weights called before any update()")
         labels = solution_correct.to(torch.bool)
@@ -403,12 +407,12 @@ class VerifierReweighter:
         return self.weights(labels)
 
     def to_dict(self) -> dict[str, float | int | None]:
-        """Plain-dict state (JSON/YAML safe) for checkpoints."""
+        """Plain-dict state (JSON/YAML safe) for checkpoints: it must survive resume (TANGO.md §5)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, state: dict) -> VerifierReweighter:
-        """Restore from :meth:`to_dict`; unknown keys are an error naming them."""
+        """Restore from :meth:`to_dict` on resume (TANGO.md §5); unknown keys are an error naming them."""
         unknown = set(state) - {"decay", "ema_correct", "ema_incorrect", "updates"}
         if unknown:
             raise ValueError(f"unknown VerifierReweighter state keys: {', '.join(sorted(unknown))}")

@@ -35,7 +35,7 @@ _TEXT_WRAP = re.compile(r"^\\text(?:bf|rm|tt)?\s*\{(.*)\}$", re.DOTALL)
 def find_blocks(
     text: str, open_tag: str, close_tag: str, start: int = 0, end: int | None = None
 ) -> list[tuple[int, int]]:
-    """Character spans ``(start, end)`` of every ``open_tag ... close_tag`` block, tags included.
+    """Character spans ``(start, end)`` of every ``open_tag ... close_tag`` block, tags included (TANGO.md §2).
 
     Same matches as the non-greedy regex ``open(.*?)close`` with DOTALL, scanned left to right, but
     linear in ``len(text)``: an opening tag pairs with the first closing tag after it.
@@ -72,7 +72,7 @@ def _matching_braces(text: str) -> dict[int, int]:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last balanced ``\\boxed{...}`` in ``text`` (nested braces allowed), or None."""
+    """Content of the last balanced ``\\boxed{...}`` in ``text`` (nested braces allowed), or None (TANGO.md §2)."""
     starts = [m.end() - 1 for m in _BOXED.finditer(text)]  # index of each box's "{"
     if not starts:
         return None
@@ -156,6 +156,7 @@ class ParsedSolution:
 
     @property
     def num_steps(self) -> int:
+        """K, the number of steps (TANGO.md §2)."""
         return len(self.steps)
 
 

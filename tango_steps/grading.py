@@ -44,7 +44,7 @@ Gold = str | int | float | Sequence[str]
 
 @dataclass
 class GradeStats:
-    """Counts of how answers were graded (a timeout or unparseable answer is graded incorrect)."""
+    """Counts of how answers were graded; a timeout or unparseable answer is graded incorrect (TANGO.md §4)."""
 
     total: int = 0
     correct: int = 0
@@ -54,6 +54,7 @@ class GradeStats:
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
+        """The counts as a plain dict, for metrics (TANGO.md §4)."""
         return asdict(self)
 
 
@@ -82,7 +83,7 @@ def extract_gold(gold: Gold) -> str | None:
 
 
 def extract_prediction(response: str) -> str | None:
-    """The answer a response gives: its last ``\\boxed{}`` content, else the whole stripped text."""
+    """The answer a response gives (TANGO.md §2): its last ``\\boxed{}`` content, else the whole stripped text."""
     return _prediction(response)[0]
 
 
@@ -166,7 +167,7 @@ class _Worker:
 
 
 class Grader:
-    """Grades answers with a hard per-answer time bound, over ``num_workers`` worker processes.
+    """Grades answers for r_out (TANGO.md §4) with a hard per-answer time bound, over ``num_workers`` processes.
 
     Use as a context manager or call :meth:`close`; workers start on first need and are restarted
     after a timeout. Not thread-safe: use one Grader per thread (the module-level :func:`is_correct`
@@ -194,7 +195,7 @@ class Grader:
         self.close()
 
     def close(self) -> None:
-        """Stop all worker processes."""
+        """Stop all worker processes (TANGO.md §4 grading)."""
         for w in self._workers:
             w.kill(graceful=True)
         self._workers = []
@@ -305,5 +306,5 @@ def is_correct(response: str, gold: Gold, timeout: float = _DEFAULT_TIMEOUT) -> 
 
 
 def grading_stats() -> GradeStats:
-    """Counts of the module-level :func:`is_correct` calls so far."""
+    """Counts of the module-level :func:`is_correct` calls so far (TANGO.md §4)."""
     return _default.stats if _default is not None else GradeStats()

@@ -26,6 +26,8 @@ POLICY_LOSSES: dict[str, PolicyLoss] = {}
 
 
 def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Register a policy loss by name so configs can pick it (TANGO.md §6)."""
+
     def deco(fn: PolicyLoss) -> PolicyLoss:
         POLICY_LOSSES[name] = fn
         return fn
@@ -34,7 +36,7 @@ def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
 
 
 def get_policy_loss(name: str) -> PolicyLoss:
-    """Look a policy loss up by name; the error lists the known names."""
+    """Look a policy loss up by name (TANGO.md §6); the error lists the known names."""
     try:
         return POLICY_LOSSES[name]
     except KeyError:
@@ -134,7 +136,7 @@ def ppo_clip_loss(
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Naive log p(label) and entropy from full logits (B, T, V): the reference for the chunked version."""
+    """Naive log p(label) and entropy from full (B, T, V) logits, the chunked version's reference (TANGO.md §6)."""
     logp_all = F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)
     logp = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)

@@ -82,7 +82,7 @@ def step_end_token_indices(step_spans: Sequence[tuple[int, int]], offsets: Seque
 
 
 def token_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
-    """Character offsets of the tokens of ``text`` (no special tokens), from a fast HF tokenizer."""
+    """Character offsets of the tokens of ``text`` (no special tokens), from a fast HF tokenizer (TANGO.md §4)."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     return [tuple(o) for o in enc["offset_mapping"]]
 

@@ -60,7 +60,7 @@ class PromptTemplate:
                 raise ValueError(f"template '{self.name}': {which} template may not use {names}")
 
     def generator_prompt(self, problem: str) -> str:
-        """The generator's prompt for one problem."""
+        """The generator's prompt for one problem (TANGO.md §2)."""
         return _substitute(self.generator, {"problem": problem})
 
     def verifier_prompt(self, problem: str, solution: ParsedSolution, raw_solution: str = "") -> str:
@@ -76,7 +76,7 @@ class PromptTemplate:
 
 
 def render_solution(solution: ParsedSolution, raw_solution: str = "") -> str:
-    """The solution as the verifier sees it: one ``<step>`` block per step, then the final answer.
+    """The solution as the verifier sees it (TANGO.md §2): one ``<step>`` block per step, then the final answer.
 
     A solution without steps is shown as its raw text (the verifier still judges its outcome).
     """
@@ -128,7 +128,7 @@ TEMPLATES: dict[str, PromptTemplate] = {FULL.name: FULL, COMPACT.name: COMPACT}
 
 
 def register_template(template: PromptTemplate, overwrite: bool = False) -> PromptTemplate:
-    """Add a template to the registry so that configs can name it."""
+    """Add a template to the registry so that configs can name it (TANGO.md §2)."""
     if template.name in TEMPLATES and not overwrite:
         raise ValueError(f"template '{template.name}' is already registered; pass overwrite=True to replace it")
     TEMPLATES[template.name] = template
@@ -136,7 +136,7 @@ def register_template(template: PromptTemplate, overwrite: bool = False) -> Prom
 
 
 def get_template(name: str) -> PromptTemplate:
-    """Look a template up by name; the error lists the known names."""
+    """Look a template up by name (TANGO.md §2); the error lists the known names."""
     try:
         return TEMPLATES[name]
     except KeyError:
