@@ -120,8 +120,8 @@ FULL = PromptTemplate(
 
 COMPACT = PromptTemplate(
     name="compact",
-    generator="Problem: {problem}\nSolution: ",
-    verifier="Problem: {problem}\nSolution:\n{solution}\nCheck all {num_steps} steps.\nVerification: ",
+    generator="Problem: {problem}\nSolution:\n",
+    verifier="Problem: {problem}\nSolution:\n{solution}\nCheck all {num_steps} steps.\nVerification:\n",
 )
 
 TEMPLATES: dict[str, PromptTemplate] = {FULL.name: FULL, COMPACT.name: COMPACT}

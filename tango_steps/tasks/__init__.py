@@ -1,0 +1,26 @@
+"""Embedded tasks with exact step labels (TANGO.md §8): ``arithmetic`` (the default) and ``last_letters``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tango_steps.tasks.arithmetic import ArithmeticTask
+from tango_steps.tasks.base import CheckResult, Problem, Task, split_of
+from tango_steps.tasks.last_letters import LastLettersTask
+
+TASKS: dict[str, type[Task]] = {ArithmeticTask.name: ArithmeticTask, LastLettersTask.name: LastLettersTask}
+
+
+def get_task(name: str, **params: Any) -> Task:
+    """Build an embedded task by name with its parameters (TANGO.md §8); errors name what is wrong."""
+    try:
+        cls = TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task '{name}'; known: {', '.join(sorted(TASKS))}") from None
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise ValueError(f"task '{name}': {e}") from None
+
+
+__all__ = ["TASKS", "ArithmeticTask", "CheckResult", "LastLettersTask", "Problem", "Task", "get_task", "split_of"]

@@ -1,0 +1,490 @@
+"""The RL update step of both models (TANGO.md §6), from one policy checkpoint to the next.
+
+A policy checkpoint is a directory:
+
+    model/              standard safetensors + config + tokenizer: HF and vLLM load it directly
+                        (with LoRA: the MERGED weights, so inference never needs peft)
+    adapter/            LoRA only: the peft adapter that training continues from
+    optimizer.pt        AdamW state (absent before the first update)
+    rng_state.pt        torch / python RNG states at save time
+    trainer_state.json  update counter, reference model, LoRA base, extra state (e.g. the
+                        verifier's reweighting EMAs, TANGO.md §5), settings used
+
+:func:`rl_update` loads one, computes old and reference log-probs, runs the configured number of
+optimizer steps (paper: one, fully on-policy) over micro-batches with gradient accumulation through
+``accelerate`` (bf16 on GPU, fp32 on CPU), and writes the next checkpoint atomically (a temporary
+directory renamed into place), so a failed step (e.g. a NaN loss) leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tango_steps.loss import chunked_token_logprobs, get_policy_loss
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA via peft (TANGO.md §6 alternative to full fine-tuning on small GPUs).
+
+    Attributes:
+        r / alpha / dropout: adapter rank, scaling numerator, dropout.
+        target_modules: module names, or "all-linear".
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """One RL update (TANGO.md §6 numbers for 7B models; tiny models need a far larger learning rate).
+
+    Attributes:
+        learning_rate: AdamW learning rate, constant (paper: 1e-6 for 7B).
+        weight_decay / betas / adam_eps: AdamW settings.
+        grad_clip: max gradient norm (paper: 1.0).
+        optimizer_steps: optimizer steps per update, each on an equal slice of the batch
+            (paper: 1, one mini-batch, fully on-policy).
+        micro_batch_size: sequences per forward/backward (paper: 4), gradients accumulated.
+        loss: policy loss name (``ppo_clip``).
+        clip_eps / kl_coef / entropy_coef: PPO clip range, beta of the k3 KL, entropy bonus
+            (paper: 0.2, 0.001, 0.001; entropy 0 for REINFORCE++).
+        logprob_chunk_size: tokens per chunk of the chunked log-prob computation.
+        temperature: sampling temperature; logits are divided by it for log-probs (1.0 = raw).
+        dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32" or "bfloat16".
+        gradient_checkpointing: recompute activations in backward (saves memory).
+        lora: LoRA settings, or None for full fine-tuning.
+        seed: seeds the update's RNG when the checkpoint has no saved RNG state.
+    """
+
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    optimizer_steps: int = 1
+    micro_batch_size: int = 4
+    loss: str = "ppo_clip"
+    clip_eps: float = 0.2
+    kl_coef: float = 0.001
+    entropy_coef: float = 0.001
+    logprob_chunk_size: int = 2048
+    temperature: float = 1.0
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.optimizer_steps >= 1, f"optimizer_steps must be >= 1, got {self.optimizer_steps}"),
+            (self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}"),
+            (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
+            (
+                self.dtype in ("auto", "float32", "bfloat16"),
+                f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}",
+            ),
+            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"update settings: {msg}")
+
+
+@dataclass
+class RLBatch:
+    """What an update trains on: token ids, per-token advantages and optional sample weights (TANGO.md §4-§6).
+
+    Attributes:
+        prompt_ids: token ids of each prompt.
+        response_ids: token ids of each sampled response (eos included if sampled).
+        advantages: per-response-token advantages, one list per response, same lengths.
+        sample_weights: per-sample weights on the policy-gradient term (verifier reweighting), or None.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    advantages: list[list[float]]
+    sample_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.prompt_ids)
+        if len(self.response_ids) != n or len(self.advantages) != n:
+            raise ValueError(
+                f"RLBatch: {n} prompts, {len(self.response_ids)} responses, {len(self.advantages)} advantage rows"
+            )
+        if self.sample_weights is not None and len(self.sample_weights) != n:
+            raise ValueError(f"RLBatch: {len(self.sample_weights)} sample weights for {n} samples")
+        for i, (p, r, a) in enumerate(zip(self.prompt_ids, self.response_ids, self.advantages, strict=True)):
+            if not p:
+                raise ValueError(f"RLBatch sample {i}: empty prompt (at least one token is needed)")
+            if len(r) != len(a):
+                raise ValueError(f"RLBatch sample {i}: {len(r)} response tokens but {len(a)} advantages")
+        if n == 0:
+            raise ValueError("RLBatch is empty")
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+@dataclass
+class TrainerState:
+    """Training state saved beside the weights (TANGO.md §9: resume must restore everything).
+
+    Attributes:
+        updates: optimizer updates done so far.
+        reference_model: path of the frozen reference for the KL term (full fine-tuning).
+        lora_base: path of the base model the LoRA adapter sits on (LoRA only).
+        extra: other state to carry, e.g. ``{"reweighter": VerifierReweighter.to_dict()}``.
+    """
+
+    updates: int = 0
+    reference_model: str | None = None
+    lora_base: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def read_state(ckpt: str | Path) -> TrainerState:
+    """The trainer state of a policy checkpoint (TANGO.md §9 resume)."""
+    data = json.loads((Path(ckpt) / STATE_FILE).read_text())
+    return TrainerState(**{k: data[k] for k in ("updates", "reference_model", "lora_base", "extra")})
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_checkpoint(
+    out_dir: Path, model, tokenizer, optimizer, state: TrainerState, settings: UpdateSettings
+) -> Path:
+    """Write a checkpoint to a temporary sibling directory, then rename it into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        if settings.lora is not None:
+            model.save_pretrained(tmp / "adapter")
+            merged = model.merge_and_unload(safe_merge=True) if hasattr(model, "merge_and_unload") else model
+            merged.save_pretrained(tmp / "model", safe_serialization=True)
+        else:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(_rng_state(), tmp / "rng_state.pt")
+        payload = {**asdict(state), "settings": json.loads(json.dumps(asdict(settings), default=str))}
+        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        if out_dir.exists():
+            raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def init_checkpoint(model_ref: str, out_dir: str | Path, settings: UpdateSettings, extra: dict | None = None) -> Path:
+    """Make the first policy checkpoint from a model (TANGO.md §6: it is also the frozen reference).
+
+    With LoRA the adapter is created (seeded) on top of the model, which becomes ``lora_base``.
+    """
+    from tango_steps.modeling import load_model, load_tokenizer, resolve_model_ref
+
+    path = resolve_model_ref(model_ref)
+    tok = load_tokenizer(path)
+    model = load_model(path, "float32")
+    state = TrainerState(updates=0, reference_model=path, extra=dict(extra or {}))
+    if settings.lora is not None:
+        model = _add_lora(model, settings)
+        state.lora_base = path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        random.seed(settings.seed)
+        return _write_checkpoint(Path(out_dir), model, tok, None, state, settings)
+
+
+def _add_lora(model, settings: UpdateSettings):
+    from peft import LoraConfig, get_peft_model
+
+    lora = settings.lora
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+        return get_peft_model(model, cfg)
+
+
+def load_policy(ckpt: str | Path, settings: UpdateSettings, device: str | torch.device = "cpu"):
+    """Load model (with adapter), tokenizer, optimizer and state from a policy checkpoint (TANGO.md §6)."""
+    from tango_steps.modeling import load_model, load_tokenizer
+
+    ckpt = Path(ckpt)
+    if not (ckpt / STATE_FILE).exists():
+        raise ValueError(f"'{ckpt}' is not a policy checkpoint (no {STATE_FILE})")
+    state = read_state(ckpt)
+    tok = load_tokenizer(str(ckpt / "model"))
+    if settings.lora is not None:
+        if state.lora_base is None:
+            raise ValueError(f"checkpoint '{ckpt}' was made without LoRA but the settings ask for LoRA")
+        from peft import PeftModel
+
+        base = load_model(state.lora_base, "float32")
+        model = PeftModel.from_pretrained(base, str(ckpt / "adapter"), is_trainable=True)
+    else:
+        if state.lora_base is not None:
+            raise ValueError(f"checkpoint '{ckpt}' holds a LoRA adapter but the settings ask for full fine-tuning")
+        model = load_model(str(ckpt / "model"), "float32")
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=settings.learning_rate,
+        betas=settings.betas,
+        eps=settings.adam_eps,
+        weight_decay=settings.weight_decay,
+    )
+    if (ckpt / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
+        for g in optimizer.param_groups:  # settings win over the saved hyper-parameters
+            g["lr"], g["betas"], g["eps"], g["weight_decay"] = (
+                settings.learning_rate,
+                settings.betas,
+                settings.adam_eps,
+                settings.weight_decay,
+            )
+    if (ckpt / "rng_state.pt").exists():
+        _set_rng_state(torch.load(ckpt / "rng_state.pt", weights_only=False))
+    return model, tok, optimizer, state
+
+
+# ----------------------------------------------------------------------------------------------
+# Log-probs of a batch
+# ----------------------------------------------------------------------------------------------
+
+
+def _pack(batch: RLBatch, idx: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Right-padded (B, L) input ids, attention mask, and (B, L-1) response mask/advantages for shifted labels."""
+    seqs = [batch.prompt_ids[i] + batch.response_ids[i] for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    attn = torch.zeros(len(idx), width, dtype=torch.long)
+    resp = torch.zeros(len(idx), width - 1)
+    adv = torch.zeros(len(idx), width - 1)
+    for r, i in enumerate(idx):
+        p, s = len(batch.prompt_ids[i]), seqs[r]
+        ids[r, : len(s)] = torch.tensor(s)
+        attn[r, : len(s)] = 1
+        # logits at position t predict token t+1: response token j sits at label index p - 1 + j
+        n = len(batch.response_ids[i])
+        resp[r, p - 1 : p - 1 + n] = 1.0
+        adv[r, p - 1 : p - 1 + n] = torch.tensor(batch.advantages[i], dtype=torch.float32)
+    return {k: v.to(device) for k, v in {"ids": ids, "attn": attn, "resp": resp, "adv": adv}.items()}
+
+
+def _causal_lm(model):
+    """The underlying *ForCausalLM of a (possibly peft-wrapped) model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def sequence_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, chunk_size: int, temperature: float = 1.0):
+    """Log-probs and entropies of tokens 1..L-1 given their prefixes, (B, L-1) each (TANGO.md §6).
+
+    Runs the decoder for hidden states and the LM head chunk by chunk, never building full logits.
+    """
+    lm = _causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state  # (B, L, H)
+    head = lm.get_output_embeddings()
+    return chunked_token_logprobs(
+        hidden[:, :-1], head.weight, ids[:, 1:], lm_head_bias=head.bias, chunk_size=chunk_size, temperature=temperature
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The update
+# ----------------------------------------------------------------------------------------------
+
+
+def _micro_batches(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[s : s + size] for s in range(0, len(indices), size)]
+
+
+def rl_update(
+    ckpt: str | Path,
+    batch: RLBatch,
+    settings: UpdateSettings,
+    out_dir: str | Path,
+    extra_state: dict | None = None,
+    log=None,
+) -> dict[str, float]:
+    """One RL update from checkpoint ``ckpt`` to a new checkpoint ``out_dir`` (TANGO.md §6).
+
+    Args:
+        ckpt: the policy checkpoint to start from.
+        batch: prompts, sampled responses and per-token advantages.
+        settings: update settings.
+        out_dir: where the new checkpoint goes (must not exist; written atomically).
+        extra_state: replaces keys of the trainer state's ``extra`` (e.g. the reweighting EMAs).
+        log: optional callable for progress lines.
+
+    Returns:
+        Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy``, ``clip_frac``, ``grad_norm``, ``tokens``,
+        ``seconds``, ``updates`` (after this one), ``lr``.
+
+    Raises:
+        FloatingPointError: a non-finite loss or gradient norm; ``out_dir`` is not created.
+    """
+    from accelerate import Accelerator
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
+    cuda = torch.cuda.is_available()
+    bf16 = settings.dtype == "bfloat16" or (settings.dtype == "auto" and cuda)
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+    model, tok, optimizer, state = load_policy(ckpt, settings, accelerator.device)
+    if not (Path(ckpt) / "rng_state.pt").exists():
+        torch.manual_seed(settings.seed)
+    if settings.gradient_checkpointing:
+        _causal_lm(model).gradient_checkpointing_enable()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    loss_fn = get_policy_loss(settings.loss)
+    weights = torch.tensor(batch.sample_weights, dtype=torch.float32) if batch.sample_weights is not None else None
+    pad = tok.pad_token_id
+
+    # Old and reference log-probs, before any step. With ONE optimizer step the policy that sampled
+    # is the current one, so old = current log-probs detached (identical, one forward saved).
+    need_old = settings.optimizer_steps > 1
+    need_ref = settings.kl_coef > 0
+    reference = None
+    if need_ref and settings.lora is None:
+        from tango_steps.modeling import load_model
+
+        if state.reference_model is None:
+            raise ValueError(f"checkpoint '{ckpt}' names no reference model but kl_coef > 0")
+        reference = load_model(state.reference_model, "float32").to(accelerator.device).eval()
+    all_idx = list(range(len(batch)))
+    old_lp: dict[int, torch.Tensor] = {}
+    ref_lp: dict[int, torch.Tensor] = {}
+    model.eval()
+    with torch.no_grad(), accelerator.autocast():
+        for mb in _micro_batches(all_idx, settings.micro_batch_size):
+            t = _pack(batch, mb, pad, accelerator.device)
+            if need_old:
+                lp, _ = sequence_logprobs(model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature)
+                for r, i in enumerate(mb):
+                    old_lp[i] = lp[r].float()
+            if need_ref:
+                if reference is not None:
+                    lp, _ = sequence_logprobs(
+                        reference, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
+                    )
+                else:  # LoRA: the reference is the base model with adapters disabled, no second copy
+                    with accelerator.unwrap_model(model).disable_adapter():
+                        lp, _ = sequence_logprobs(
+                            model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
+                        )
+                for r, i in enumerate(mb):
+                    ref_lp[i] = lp[r].float()
+    del reference
+
+    # Optimizer steps over equal slices of the batch, micro-batched with gradient accumulation.
+    model.train()
+    sums: dict[str, float] = {}
+    grad_norms = []
+    tokens_total = 0
+    slices = [all_idx[s :: settings.optimizer_steps] for s in range(settings.optimizer_steps)]
+    for step_idx, mini in enumerate(slices):
+        if not mini:
+            continue
+        n_tokens = float(sum(len(batch.response_ids[i]) for i in mini)) or 1.0
+        optimizer.zero_grad(set_to_none=True)
+        for mb in _micro_batches(mini, settings.micro_batch_size):
+            t = _pack(batch, mb, pad, accelerator.device)
+            with accelerator.autocast():
+                logp, ent = sequence_logprobs(
+                    model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
+                )
+            width = logp.shape[1]
+            old = torch.stack([old_lp[i][:width] for i in mb]) if need_old else logp.detach()
+            ref = torch.stack([ref_lp[i][:width] for i in mb]) if need_ref else None
+            loss, m = loss_fn(
+                logp.float(),
+                old,
+                t["adv"],
+                t["resp"],
+                ref_logp=ref,
+                entropy=ent.float(),
+                sample_weights=weights[mb].to(accelerator.device) if weights is not None else None,
+                clip_eps=settings.clip_eps,
+                kl_coef=settings.kl_coef,
+                entropy_coef=settings.entropy_coef,
+                num_tokens=n_tokens,
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss ({loss.item()}) in optimizer step {step_idx + 1}, micro-batch of samples {mb}; "
+                    f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
+                )
+            accelerator.backward(loss)
+            mb_tokens = float(t["resp"].sum())
+            tokens_total += int(mb_tokens)
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v * mb_tokens
+        gn = accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        gn = float(gn)
+        if not math.isfinite(gn):
+            raise FloatingPointError(
+                f"non-finite gradient norm ({gn}) in optimizer step {step_idx + 1}; "
+                f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
+            )
+        grad_norms.append(gn)
+        optimizer.step()
+        state.updates += 1
+        if log is not None:
+            log(f"update step {step_idx + 1}/{len(slices)}: grad norm {gn:.4f}")
+
+    if extra_state:
+        state.extra.update(extra_state)
+    unwrapped = accelerator.unwrap_model(model)
+    _write_checkpoint(out_dir, unwrapped, tok, optimizer, state, settings)
+    metrics = {k: v / max(tokens_total, 1) for k, v in sums.items() if k != "loss"}
+    metrics.update(
+        loss=sums.get("loss", 0.0) / len(slices),
+        grad_norm=sum(grad_norms) / max(len(grad_norms), 1),
+        tokens=float(tokens_total),
+        seconds=time.perf_counter() - t0,
+        updates=float(state.updates),
+        lr=settings.learning_rate,
+    )
+    return metrics

@@ -1,0 +1,317 @@
+"""Warm-up of the tiny default models: generator SFT on gold solutions, verifier SFT on the format.
+
+- Generator (TANGO.md §7 analogue of the paper's SFT stage): TRL ``SFTTrainer`` on the task's gold
+  solutions, evaluated on held-out problems (greedy) every ``eval_every`` steps and STOPPED as soon
+  as held-out accuracy reaches ``target_accuracy`` (default 0.3): RL needs headroom, so the
+  generator must land between 20% and 70%, not at 100%.
+- Verifier: the paper's verifier gets no SFT (a 7B base model follows the instruction); a tiny
+  model cannot, so it is warmed up only to learn the OUTPUT FORMAT of TANGO.md §2, with OUTCOME
+  labels only. Its data: solutions SAMPLED from the warmed-up generator on train problems, each
+  labelled by whether its final answer is right (the same outcome label as r_out); the target is a
+  verification whose final verdict is that label and whose step verdicts are derived from it
+  alone: every step CORRECT for a correct solution; for a wrong one, every step CORRECT but the
+  last, which is INCORRECT ("the error shows by the end at the latest"). No step label is ever
+  used: learning WHICH step is wrong is left to RL from outcome rewards, the point of Tango
+  (TANGO.md §1). Classes are balanced by subsampling.
+
+Everything is seeded; the result is cached by a hash of the settings (the warm-up is the slowest
+part of a tiny run, ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tango_steps.formats import format_verification, parse_solution, parse_verification
+from tango_steps.tasks import get_task
+from tango_steps.tasks.base import Problem, Task
+from tango_steps.templates import PromptTemplate, get_template
+from tango_steps.tiny import TinyModelSpec
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """One SFT run (TRL SFTTrainer, TANGO.md §7 analogue).
+
+    Attributes:
+        max_steps: optimizer steps at most.
+        batch_size: sequences per step.
+        learning_rate: AdamW learning rate (tiny models need far more than 7B's 5e-6).
+        warmup_steps: linear learning-rate warm-up.
+    """
+
+    max_steps: int = 2000
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+
+
+@dataclass(frozen=True)
+class WarmupSettings:
+    """Everything that determines the warmed-up tiny models (and their cache key).
+
+    Attributes:
+        task / task_params: the embedded task and its parameters.
+        template: prompt template name (``compact`` for tiny models).
+        vocab_size: BPE vocabulary size.
+        generator / verifier: model shapes.
+        generator_sft / verifier_sft: SFT settings.
+        target_accuracy: stop the generator SFT once held-out greedy accuracy reaches it.
+        eval_every / eval_problems: how often and on how many held-out problems to measure it.
+        verifier_solutions: generator samples (before balancing) for the verifier's warm-up.
+        max_new_tokens: generation limit while evaluating and sampling.
+        seed: every random choice.
+    """
+
+    task: str = "arithmetic"
+    task_params: dict[str, Any] = field(default_factory=dict)
+    template: str = "compact"
+    vocab_size: int = 512
+    generator: TinyModelSpec = field(default_factory=TinyModelSpec)
+    verifier: TinyModelSpec = field(default_factory=lambda: TinyModelSpec(seed=1))
+    generator_sft: SFTSettings = field(default_factory=SFTSettings)
+    verifier_sft: SFTSettings = field(default_factory=lambda: SFTSettings(max_steps=300))
+    target_accuracy: float = 0.3
+    eval_every: int = 100
+    eval_problems: int = 200
+    verifier_solutions: int = 1024
+    max_new_tokens: int = 96
+    seed: int = 0
+
+    def key(self) -> str:
+        """Cache key: a hash of every setting."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def generator_accuracy(
+    engine, task: Task, template: PromptTemplate, problems: list[Problem], max_new_tokens: int
+) -> dict:
+    """Held-out greedy accuracy and format rate of a generator (TANGO.md §7 greedy pass@1)."""
+    from tango_steps.rollout.base import SamplingSettings
+
+    comps = engine.generate(
+        [template.generator_prompt(p.question) for p in problems],
+        SamplingSettings(n=1, temperature=0.0, max_tokens=max_new_tokens),
+    )
+    correct = [task.check(p, c[0].text).correct for p, c in zip(problems, comps, strict=True)]
+    formats = [parse_solution(c[0].text).format_score for c in comps]
+    return {"accuracy": sum(correct) / len(correct), "format_rate": sum(f == 1.0 for f in formats) / len(formats)}
+
+
+def _sft(model, tokenizer, rows: list[dict], sft: SFTSettings, seed: int, callbacks=()) -> dict:
+    """Run TRL's SFTTrainer (prompt-completion rows, loss on the completion only) on CPU or GPU."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    out = tempfile.mkdtemp(prefix="tango-sft-")
+    try:
+        cfg = SFTConfig(
+            output_dir=out,
+            max_steps=sft.max_steps,
+            per_device_train_batch_size=sft.batch_size,
+            learning_rate=sft.learning_rate,
+            warmup_steps=sft.warmup_steps,
+            lr_scheduler_type="constant_with_warmup",
+            weight_decay=0.0,
+            logging_steps=50,
+            save_strategy="no",
+            report_to=[],
+            seed=seed,
+            data_seed=seed,
+            use_cpu=not torch.cuda.is_available(),
+            completion_only_loss=True,
+            max_length=512,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=cfg,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=list(callbacks),
+        )
+        result = trainer.train()
+        return {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _accuracy_stop_callback(task, template, problems, max_new_tokens, every, target, tokenizer, history, log):
+    from transformers import TrainerCallback
+
+    from tango_steps.rollout.hf import HFEngine
+
+    class AccuracyStop(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step % every:
+                return control
+            model.eval()
+            engine = HFEngine("", model=model, tokenizer=tokenizer, device=str(next(model.parameters()).device))
+            m = generator_accuracy(engine, task, template, problems, max_new_tokens)
+            model.train()
+            history.append({"step": state.global_step, **m})
+            acc, fmt = m["accuracy"], m["format_rate"]
+            log(f"generator SFT step {state.global_step}: held-out accuracy {acc:.3f}, format {fmt:.3f}")
+            if m["accuracy"] >= target:
+                control.should_training_stop = True
+            return control
+
+    return AccuracyStop()
+
+
+def verifier_warmup_rows(
+    task: Task, template: PromptTemplate, problems: list[Problem], texts: list[str], seed: int
+) -> tuple[list[dict], dict]:
+    """Prompt-completion rows for the verifier's format warm-up, from OUTCOME labels only (see module doc)."""
+    rng = random.Random(seed)
+    by_class: dict[bool, list[dict]] = {True: [], False: []}
+    for p, text in zip(problems, texts, strict=True):
+        parsed = parse_solution(text)
+        correct = task.check(p, text).correct  # outcome label only; step labels are never read
+        k = parsed.num_steps
+        steps = [True] * k if correct else [True] * max(0, k - 1) + [False] * min(1, k)
+        by_class[correct].append(
+            {
+                "prompt": template.verifier_prompt(p.question, parsed, text),
+                "completion": format_verification(steps, correct),
+            }
+        )
+    n = min(len(by_class[True]), len(by_class[False]))
+    if n == 0:
+        raise RuntimeError(
+            f"verifier warm-up needs both correct and wrong generator samples; got {len(by_class[True])} correct "
+            f"and {len(by_class[False])} wrong. The generator warm-up did not land in a usable accuracy band."
+        )
+    rows = rng.sample(by_class[True], n) + rng.sample(by_class[False], n)
+    rng.shuffle(rows)
+    return rows, {"correct": len(by_class[True]), "wrong": len(by_class[False]), "used_per_class": n}
+
+
+def verifier_quality(
+    engine, task: Task, template: PromptTemplate, problems: list[Problem], texts: list[str], max_new_tokens: int
+) -> dict:
+    """Format rate and final-verdict accuracy of a verifier on given solutions (TANGO.md §5 metrics)."""
+    from tango_steps.rollout.base import SamplingSettings
+
+    parsed = [parse_solution(t) for t in texts]
+    prompts = [template.verifier_prompt(p.question, s, t) for p, s, t in zip(problems, parsed, texts, strict=True)]
+    comps = engine.generate(prompts, SamplingSettings(n=1, temperature=0.0, max_tokens=max_new_tokens))
+    fmt = acc = 0
+    for p, s, t, c in zip(problems, parsed, texts, comps, strict=True):
+        v = parse_verification(c[0].text, s.num_steps, s.well_formed)
+        fmt += v.format_score == 1.0
+        acc += v.final_verdict is not None and v.final_verdict == task.check(p, t).correct
+    return {"format_rate": fmt / len(texts), "verdict_accuracy": acc / len(texts)}
+
+
+def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
+    """Build tokenizer and models, warm both up, save ``generator/`` and ``verifier/`` under ``out_dir``.
+
+    Returns (and writes to ``out_dir/report.json``) sizes, times and the quality figures. TANGO.md §7.
+    """
+    import torch
+
+    from tango_steps.rollout.base import SamplingSettings
+    from tango_steps.rollout.hf import HFEngine
+    from tango_steps.tiny import build_model, build_tokenizer, save_pretrained_atomic, tokenizer_corpus
+
+    out = Path(out_dir)
+    task = get_task(settings.task, **settings.task_params)
+    template = get_template(settings.template)
+    t0 = time.perf_counter()
+    tok = build_tokenizer(tokenizer_corpus(task, template, seed=settings.seed), settings.vocab_size)
+    report: dict[str, Any] = {"settings": asdict(settings), "vocab_size": len(tok)}
+
+    # ---- generator SFT with accuracy-based stop ----
+    torch.manual_seed(settings.seed)
+    gen = build_model(settings.generator, len(tok), tok.eos_token_id, tok.pad_token_id)
+    report["generator_params"] = sum(p.numel() for p in gen.parameters())
+    train = task.problems(
+        settings.generator_sft.max_steps * settings.generator_sft.batch_size // 4, "train", settings.seed
+    )
+    heldout = task.problems(settings.eval_problems, "heldout", settings.seed)
+    rows = [{"prompt": template.generator_prompt(p.question), "completion": p.gold_solution} for p in train]
+    history: list[dict] = []
+    cb = _accuracy_stop_callback(
+        task,
+        template,
+        heldout,
+        settings.max_new_tokens,
+        settings.eval_every,
+        settings.target_accuracy,
+        tok,
+        history,
+        log,
+    )
+    t1 = time.perf_counter()
+    report["generator_sft"] = _sft(gen, tok, rows, settings.generator_sft, settings.seed, [cb])
+    report["generator_sft"]["seconds"] = time.perf_counter() - t1
+    report["generator_sft"]["history"] = history
+    gen.eval()
+    gen_engine = HFEngine("", model=gen, tokenizer=tok, device="cpu" if not torch.cuda.is_available() else None)
+    report["generator_heldout"] = generator_accuracy(gen_engine, task, template, heldout, settings.max_new_tokens)
+    log(f"generator warm-up done: {report['generator_heldout']}")
+
+    # ---- verifier format warm-up on generator samples, outcome labels only ----
+    n_prompts = max(1, settings.verifier_solutions // 4)
+    vprobs = task.problems(n_prompts, "train", settings.seed + 1)
+    comps = gen_engine.generate(
+        [template.generator_prompt(p.question) for p in vprobs],
+        SamplingSettings(n=4, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed),
+    )
+    vp = [p for p, cs in zip(vprobs, comps, strict=True) for _ in cs]
+    vt = [c.text for cs in comps for c in cs]
+    vrows, counts = verifier_warmup_rows(task, template, vp, vt, settings.seed)
+    report["verifier_data"] = counts
+    torch.manual_seed(settings.seed + 1)
+    ver = build_model(settings.verifier, len(tok), tok.eos_token_id, tok.pad_token_id)
+    report["verifier_params"] = sum(p.numel() for p in ver.parameters())
+    t2 = time.perf_counter()
+    report["verifier_sft"] = _sft(ver, tok, vrows, settings.verifier_sft, settings.seed + 1)
+    report["verifier_sft"]["seconds"] = time.perf_counter() - t2
+    ver.eval()
+    # verifier quality on held-out generator samples (sampled, so both classes appear)
+    hcomps = gen_engine.generate(
+        [template.generator_prompt(p.question) for p in heldout],
+        SamplingSettings(n=1, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed + 2),
+    )
+    ver_engine = HFEngine("", model=ver, tokenizer=tok, device=gen_engine.device)
+    report["verifier_heldout"] = verifier_quality(
+        ver_engine, task, template, heldout, [c[0].text for c in hcomps], 2 * settings.max_new_tokens
+    )
+    log(f"verifier warm-up done: {report['verifier_heldout']}")
+    report["seconds"] = time.perf_counter() - t0
+
+    save_pretrained_atomic(gen.cpu(), tok, out / "generator", extra={"role": "generator", "warmup_key": settings.key()})
+    save_pretrained_atomic(ver.cpu(), tok, out / "verifier", extra={"role": "verifier", "warmup_key": settings.key()})
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def warmed_up_models(
+    settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
+) -> tuple[Path, dict]:
+    """Directory holding the warmed-up ``generator/`` and ``verifier/`` for these settings, built once.
+
+    Cached under ``root`` (default ``<cache_dir>/tiny``) by :meth:`WarmupSettings.key`.
+    """
+    from tango_steps.modeling import cache_dir
+
+    settings = settings or WarmupSettings()
+    base = Path(root) if root is not None else cache_dir() / "tiny"
+    out = base / settings.key()
+    report_file = out / "report.json"
+    if report_file.exists():
+        return out, json.loads(report_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    return out, warm_up(settings, out, log=log)

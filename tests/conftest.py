@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny random Qwen2 checkpoint built offline in seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tango_steps.tasks import get_task
+    from tango_steps.templates import get_template
+    from tango_steps.tiny import build_tokenizer, tokenizer_corpus
+
+    return build_tokenizer(tokenizer_corpus(get_task("arithmetic"), get_template("compact"), n=300), vocab_size=384)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A randomly initialised 2-layer Qwen2 (hidden 64, head_dim 32, untied) saved as safetensors."""
+    from tango_steps.tiny import TinyModelSpec, build_model, save_pretrained_atomic
+
+    spec = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128, seed=3)
+    model = build_model(spec, len(tiny_tokenizer), tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id)
+    return save_pretrained_atomic(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny") / "model")

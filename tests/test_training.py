@@ -1,0 +1,187 @@
+"""Tests of the RL update step (tango_steps.training, TANGO.md §6) on a tiny random Qwen2."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tango_steps.advantages import VerifierReweighter
+from tango_steps.loss import ppo_clip_loss
+from tango_steps.training import (
+    LoraSettings,
+    RLBatch,
+    UpdateSettings,
+    _pack,
+    _write_checkpoint,
+    init_checkpoint,
+    load_policy,
+    read_state,
+    rl_update,
+    sequence_logprobs,
+)
+
+SETTINGS = UpdateSettings(learning_rate=5e-3, kl_coef=0.01, entropy_coef=0.0, micro_batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_tokenizer):
+    g = torch.Generator().manual_seed(0)
+    prompts = [tiny_tokenizer(f"Problem: {i} + 1\nSolution:\n")["input_ids"] for i in range(6)]
+    responses = [torch.randint(3, len(tiny_tokenizer), (int(n),), generator=g).tolist() for n in (5, 9, 3, 7, 8, 4)]
+    advantages = [[(1.0 if i % 2 else -1.0) * (1 + 0.1 * t) for t in range(len(r))] for i, r in enumerate(responses)]
+    return RLBatch(prompts, responses, advantages)
+
+
+@pytest.fixture()
+def ckpt0(tmp_path, tiny_model_dir):
+    return init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", SETTINGS)
+
+
+def _surrogate(ckpt: Path, old_ckpt: Path, batch: RLBatch) -> float:
+    """PPO-clip surrogate of the policy in ``ckpt`` relative to the one in ``old_ckpt`` on the batch."""
+    s = UpdateSettings(kl_coef=0.0, entropy_coef=0.0)
+    new, tok, _, _ = load_policy(ckpt, s)
+    old, _, _, _ = load_policy(old_ckpt, s)
+    t = _pack(batch, list(range(len(batch))), tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        lp, _ = sequence_logprobs(new, t["ids"], t["attn"], 64)
+        old_lp, _ = sequence_logprobs(old, t["ids"], t["attn"], 64)
+    loss, _ = ppo_clip_loss(lp, old_lp, t["adv"], t["resp"], kl_coef=0.0, entropy_coef=0.0)
+    return loss.item()
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_update_lowers_the_loss_on_a_fixed_batch(tmp_path, ckpt0, batch):
+    before = _surrogate(ckpt0, ckpt0, batch)  # ratio 1: -token-mean(A)
+    m = rl_update(ckpt0, batch, SETTINGS, tmp_path / "ckpt1")
+    after = _surrogate(tmp_path / "ckpt1", ckpt0, batch)
+    assert after < before - 1e-4
+    assert m["updates"] == 1 and m["tokens"] == sum(len(r) for r in batch.response_ids)
+    for k in ("loss", "pg_loss", "kl", "entropy", "clip_frac", "grad_norm", "seconds"):
+        assert k in m
+    assert m["clip_frac"] == 0.0  # one step, on-policy: ratio is exactly 1
+    # a second update from the first goes further and counts on
+    m2 = rl_update(tmp_path / "ckpt1", batch, SETTINGS, tmp_path / "ckpt2")
+    assert m2["updates"] == 2 and m2["kl"] > 0
+    assert _surrogate(tmp_path / "ckpt2", ckpt0, batch) < after
+
+
+def test_update_is_deterministic_and_checkpoint_round_trips_bit_exactly(tmp_path, ckpt0, batch):
+    rl_update(ckpt0, batch, SETTINGS, tmp_path / "a")
+    rl_update(ckpt0, batch, SETTINGS, tmp_path / "b")
+    wa, wb = load_file(tmp_path / "a/model/model.safetensors"), load_file(tmp_path / "b/model/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # load -> save gives identical weights, optimizer state and trainer state
+    model, tok, opt, state = load_policy(tmp_path / "a", SETTINGS)
+    _write_checkpoint(tmp_path / "a2", model, tok, opt, state, SETTINGS)
+    w2 = load_file(tmp_path / "a2/model/model.safetensors")
+    assert wa.keys() == w2.keys() and all(torch.equal(wa[k], w2[k]) for k in wa)
+    o1, o2 = torch.load(tmp_path / "a/optimizer.pt"), torch.load(tmp_path / "a2/optimizer.pt")
+    for k in o1["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(o1["state"][k][name], o2["state"][k][name])
+    assert read_state(tmp_path / "a") == read_state(tmp_path / "a2")
+    # the saved model is a standard HF checkpoint
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "a/model")
+    assert torch.equal(hf.state_dict()["lm_head.weight"], wa["lm_head.weight"])
+
+
+def test_multiple_optimizer_steps_and_gradient_accumulation(tmp_path, ckpt0, batch):
+    two = UpdateSettings(learning_rate=5e-3, kl_coef=0.0, entropy_coef=0.0, optimizer_steps=2, micro_batch_size=1)
+    m = rl_update(ckpt0, batch, two, tmp_path / "two")
+    assert m["updates"] == 2
+    assert m["clip_frac"] >= 0.0  # second step uses the old log-probs computed before the first
+    # micro-batch size must not change the result of a single step (token-mean over the whole batch)
+    one_a = UpdateSettings(learning_rate=5e-3, kl_coef=0.0, entropy_coef=0.0, micro_batch_size=1)
+    one_b = UpdateSettings(learning_rate=5e-3, kl_coef=0.0, entropy_coef=0.0, micro_batch_size=6)
+    ma = rl_update(ckpt0, batch, one_a, tmp_path / "mb1")
+    mb = rl_update(ckpt0, batch, one_b, tmp_path / "mb6")
+    # the gradient (norm before clipping) is scale-sensitive, unlike Adam's first step
+    assert ma["grad_norm"] == pytest.approx(mb["grad_norm"], rel=1e-5)
+    assert ma["loss"] == pytest.approx(mb["loss"], abs=1e-6)
+    wa = load_file(tmp_path / "mb1/model/model.safetensors")
+    wb = load_file(tmp_path / "mb6/model/model.safetensors")
+    # Adam's first step is g / (|g| + eps): parameters with |g| ~ 1e-9 may move differently (<= 1e-3 of lr)
+    assert all(torch.allclose(wa[k], wb[k], atol=5e-6) for k in wa)
+
+
+def test_extra_state_survives_resume(tmp_path, ckpt0, batch):
+    rw = VerifierReweighter()
+    rw(torch.tensor([True, False, False]))
+    rl_update(ckpt0, batch, SETTINGS, tmp_path / "c1", extra_state={"reweighter": rw.to_dict()})
+    restored = VerifierReweighter.from_dict(read_state(tmp_path / "c1").extra["reweighter"])
+    assert restored == rw
+
+
+def test_nan_loss_fails_clearly_and_leaves_checkpoint_intact(tmp_path, ckpt0, batch):
+    before = _digest(ckpt0)
+    bad = RLBatch(batch.prompt_ids, batch.response_ids, [[float("nan")] * len(r) for r in batch.response_ids])
+    with pytest.raises(FloatingPointError, match="non-finite loss .* left as it was"):
+        rl_update(ckpt0, bad, SETTINGS, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]  # no half-written temp dir
+    assert _digest(ckpt0) == before
+
+
+def test_existing_output_is_never_overwritten(tmp_path, ckpt0, batch):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        rl_update(ckpt0, batch, SETTINGS, tmp_path / "taken")
+
+
+def test_lora_update_reference_is_base_with_adapters_disabled(tmp_path, tiny_model_dir, batch):
+    lora = UpdateSettings(learning_rate=2e-2, kl_coef=0.05, entropy_coef=0.0, lora=LoraSettings(r=4, alpha=8))
+    c0 = init_checkpoint(str(tiny_model_dir), tmp_path / "l0", lora)
+    assert read_state(c0).lora_base is not None
+    m = rl_update(c0, batch, lora, tmp_path / "l1")
+    assert m["kl"] == 0.0  # first step: adapter B = 0, policy equals the base
+    m2 = rl_update(tmp_path / "l1", batch, lora, tmp_path / "l2")
+    assert m2["kl"] > 0.0
+    base = load_file(Path(tiny_model_dir) / "model.safetensors")
+    merged = load_file(tmp_path / "l2/model/model.safetensors")
+    assert set(base) == set(merged)  # merged weights in the standard layout: HF and vLLM load it as is
+    assert any(not torch.equal(base[k], merged[k]) for k in base)
+    assert (tmp_path / "l2/adapter/adapter_config.json").exists()
+    with pytest.raises(ValueError, match="holds a LoRA adapter but the settings ask for full fine-tuning"):
+        load_policy(tmp_path / "l2", SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"learning_rate": 0}, "learning_rate must be > 0"),
+        ({"optimizer_steps": 0}, "optimizer_steps must be >= 1"),
+        ({"dtype": "fp8"}, "dtype must be"),
+    ],
+)
+def test_settings_errors(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        UpdateSettings(**kwargs)
+
+
+def test_batch_errors():
+    with pytest.raises(ValueError, match="sample 0: 2 response tokens but 1 advantages"):
+        RLBatch([[1]], [[1, 2]], [[0.0]])
+    with pytest.raises(ValueError, match="empty prompt"):
+        RLBatch([[]], [[1]], [[0.0]])
+    with pytest.raises(ValueError, match="RLBatch is empty"):
+        RLBatch([], [], [])
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="is not a policy checkpoint"):
+        load_policy(tmp_path, SETTINGS)
