@@ -62,7 +62,7 @@ def test_long_prompts_truncate_or_reject(hf, tiny_tokenizer):
     long = "Problem: " + "1 + 1 " * 200
     ids, cut = prepare_prompts(tiny_tokenizer, [long, "x"], max_prompt_tokens=32, on_long_prompt="truncate")
     assert len(ids[0]) == 32 and cut == [True, False]
-    with pytest.raises(ValueError, match="prompt 0 has .* tokens, more than max_prompt_tokens=32"):
+    with pytest.raises(ValueError, match=r"prompt 0 has .* tokens, more than max_prompt_tokens=32"):
         prepare_prompts(tiny_tokenizer, [long], max_prompt_tokens=32, on_long_prompt="reject")
     with pytest.raises(ValueError, match="on_long_prompt must be"):
         prepare_prompts(tiny_tokenizer, [long], 32, "drop")

@@ -130,7 +130,7 @@ def test_extra_state_survives_resume(tmp_path, ckpt0, batch):
 def test_nan_loss_fails_clearly_and_leaves_checkpoint_intact(tmp_path, ckpt0, batch):
     before = _digest(ckpt0)
     bad = RLBatch(batch.prompt_ids, batch.response_ids, [[float("nan")] * len(r) for r in batch.response_ids])
-    with pytest.raises(FloatingPointError, match="non-finite loss .* left as it was"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss .* left as it was"):
         rl_update(ckpt0, bad, SETTINGS, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]  # no half-written temp dir
