@@ -62,12 +62,22 @@ def resolve_model_ref(ref: str) -> str:
 
 
 def load_tokenizer(ref: str):
-    """Load a tokenizer; one without a pad token gets its eos token as pad (TANGO.md §3, counted in a warning)."""
-    import warnings
-
+    """Load a tokenizer with left padding and a pad token (TANGO.md §3); see :func:`ensure_pad_token`."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_ref(ref))
+    ensure_pad_token(tok, ref)
+    tok.padding_side = "left"
+    return tok
+
+
+def ensure_pad_token(tok, ref: str = "tokenizer"):
+    """Give a tokenizer without a pad token its eos token as pad, with a warning (TANGO.md §3 bad input).
+
+    Raises ValueError naming the model when it has neither.
+    """
+    import warnings
+
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ValueError(f"tokenizer of '{ref}' has neither a pad nor an eos token; set one before use")
@@ -75,7 +85,6 @@ def load_tokenizer(ref: str):
             f"tokenizer of '{ref}' has no pad token; using its eos token '{tok.eos_token}' as pad", stacklevel=2
         )
         tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
     return tok
 
 
@@ -83,7 +92,8 @@ def load_model(ref: str, dtype: str = "float32"):
     """Load a causal LM from a model reference in the given dtype (TANGO.md §7)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(resolve_model_ref(ref), dtype=torch_dtype(dtype))
+    dt = torch_dtype(dtype)  # validate before touching the disk or the hub
+    return AutoModelForCausalLM.from_pretrained(resolve_model_ref(ref), dtype=dt)
 
 
 def smollm2_dir() -> Path:

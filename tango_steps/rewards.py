@@ -100,3 +100,39 @@ def place_step_rewards(rewards: Sequence[float], token_indices: Sequence[int], n
         if 0 <= t < num_tokens:
             dense[t] += r
     return dense
+
+
+def outcome_rewards(
+    texts: Sequence[str],
+    truncated: Sequence[bool],
+    golds: Sequence,
+    grader,
+    format_weight: float = 0.0,
+) -> tuple[list[float], dict[str, int]]:
+    """Generator outcome rewards r_out of a batch (TANGO.md §4), with truncation handled.
+
+    Every completion is parsed (so it can be inspected), but one that hit the token limit gets
+    reward 0 whatever it says and is counted as truncated. Answers are graded with ``grader``
+    (a :class:`~tango_steps.grading.Grader`), gold first.
+
+    Returns:
+        rewards, and counts ``{"truncated", "no_answer", "correct"}``.
+    """
+    from tango_steps.formats import parse_solution
+
+    if not len(texts) == len(truncated) == len(golds):
+        raise ValueError(f"got {len(texts)} texts, {len(truncated)} truncation flags and {len(golds)} golds")
+    parsed = [parse_solution(t) for t in texts]
+    to_grade = [i for i, p in enumerate(parsed) if not truncated[i] and p.answer is not None]
+    graded = grader.grade([f"\\boxed{{{parsed[i].answer}}}" for i in to_grade], [golds[i] for i in to_grade])
+    correct = dict(zip(to_grade, graded, strict=True))
+    rewards = [
+        0.0 if truncated[i] else outcome_reward(correct.get(i, False), p.format_score, format_weight)
+        for i, p in enumerate(parsed)
+    ]
+    counts = {
+        "truncated": sum(bool(t) for t in truncated),
+        "no_answer": sum(p.answer is None for p in parsed),
+        "correct": sum(correct.values()),
+    }
+    return rewards, counts

@@ -236,9 +236,9 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     torch.manual_seed(settings.seed)
     gen = build_model(settings.generator, len(tok), tok.eos_token_id, tok.pad_token_id)
     report["generator_params"] = sum(p.numel() for p in gen.parameters())
-    train = task.problems(
-        settings.generator_sft.max_steps * settings.generator_sft.batch_size // 4, "train", settings.seed
-    )
+    # One epoch of fresh problems: repeating a small set (4 epochs of 16k tried) makes the model
+    # memorise (93% token accuracy, 3% held-out after 1600 steps) instead of learning arithmetic.
+    train = task.problems(settings.generator_sft.max_steps * settings.generator_sft.batch_size, "train", settings.seed)
     heldout = task.problems(settings.eval_problems, "heldout", settings.seed)
     rows = [{"prompt": template.generator_prompt(p.question), "completion": p.gold_solution} for p in train]
     history: list[dict] = []

@@ -10,6 +10,7 @@ import torch
 from tango_steps.formats import format_solution, parse_solution
 from tango_steps.rewards import (
     outcome_reward,
+    outcome_rewards,
     place_step_rewards,
     step_end_token_indices,
     step_rewards,
@@ -129,3 +130,19 @@ def test_place_step_rewards():
     with pytest.raises(ValueError, match="2 step rewards but 1 token indices"):
         place_step_rewards([1.0, 2.0], [0], 3)
     assert place_step_rewards([], [], 2).dtype == torch.float32
+
+
+def test_outcome_rewards_truncated_completions_get_zero_and_are_counted():
+    from tango_steps.grading import Grader
+
+    good = format_solution(["1 + 2 = 3"], "3")
+    texts = [good, good, format_solution(["1 + 2 = 4"], "4"), "<think><step>1 + 2 = 3</step>", ""]
+    truncated = [False, True, False, True, False]
+    with Grader(timeout=5.0) as g:
+        rewards, counts = outcome_rewards(texts, truncated, ["3"] * 5, g)
+        assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0]  # the truncated copy of the right answer gets 0
+        assert counts == {"truncated": 2, "no_answer": 2, "correct": 1}  # truncated ones are not graded
+        r, _ = outcome_rewards([good], [False], ["3"], g, format_weight=0.5)
+        assert r == [1.5]
+        with pytest.raises(ValueError, match="got 1 texts, 2 truncation flags"):
+            outcome_rewards([good], [False, False], ["3"], g)

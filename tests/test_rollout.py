@@ -130,3 +130,13 @@ def test_vllm_load_weights_swaps_checkpoint(tmp_path, tiny_model_dir, vllm_engin
 def test_make_engine_hf(tiny_model_dir):
     e = make_engine("hf", str(tiny_model_dir), batch_size=2)
     assert isinstance(e, HFEngine) and e.batch_size == 2
+
+
+def test_engine_from_config(tiny_model_dir):
+    from tango_steps.config import RolloutConfig, validate
+    from tango_steps.rollout import engine_from_config
+
+    cfg = validate(RolloutConfig, {"engine": "hf", "hf_batch_size": 3, "max_prompt_tokens": 40})
+    e = engine_from_config(cfg, str(tiny_model_dir))
+    assert isinstance(e, HFEngine) and e.batch_size == 3 and e.max_prompt_tokens == 40
+    assert e.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")

@@ -31,6 +31,27 @@ def make_engine(kind: str, model_path: str, **options: Any) -> RolloutEngine:
     return cls(model_path, **options)
 
 
+def engine_from_config(cfg, model_path: str, seed: int = 0) -> RolloutEngine:
+    """Build the engine a ``RolloutConfig`` describes over a checkpoint (TANGO.md §3).
+
+    dtype ``auto`` is bf16 on a GPU and fp32 on a CPU (where fp32 makes HF and vLLM agree exactly).
+    """
+    kind = resolve_engine(cfg.engine)
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+    common = {"max_prompt_tokens": cfg.max_prompt_tokens, "on_long_prompt": cfg.on_long_prompt, "dtype": dtype}
+    if kind == "vllm":
+        return VLLMEngine(
+            model_path,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enforce_eager=cfg.enforce_eager,
+            max_model_len=cfg.max_model_len,
+            seed=seed,
+            **common,
+        )
+    return HFEngine(model_path, batch_size=cfg.hf_batch_size, **common)
+
+
 __all__ = [
     "ENGINES",
     "Completion",
@@ -38,6 +59,7 @@ __all__ = [
     "RolloutEngine",
     "SamplingSettings",
     "VLLMEngine",
+    "engine_from_config",
     "make_engine",
     "prepare_prompts",
     "resolve_engine",
