@@ -69,7 +69,7 @@ def _format_error(e: ValidationError, source: str) -> str:
 
 
 class ConfigError(ValueError):
-    """A configuration that failed validation; the message names each bad field by its dotted path."""
+    """A configuration that failed validation (TANGO.md §3: settings are configuration); names each bad field."""
 
 
 def validate(schema: type[BaseModel], data: dict[str, Any], source: str = "configuration") -> BaseModel:
@@ -81,7 +81,7 @@ def validate(schema: type[BaseModel], data: dict[str, Any], source: str = "confi
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into a dict; a missing file or a non-mapping top level is a clear error."""
+    """Read a YAML recipe into a dict (TANGO.md §3); a missing file or a non-mapping top level is a clear error."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file '{p}' does not exist")

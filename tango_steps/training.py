@@ -243,8 +243,13 @@ def _add_lora(model, settings: UpdateSettings):
         return get_peft_model(model, cfg)
 
 
-def load_policy(ckpt: str | Path, settings: UpdateSettings, device: str | torch.device = "cpu"):
-    """Load model (with adapter), tokenizer, optimizer and state from a policy checkpoint (TANGO.md §6)."""
+def load_policy(
+    ckpt: str | Path, settings: UpdateSettings, device: str | torch.device = "cpu", lora_base: str | None = None
+):
+    """Load model (with adapter), tokenizer, optimizer and state from a policy checkpoint (TANGO.md §6).
+
+    ``lora_base`` overrides the base model path recorded in the checkpoint (e.g. after moving it).
+    """
     from tango_steps.modeling import load_model, load_tokenizer
 
     ckpt = Path(ckpt)
@@ -252,6 +257,8 @@ def load_policy(ckpt: str | Path, settings: UpdateSettings, device: str | torch.
         raise ValueError(f"'{ckpt}' is not a policy checkpoint (no {STATE_FILE})")
     state = read_state(ckpt)
     tok = load_tokenizer(str(ckpt / "model"))
+    if lora_base is not None:
+        state.lora_base = lora_base
     if settings.lora is not None:
         if state.lora_base is None:
             raise ValueError(f"checkpoint '{ckpt}' was made without LoRA but the settings ask for LoRA")
@@ -344,6 +351,8 @@ def rl_update(
     out_dir: str | Path,
     extra_state: dict | None = None,
     log=None,
+    reference_model: str | None = None,
+    lora_base: str | None = None,
 ) -> dict[str, float]:
     """One RL update from checkpoint ``ckpt`` to a new checkpoint ``out_dir`` (TANGO.md §6).
 
@@ -354,6 +363,8 @@ def rl_update(
         out_dir: where the new checkpoint goes (must not exist; written atomically).
         extra_state: replaces keys of the trainer state's ``extra`` (e.g. the reweighting EMAs).
         log: optional callable for progress lines.
+        reference_model / lora_base: override the paths recorded in the checkpoint (the frozen
+            reference, the LoRA base) when the models moved, e.g. to another machine's datastore cache.
 
     Returns:
         Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy``, ``clip_frac``, ``grad_norm``, ``tokens``,
@@ -371,7 +382,9 @@ def rl_update(
     cuda = torch.cuda.is_available()
     bf16 = settings.dtype == "bfloat16" or (settings.dtype == "auto" and cuda)
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
-    model, tok, optimizer, state = load_policy(ckpt, settings, accelerator.device)
+    model, tok, optimizer, state = load_policy(ckpt, settings, accelerator.device, lora_base=lora_base)
+    if reference_model is not None:
+        state.reference_model = reference_model
     if not (Path(ckpt) / "rng_state.pt").exists():
         torch.manual_seed(settings.seed)
     if settings.gradient_checkpointing:

@@ -37,6 +37,9 @@ from tango_steps.templates import PromptTemplate, get_template
 from tango_steps.tiny import TinyModelSpec
 
 
+WARMUP_VERSION = 1  # bump when the warm-up procedure changes: cached models are then rebuilt
+
+
 @dataclass(frozen=True)
 class SFTSettings:
     """One SFT run (TRL SFTTrainer, TANGO.md §7 analogue).
@@ -56,7 +59,7 @@ class SFTSettings:
 
 @dataclass(frozen=True)
 class WarmupSettings:
-    """Everything that determines the warmed-up tiny models (and their cache key).
+    """Everything that determines the warmed-up tiny models and their cache key (TANGO.md §7 analogue).
 
     Attributes:
         task / task_params: the embedded task and its parameters.
@@ -87,8 +90,14 @@ class WarmupSettings:
     seed: int = 0
 
     def key(self) -> str:
-        """Cache key: a hash of every setting."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Cache key: a hash of every setting (TANGO.md §9 reproducibility).
+
+        The task's RESOLVED parameters are hashed (so a change of a task default is a new key), and
+        so is :data:`WARMUP_VERSION`, bumped whenever the warm-up procedure itself changes.
+        """
+        task = get_task(self.task, **self.task_params)
+        payload = {"version": WARMUP_VERSION, "settings": asdict(self), "task": sorted(vars(task).items())}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def generator_accuracy(
@@ -172,7 +181,7 @@ def _accuracy_stop_callback(task, template, problems, max_new_tokens, every, tar
 def verifier_warmup_rows(
     task: Task, template: PromptTemplate, problems: list[Problem], texts: list[str], seed: int
 ) -> tuple[list[dict], dict]:
-    """Prompt-completion rows for the verifier's format warm-up, from OUTCOME labels only (see module doc)."""
+    """Rows for the verifier's format warm-up, from OUTCOME labels only (TANGO.md §1, §5; see module doc)."""
     rng = random.Random(seed)
     by_class: dict[bool, list[dict]] = {True: [], False: []}
     for p, text in zip(problems, texts, strict=True):
@@ -301,7 +310,7 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
 def warmed_up_models(
     settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
 ) -> tuple[Path, dict]:
-    """Directory holding the warmed-up ``generator/`` and ``verifier/`` for these settings, built once.
+    """Directory holding the warmed-up ``generator/`` and ``verifier/`` for these settings, built once (TANGO.md §7).
 
     Cached under ``root`` (default ``<cache_dir>/tiny``) by :meth:`WarmupSettings.key`.
     """

@@ -185,3 +185,13 @@ def test_batch_errors():
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="is not a policy checkpoint"):
         load_policy(tmp_path, SETTINGS)
+
+
+def test_reference_model_can_be_overridden(tmp_path, ckpt0, batch, tiny_model_dir):
+    m_same = rl_update(ckpt0, batch, SETTINGS, tmp_path / "same")
+    assert m_same["kl"] == 0.0  # the first checkpoint IS the reference
+    other = rl_update(ckpt0, batch, SETTINGS, tmp_path / "other")  # a different model to serve as reference
+    assert other["updates"] == 1
+    m_moved = rl_update(ckpt0, batch, SETTINGS, tmp_path / "moved", reference_model=str(tmp_path / "other/model"))
+    assert m_moved["kl"] > 0.0
+    assert read_state(tmp_path / "moved").reference_model == str(tmp_path / "other/model")

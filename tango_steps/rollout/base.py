@@ -65,7 +65,7 @@ class Completion:
 
 
 class RolloutEngine:
-    """Base class: ``generate`` n completions for each prompt; ``load_weights`` swaps checkpoints."""
+    """Base class (TANGO.md §3): ``generate`` n completions per prompt; ``load_weights`` swaps checkpoints."""
 
     name = "base"
 

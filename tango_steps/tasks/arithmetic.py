@@ -3,8 +3,12 @@
 A problem is ``Evaluate left to right: 12 + 7 * 3 - 5``; its gold solution has one step per
 operation, each stating the running value, the operation, its operand and the result:
 ``<step>12 + 7 = 19</step><step>19 * 3 = 57</step><step>57 - 5 = 52</step>``, answer 52.
-Every intermediate value stays in ``[min_value, max_value]`` (ENVIRONMENT.md: with 2-3 operations
-and values in 0-99 a 3M-parameter model learns it by SFT in minutes; wider ranges are not).
+Every intermediate value stays in ``[min_value, max_value]``. The defaults (2-3 operations, values
+0-20, + and - operands 1-9, multipliers 2-9) are chosen so that the 3.6M-parameter tiny generator
+reaches 20-30% held-out accuracy after ~700-1000 SFT steps (~4-6 minutes on 2 cores). Measured
+here with the same model and TRL SFT (batch 32, lr 2e-3): values 0-99 with operands up to 50 stayed
+at 3-10% after 1,600 steps; 0-50 with operands up to 20 at 5% after 750; 0-99 with operands up to
+9 at 2-6% after 800; 0-20 with operands up to 9 gave 17% at 400 and 23% at 700 steps.
 
 Wrong step (exact): step k is right iff it reads ``a op b = c`` (spaces optional) with ``a`` the
 true value after k operations (the start number for k = 0), ``op`` and ``b`` the problem's
@@ -43,8 +47,8 @@ class ArithmeticTask(Task):
         min_ops: int = 2,
         max_ops: int = 3,
         min_value: int = 0,
-        max_value: int = 99,
-        max_operand: int = 50,
+        max_value: int = 20,
+        max_operand: int = 9,
         ops: str = "+-*",
         split_seed: int = 0,
         heldout_percent: int = 20,
@@ -86,7 +90,7 @@ class ArithmeticTask(Task):
                 return self.make_problem(v0, ops)
 
     def make_problem(self, start: int, ops: list[tuple[str, int]]) -> Problem:
-        """The problem and gold solution for a start number and a list of (op, operand)."""
+        """The problem and gold solution for a start number and a list of (op, operand) (TANGO.md §8)."""
         question = "Evaluate left to right: " + " ".join([str(start)] + [f"{op} {b}" for op, b in ops])
         steps, v = [], start
         for op, b in ops:

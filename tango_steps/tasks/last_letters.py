@@ -79,7 +79,7 @@ class LastLettersTask(Task):
         return self.make_problem([rng.choice(WORDS) for _ in range(rng.randint(lo, hi))])
 
     def make_problem(self, words: list[str]) -> Problem:
-        """The problem and gold solution for a list of words."""
+        """The problem and gold solution for a list of words (TANGO.md §8)."""
         question = "Concatenate the last letters of: " + " ".join(words)
         steps, acc = [], ""
         for w in words:
