@@ -36,7 +36,6 @@ from tango_steps.tasks.base import Problem, Task
 from tango_steps.templates import PromptTemplate, get_template
 from tango_steps.tiny import TinyModelSpec
 
-
 WARMUP_VERSION = 1  # bump when the warm-up procedure changes: cached models are then rebuilt
 
 
