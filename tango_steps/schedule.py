@@ -1,0 +1,92 @@
+"""Which model is updated in which round (TANGO.md §3 schedule).
+
+Global step = one fresh batch of prompts and ONE optimizer step on either model. The paper warms
+the verifier up for 40 steps with the generator frozen, then alternates 3 generator steps : 1
+verifier step, starting with the generator. In Tango's pipeline one round is one global step, so
+the schedule says, for each round, whether the generator and/or the verifier is updated, and why
+not when it is skipped (the reason is recorded with the round).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What a round updates (TANGO.md §3).
+
+    Attributes:
+        round_idx: 1-based round number.
+        update_generator / update_verifier: whether each model gets its optimizer step.
+        generator_step: generator updates done BEFORE this round (s in alpha(s), TANGO.md §4).
+        skip_generator / skip_verifier: why an update is skipped ("" when it runs).
+    """
+
+    round_idx: int
+    update_generator: bool
+    update_verifier: bool
+    generator_step: int
+    skip_generator: str = ""
+    skip_verifier: str = ""
+
+
+def plan_round(
+    round_idx: int,
+    verifier_warmup_rounds: int = 40,
+    generator_per_verifier: int = 3,
+    train_generator: bool = True,
+    train_verifier: bool = True,
+) -> RoundPlan:
+    """The plan of one round under the TANGO.md §3 schedule.
+
+    Rounds 1..W update only the verifier (generator frozen). After that, rounds cycle through
+    ``generator_per_verifier`` generator rounds then one verifier round, starting with the
+    generator. ``train_generator`` / ``train_verifier`` switch a model off entirely (the
+    ``frozen_*`` and ``grpo`` ablations); the schedule's slots are kept, so the same round numbers
+    update the same model whatever the variant.
+
+    Args:
+        round_idx: 1-based round number.
+        verifier_warmup_rounds: W (paper: 40).
+        generator_per_verifier: generator rounds per verifier round after warm-up (paper: 3);
+            0 means generator rounds only (no verifier rounds after warm-up).
+    """
+    if round_idx < 1:
+        raise ValueError(f"round_idx must be >= 1, got {round_idx}")
+    if verifier_warmup_rounds < 0:
+        raise ValueError(f"verifier_warmup_rounds must be >= 0, got {verifier_warmup_rounds}")
+    if generator_per_verifier < 0:
+        raise ValueError(f"generator_per_verifier must be >= 0, got {generator_per_verifier}")
+    gen_step = sum(_slot(r, verifier_warmup_rounds, generator_per_verifier) == "generator" for r in range(1, round_idx))
+    slot = _slot(round_idx, verifier_warmup_rounds, generator_per_verifier)
+    skip_g = skip_v = ""
+    if slot != "generator":
+        skip_g = "verifier warm-up round" if round_idx <= verifier_warmup_rounds else "verifier round of the schedule"
+    elif not train_generator:
+        skip_g = "generator frozen by configuration"
+    if slot != "verifier":
+        skip_v = "generator round of the schedule"
+    elif not train_verifier:
+        skip_v = "verifier frozen by configuration"
+    return RoundPlan(
+        round_idx=round_idx,
+        update_generator=not skip_g,
+        update_verifier=not skip_v,
+        generator_step=gen_step,
+        skip_generator=skip_g,
+        skip_verifier=skip_v,
+    )
+
+
+def _slot(r: int, warmup: int, g_per_v: int) -> str:
+    if r <= warmup:
+        return "verifier"
+    if g_per_v == 0:
+        return "generator"
+    return "verifier" if (r - warmup - 1) % (g_per_v + 1) == g_per_v else "generator"
+
+
+def total_generator_updates(rounds: int, verifier_warmup_rounds: int = 40, generator_per_verifier: int = 3) -> int:
+    """T_g: generator slots in ``rounds`` rounds, the horizon of the alpha schedule (TANGO.md §4)."""
+    return sum(_slot(r, verifier_warmup_rounds, generator_per_verifier) == "generator" for r in range(1, rounds + 1))

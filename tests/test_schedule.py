@@ -1,0 +1,48 @@
+"""The round schedule (tango_steps.schedule, TANGO.md §3)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tango_steps.schedule import plan_round, total_generator_updates
+
+
+def test_paper_schedule_440_steps():
+    # TANGO.md §3: 440 global steps = 40 verifier warm-up + 300 generator + 100 verifier
+    plans = [plan_round(r, 40, 3) for r in range(1, 441)]
+    assert sum(p.update_generator for p in plans) == 300 == total_generator_updates(440, 40, 3)
+    assert sum(p.update_verifier for p in plans) == 140
+    assert all(p.update_verifier and not p.update_generator for p in plans[:40])
+    # after warm-up: G G G V, starting with the generator
+    assert [("G" if p.update_generator else "V") for p in plans[40:48]] == list("GGGVGGGV")
+    assert plans[0].skip_generator == "verifier warm-up round"
+    assert plans[43].skip_generator == "verifier round of the schedule"
+    assert plans[40].skip_verifier == "generator round of the schedule"
+
+
+def test_generator_step_counts_updates_before_the_round():
+    steps = [plan_round(r, 2, 3).generator_step for r in range(1, 10)]
+    # rounds: V V G G G V G G G
+    assert steps == [0, 0, 0, 1, 2, 3, 3, 4, 5]
+
+
+def test_frozen_models_keep_the_slots():
+    p = plan_round(5, 2, 3, train_generator=False)
+    assert not p.update_generator and p.skip_generator == "generator frozen by configuration"
+    v = plan_round(1, 2, 3, train_verifier=False)
+    assert not v.update_verifier and v.skip_verifier == "verifier frozen by configuration"
+    assert plan_round(5, 2, 3, train_generator=False).generator_step == plan_round(5, 2, 3).generator_step
+
+
+def test_generator_only_schedule():
+    assert all(plan_round(r, 0, 0).update_generator for r in range(1, 20))
+    assert total_generator_updates(20, 0, 0) == 20
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [((0,), "round_idx must be >= 1"), ((1, -1), "verifier_warmup_rounds"), ((1, 0, -2), "generator_per_verifier")],
+)
+def test_errors(args, msg):
+    with pytest.raises(ValueError, match=msg):
+        plan_round(*args)
