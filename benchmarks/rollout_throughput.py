@@ -27,6 +27,16 @@ def tiny_model(out: str) -> str:
     return str(save_pretrained_atomic(model, tok, os.path.join(out, "tiny")))
 
 
+def benchmark_models(tmpdir: str, smollm2: bool) -> list[tuple[str, str]]:
+    """(name, path) of the models to measure: the tiny Qwen2, and SmolLM2-135M if asked for."""
+    models = [("tiny-3.6M", tiny_model(tmpdir))]
+    if smollm2:
+        from tango_steps.modeling import resolve_model_ref
+
+        models.append(("smollm2-135m", resolve_model_ref("smollm2-135m")))
+    return models
+
+
 def measure(engine, prompts, n, max_tokens, repeats=2) -> tuple[float, int, float]:
     from tango_steps.rollout import SamplingSettings
 
@@ -54,11 +64,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        models = [("tiny-3.6M", tiny_model(d))]
-        if args.smollm2:
-            from tango_steps.modeling import resolve_model_ref
-
-            models.append(("smollm2-135m", resolve_model_ref("smollm2-135m")))
+        models = benchmark_models(d, args.smollm2)
         prompts = [f"Problem: Evaluate left to right: {i} + {i % 7} * 3\nSolution:\n" for i in range(args.prompts)]
         for name, path in models:
             engines = [("hf", lambda p=path: HFEngine(p, batch_size=args.prompts * args.n))]

@@ -26,17 +26,13 @@ def main() -> None:
     ap.add_argument("--smollm2", action="store_true")
     args = ap.parse_args()
 
-    from rollout_throughput import tiny_model
+    from rollout_throughput import benchmark_models
 
     from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        models = [("tiny-3.6M", tiny_model(d))]
-        if args.smollm2:
-            from tango_steps.modeling import resolve_model_ref
-
-            models.append(("smollm2-135m", resolve_model_ref("smollm2-135m")))
+        models = benchmark_models(d, args.smollm2)
         g = torch.Generator().manual_seed(0)
         for name, path in models:
             settings = UpdateSettings(learning_rate=1e-5, micro_batch_size=args.micro_batch)
