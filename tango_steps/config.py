@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tango_steps.rollout import ENGINES
 
@@ -94,3 +94,164 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{p}' must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole recipe (TANGO.md §3-§7). Groundwork for the pipeline (issue #4): every field here has
+# one default, and configs/*.yaml override only what differs.
+# ----------------------------------------------------------------------------------------------
+
+
+class SamplingConfig(_Section):
+    """How one model samples (TANGO.md §3)."""
+
+    n: int = Field(1, ge=1, description="samples per prompt: M (generator, paper 5) or N (verifier, paper 5)")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature (paper: 1.0); 0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus mass (paper: 1.0)")
+    max_tokens: int = Field(256, ge=1, description="new-token limit (paper: 2048 generator, 4096 verifier)")
+
+
+class BatchConfig(_Section):
+    """Prompts per round (TANGO.md §3: 256 prompts per global step)."""
+
+    generator_prompts: int = Field(256, ge=1, description="prompts per generator round (x M samples)")
+    verifier_prompts: int = Field(256, ge=1, description="solutions per verifier round (x N verifications)")
+
+
+class ScheduleConfig(_Section):
+    """Which model each round updates (TANGO.md §3)."""
+
+    verifier_warmup_rounds: int = Field(40, ge=0, description="rounds updating only the verifier first (paper: 40)")
+    generator_per_verifier: int = Field(
+        3, ge=0, description="generator rounds per verifier round after warm-up (paper: 3)"
+    )
+    train_generator: bool = Field(True, description="False freezes the generator (ablation frozen_generator)")
+    train_verifier: bool = Field(True, description="False freezes the verifier (ablation frozen_verifier)")
+
+
+class AlgorithmConfig(_Section):
+    """Rewards and advantages (TANGO.md §4-§5)."""
+
+    estimator: Literal["grpo", "rloo", "reinforce_pp"] = Field("grpo", description="advantage estimator, both parts")
+    alpha0: float = Field(
+        0.1, ge=0, le=1, description="alpha_0, step-advantage weight at the start (0.5 for REINFORCE++)"
+    )
+    alpha_min: float = Field(1e-3, ge=0, le=1, description="alpha_min, the floor reached after T_g generator updates")
+    alpha_schedule: Literal["exp", "constant", "linear", "cosine"] = Field(
+        "exp", description="alpha decay (paper: exp)"
+    )
+    gamma: float = Field(0.8, ge=0, description="gamma, weight of the verifier format score in r_v (TANGO.md §5)")
+    rloo_step_scale: float = Field(1.0, gt=0, description="factor on the RLOO step part (released code: 10)")
+    reweight_decay: float = Field(0.8, ge=0, lt=1, description="EMA decay of the verifier's class counts (TANGO.md §5)")
+    step_rewards: bool = Field(True, description="False: outcome reward only, no verifier in the loop (ablation grpo)")
+
+    @model_validator(mode="after")
+    def _alpha_range(self) -> AlgorithmConfig:
+        if self.alpha_min > self.alpha0:
+            raise ValueError(f"alpha_min ({self.alpha_min}) must not exceed alpha0 ({self.alpha0})")
+        if self.alpha_schedule == "exp" and self.alpha_min <= 0 < self.alpha0:
+            raise ValueError("the exp alpha schedule needs alpha_min > 0 (k = ln(alpha0 / alpha_min) / T_g)")
+        return self
+
+
+class LoraConfig(_Section):
+    """LoRA adapters (peft) instead of full fine-tuning (TANGO.md §6 on small GPUs)."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator")
+    dropout: float = Field(0.0, ge=0, lt=1, description="adapter dropout")
+    target_modules: str | list[str] = Field("all-linear", description="module names, or all-linear")
+
+
+class UpdateConfig(_Section):
+    """One model's RL update (TANGO.md §6)."""
+
+    learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (paper: 1e-6 at 7B)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="max gradient norm (paper: 1.0)")
+    optimizer_steps: int = Field(1, ge=1, description="optimizer steps per update (paper: 1, fully on-policy)")
+    micro_batch_size: int = Field(4, ge=1, description="sequences per forward/backward (paper: 4)")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range epsilon (paper: 0.2)")
+    kl_coef: float = Field(0.001, ge=0, description="beta of the k3 KL to the reference (paper: 0.001)")
+    entropy_coef: float = Field(0.001, ge=0, description="entropy bonus (paper: 0.001; 0 for REINFORCE++)")
+    logprob_chunk_size: int = Field(2048, ge=1, description="tokens per chunk of the log-prob computation")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="bf16 on GPU, fp32 on CPU when auto")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
+    lora: LoraConfig | None = Field(None, description="LoRA settings; null = full fine-tuning")
+
+    def settings(self, temperature: float = 1.0, seed: int = 0):
+        """The :class:`~tango_steps.training.UpdateSettings` this section describes (TANGO.md §6)."""
+        from tango_steps.training import LoraSettings, UpdateSettings
+
+        data = self.model_dump(exclude={"lora"})
+        lora = LoraSettings(**self.lora.model_dump()) if self.lora is not None else None
+        return UpdateSettings(**data, lora=lora, temperature=temperature, seed=seed)
+
+
+class EvaluationConfig(_Section):
+    """Held-out evaluation each round (TANGO.md §7: greedy pass@1)."""
+
+    heldout_problems: int = Field(200, ge=1, description="held-out problems (200 gives a ~3.4-point standard error)")
+    max_tokens: int = Field(256, ge=1, description="generation limit while evaluating")
+
+
+class StepResources(_Section):
+    """Metaflow @resources of one step, applied with --with kubernetes / batch (TANGO.md §7 hardware)."""
+
+    cpu: int = Field(1, ge=1, description="CPU cores")
+    memory: int = Field(4096, ge=256, description="memory in MB")
+    gpu: int = Field(0, ge=0, description="GPUs")
+
+
+class TangoConfig(_Section):
+    """A whole Tango recipe (TANGO.md §3-§7). Load with :func:`load_config`."""
+
+    seed: int = Field(0, description="seeds every random choice of the run")
+    rounds: int = Field(20, ge=1, description="rounds (global steps) to run")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    template: str = Field("compact", description="prompt template name: full (7B base models) or compact")
+    generator: ModelConfig = Field(default_factory=ModelConfig)
+    verifier: ModelConfig = Field(default_factory=ModelConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    generator_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=5, max_tokens=2048))
+    verifier_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(n=5, max_tokens=4096))
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    generator_update: UpdateConfig = Field(default_factory=UpdateConfig)
+    verifier_update: UpdateConfig = Field(default_factory=UpdateConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    resources: dict[str, StepResources] = Field(default_factory=dict, description="per-step @resources by step name")
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from tango_steps.templates import get_template
+
+        get_template(v)  # raises naming the known templates
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: TaskConfig) -> TaskConfig:
+        from tango_steps.tasks import get_task
+
+        get_task(v.name, **v.params)  # raises naming the bad task or parameter
+        return v
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TangoConfig:
+    """Load a recipe (TANGO.md §3-§7): defaults <- YAML file <- ``overrides`` (dotted keys allowed).
+
+    Every error names the field by its dotted path and the file it came from.
+    """
+    data = load_yaml(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return validate(TangoConfig, data, source=str(path) if path is not None else "configuration")

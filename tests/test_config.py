@@ -39,3 +39,49 @@ def test_load_yaml_errors(tmp_path):
         load_yaml(tmp_path / "list.yaml")
     (tmp_path / "empty.yaml").write_text("")
     assert load_yaml(tmp_path / "empty.yaml") == {}
+
+
+def test_every_recipe_in_configs_loads():
+    from pathlib import Path
+
+    from tango_steps.config import load_config
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        cfg = load_config(path)
+        assert cfg.rounds >= 1
+        cfg.generator_update.settings()  # maps onto the training settings without error
+
+
+def test_whole_recipe_errors_name_each_field(tmp_path):
+    from tango_steps.config import load_config
+
+    (tmp_path / "r.yaml").write_text(
+        "rounds: 0\nbatch: {generator_prompts: -4}\ngenerator_sampling: {top_p: 1.5}\n"
+        "algorithm: {alpha0: 0.01, alpha_min: 0.1}\nrolout: {}\ntask: {name: arithmetic, params: {max_ops: 9}}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "r.yaml")
+    msg = str(e.value)
+    for fragment in [
+        "r.yaml",
+        "rounds: Input should be greater than or equal to 1",
+        "batch.generator_prompts: Input should be greater than or equal to 1",
+        "generator_sampling.top_p: Input should be less than or equal to 1",
+        "algorithm: alpha_min (0.1) must not exceed alpha0 (0.01)",
+        "rolout: Extra inputs are not permitted",
+        "task: need 1 <= min_ops <= max_ops <= 6",
+    ]:
+        assert fragment in msg, (fragment, msg)
+
+
+def test_overrides_with_dotted_keys():
+    from tango_steps.config import load_config
+
+    cfg = load_config(overrides={"rounds": 3, "generator_update.lora": {"r": 4}, "algorithm.estimator": "rloo"})
+    assert cfg.rounds == 3 and cfg.algorithm.estimator == "rloo"
+    s = cfg.generator_update.settings(temperature=0.7, seed=5)
+    assert s.lora.r == 4 and s.temperature == 0.7 and s.seed == 5
+    with pytest.raises(ConfigError, match="'rounds' is not a section"):
+        load_config(overrides={"rounds": 3, "rounds.x": 1})
