@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from tango_steps.formats import format_verification
@@ -138,31 +138,11 @@ def build_model(spec: TinyModelSpec, vocab_size: int, eos_token_id: int, pad_tok
 
 def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Save model + tokenizer as safetensors to ``out_dir`` atomically: write aside, rename (TANGO.md §9)."""
-    import shutil
-    import tempfile
+    from tango_steps.atomic import atomic_directory
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out_dir, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             (tmp / "tango.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def spec_dict(spec: TinyModelSpec) -> dict:
-    """The spec as a plain dict, for cache keys and provenance files (TANGO.md §9 reproducibility)."""
-    return asdict(spec)
+    return Path(out_dir)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 import torch
 
+from tango_steps.atomic import atomic_directory
 from tango_steps.loss import chunked_token_logprobs, get_policy_loss
 
 STATE_FILE = "trainer_state.json"
@@ -188,10 +187,8 @@ def _set_rng_state(state: dict) -> None:
 def _write_checkpoint(
     out_dir: Path, model, tokenizer, optimizer, state: TrainerState, settings: UpdateSettings
 ) -> Path:
-    """Write a checkpoint to a temporary sibling directory, then rename it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    """Write a checkpoint to a temporary sibling directory, then rename it into place (never overwrites)."""
+    with atomic_directory(out_dir) as tmp:
         if settings.lora is not None:
             model.save_pretrained(tmp / "adapter")
             merged = model.merge_and_unload(safe_merge=True) if hasattr(model, "merge_and_unload") else model
@@ -204,12 +201,6 @@ def _write_checkpoint(
         torch.save(_rng_state(), tmp / "rng_state.pt")
         payload = {**asdict(state), "settings": json.loads(json.dumps(asdict(settings), default=str))}
         (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
-        if out_dir.exists():
-            raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
