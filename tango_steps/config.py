@@ -203,6 +203,9 @@ class StepResources(_Section):
     gpu: int = Field(0, ge=0, description="GPUs")
 
 
+ROUND_STEPS = ("start", "rollout", "judge", "reward", "verifier_update", "generator_update", "evaluate", "end")
+
+
 class TangoConfig(_Section):
     """A whole Tango recipe (TANGO.md §3-§7). Load with :func:`load_config`."""
 
@@ -222,6 +225,14 @@ class TangoConfig(_Section):
     verifier_update: UpdateConfig = Field(default_factory=UpdateConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: dict[str, StepResources] = Field(default_factory=dict, description="per-step @resources by step name")
+
+    @field_validator("resources")
+    @classmethod
+    def _known_steps(cls, v: dict[str, StepResources]) -> dict[str, StepResources]:
+        unknown = sorted(set(v) - set(ROUND_STEPS))
+        if unknown:
+            raise ValueError(f"unknown step name(s) {', '.join(unknown)}; known: {', '.join(ROUND_STEPS)}")
+        return v
 
     @field_validator("template")
     @classmethod
@@ -255,3 +266,36 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 raise ConfigError(f"override '{key}': '{p}' is not a section")
         node[parts[-1]] = value
     return validate(TangoConfig, data, source=str(path) if path is not None else "configuration")
+
+
+def parse_recipe(text: str) -> dict[str, Any]:
+    """Metaflow ``Config`` parser for recipes (TANGO.md §3-§7): YAML (or JSON) text to a plain dict.
+
+    Validation is NOT done here but in TangoFlow's ``start`` (errors then name the field and no
+    training has started). The only change: ``resources`` is filled with every round step's
+    defaults, so that ``@resources(cpu=config.resources.rollout.cpu)`` always resolves.
+    """
+    try:
+        data = yaml.safe_load(text) if text and text.strip() else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"the configuration is not valid YAML: {e}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"the configuration must hold a mapping at the top level, got {type(data).__name__}")
+    res = data.get("resources")
+    if res is None or isinstance(res, dict):
+        filled = dict(res or {})
+        for step in ROUND_STEPS:
+            entry = filled.get(step) or {}
+            filled[step] = {**StepResources().model_dump(), **entry} if isinstance(entry, dict) else entry
+        data["resources"] = filled
+    return data
+
+
+def resolved(cfg: TangoConfig) -> dict[str, Any]:
+    """The whole configuration, every default filled in, as a JSON-safe dict (TANGO.md §3-§7).
+
+    This is what a TangoFlow run stores and hands to each round run, so a recipe is reproducible
+    even after the defaults in this file change.
+    """
+    return cfg.model_dump(mode="json")

@@ -28,3 +28,11 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     spec = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128, seed=3)
     model = build_model(spec, len(tiny_tokenizer), tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id)
     return save_pretrained_atomic(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def warmed():
+    """The tiny default's warmed-up models (built once per TANGO_CACHE, minutes on 2 cores)."""
+    from tango_steps.warmup import WarmupSettings, warmed_up_models
+
+    return warmed_up_models(WarmupSettings())

@@ -12,14 +12,9 @@ from tango_steps.formats import format_solution
 from tango_steps.rollout import HFEngine
 from tango_steps.tasks import get_task
 from tango_steps.templates import get_template
-from tango_steps.warmup import WarmupSettings, generator_accuracy, verifier_warmup_rows, warmed_up_models
+from tango_steps.warmup import generator_accuracy, verifier_warmup_rows
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def warmed():
-    return warmed_up_models(WarmupSettings())
 
 
 def test_generator_lands_in_the_accuracy_band(warmed):

@@ -1,0 +1,107 @@
+"""Tango: co-train a generator and a process-level verifier with RL (TANGO.md). What users run.
+
+    python flows/tango_flow.py run --rounds 20            # embedded tiny default, CPU
+    python flows/tango_flow.py --config config configs/X.yaml run
+    python flows/tango_flow.py resume                      # after a failure: continues at the failed stage
+    python flows/tango_flow.py run --start-from TangoRoundFlow/<run id> --rounds 5   # fork
+
+    start -> round (loops: one TangoRoundFlow run per round) -> end
+
+``start`` validates the configuration, builds or loads both initial models (the tiny default is
+warmed up once and cached) and evaluates round 0; each ``round`` iteration runs one round as a
+TangoRoundFlow run through Metaflow's Runner (adopting a finished one, resuming a failed one);
+``end`` summarises. Algorithm code lives in ``tango_steps``.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+from metaflow import Config, FlowSpec, Parameter, current, step
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CONFIG = str(HERE.parent / "configs" / "tiny.yaml")
+ROUND_FLOW_FILE = str(HERE / "tango_round_flow.py")
+
+
+class TangoFlow(FlowSpec):
+    """Tango training (TANGO.md §3): rounds of rollout, judging, rewards and RL updates of both models."""
+
+    config = Config(
+        "config", default=DEFAULT_CONFIG, parser="tango_steps.config.parse_recipe", help="YAML recipe (configs/)"
+    )
+    rounds = Parameter("rounds", type=int, default=None, help="rounds to run (default: the recipe's `rounds`)")
+    start_from = Parameter(
+        "start-from", type=str, default="", help="fork: a finished TangoRoundFlow run (Flow/run id) to start from"
+    )
+
+    @step
+    def start(self):
+        """Validate, build or load the initial models, evaluate round 0 (or take a forked round's state)."""
+        from tango_steps import round as stages
+        from tango_steps.config import resolved
+        from tango_steps.driver import fork_source, initial_checkpoints, initial_state, validate_run_config
+        from tango_steps.model_store import ModelStore, task_key
+
+        cfg = validate_run_config(self.config.to_dict(), self.rounds)
+        self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
+        self.forked_from = self.start_from or None
+        store = ModelStore.for_flow(self)
+        if self.start_from:
+            self.state, source_metrics = fork_source(self.start_from)
+            first = self.state["round"]
+            cfg = validate_run_config({**resolved(cfg), "rounds": first + cfg.rounds})
+            self.history = [{**source_metrics, "round": first, "forked_from": self.start_from}]
+            self.eval_table = None
+            print(f"forking from {self.start_from} (round {first}); running rounds {first + 1}..{cfg.rounds}")
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                dirs = initial_checkpoints(cfg, tmp)
+                refs = {r: store.save(d, task_key(r), meta={"role": r, "round": 0}) for r, d in dirs.items()}
+            self.state = initial_state(refs)
+            self.eval_table, res = stages.evaluate(cfg, store.load(refs["generator"]), store.load(refs["verifier"]))
+            self.history = [{"round": 0, **res.metrics}]
+        self.cfg = resolved(cfg)
+        self.total_rounds = cfg.rounds
+        self.round_idx = self.state["round"]
+        self.round_runs = []
+        self.state_task = current.pathspec
+        self.more = "more" if self.round_idx < self.total_rounds else "done"
+        self.next({"more": self.round, "done": self.end}, condition="more")
+
+    @step
+    def round(self):
+        """Round k as a TangoRoundFlow run: adopted if finished, resumed at its failed stage, else launched."""
+        from tango_steps.driver import run_round
+
+        k = self.round_idx + 1
+        child = run_round(ROUND_FLOW_FILE, self.root_id, k, self.state_task, self.cfg)
+        self.state = child["state"]
+        self.state_task = child["state_task"]
+        self.round_runs = [*self.round_runs, child["pathspec"]]
+        self.history = [*self.history, {**child["metrics"], "run": child["pathspec"], "how": child["how"]}]
+        self.round_idx = k
+        print(f"round {k}/{self.total_rounds} done ({child['how']}): {child['pathspec']}")
+        self.more = "more" if k < self.total_rounds else "done"
+        self.next({"more": self.round, "done": self.end}, condition="more")
+
+    @step
+    def end(self):
+        """Summary table and final model references."""
+        import pandas as pd
+
+        self.metrics = pd.DataFrame(self.history)
+        self.final_generator = self.state["generator"]
+        self.final_verifier = self.state["verifier"]
+        cols = [
+            c
+            for c in ("round", "eval/generator_accuracy", "eval/verifier_f1", "eval/verifier_process_f1")
+            if c in self.metrics
+        ]
+        print(self.metrics[cols].to_string(index=False))
+        print(f"final generator: {self.final_generator['uri']}\nfinal verifier: {self.final_verifier['uri']}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    TangoFlow()

@@ -1,0 +1,256 @@
+"""Driving one TangoRoundFlow run per round from TangoFlow's looping step (TANGO.md §3, §9).
+
+Metaflow only lets a step loop onto itself, so TangoFlow's ``round`` step runs round k as a child
+``TangoRoundFlow`` run through Metaflow's ``Runner`` (ENVIRONMENT.md "Metaflow 2.19"). The child is
+tagged ``tango_root:<root run id>`` and ``tango_round:<k>``, so that a resumed TangoFlow finds it:
+
+- a successful child of (root, k) is ADOPTED (never recomputed);
+- else the newest unfinished or failed child is RESUMED at its failed stage (``Runner.resume``);
+- else a new child is launched.
+
+An exclusive ``flock`` per root run, held while a round is driven, keeps two drivers (a killed
+parent's orphan and its resumed successor) from running the same round twice on one host.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROUND_FLOW = "TangoRoundFlow"
+ROOT_TAG = "tango_root:{}"
+ROUND_TAG = "tango_round:{}"
+
+
+def read_task_state(pathspec: str) -> dict[str, Any]:
+    """The ``state`` artifact (model references, reweighter, counters) of a finished task (TANGO.md §9).
+
+    ``pathspec`` is a task (``Flow/run/step/task``) or a run (``Flow/run``: its ``end`` task).
+    """
+    from metaflow import Run, Task, namespace
+
+    namespace(None)
+    parts = pathspec.strip("/").split("/")
+    if len(parts) == 2:
+        run = Run(pathspec)
+        if not run.successful:
+            raise ValueError(f"run '{pathspec}' did not finish successfully; only finished rounds can be forked")
+        task = run["end"].task
+    elif len(parts) == 4:
+        task = Task(pathspec)
+    else:
+        raise ValueError(f"'{pathspec}' is neither a run (Flow/run) nor a task (Flow/run/step/task) pathspec")
+    if "state" not in task:
+        raise ValueError(f"task '{task.pathspec}' has no 'state' artifact: not a Tango round or start task")
+    return task["state"].data
+
+
+@contextmanager
+def root_lock(root_id: str, log: Callable[[str], None] = print):
+    """Exclusive per-root-run lock for the duration of one round (single host; see module doc)."""
+    path = Path(tempfile.gettempdir()) / f"tango-{os.environ.get('USERNAME', 'user')}-{root_id}.lock"
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another driver holds {path}; waiting for it to finish its round")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def find_round_runs(root_id: str, round_idx: int) -> list:
+    """Child runs of (root, round), newest first (TANGO.md §9 resume)."""
+    from metaflow import Flow, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    namespace(None)
+    try:
+        flow = Flow(ROUND_FLOW)
+    except MetaflowNotFound:
+        return []
+    runs = list(flow.runs(ROOT_TAG.format(root_id), ROUND_TAG.format(round_idx)))
+    return sorted(runs, key=lambda r: r.created_at, reverse=True)
+
+
+def _failure_summary(run) -> str:
+    bad = [task.pathspec for step in run for task in step if not task.successful]
+    return "failed or unfinished: " + (", ".join(bad) or "(no task was recorded)")
+
+
+def run_round(
+    flow_file: str | Path,
+    root_id: str,
+    round_idx: int,
+    previous: str,
+    config: dict[str, Any],
+    log: Callable[[str], None] = print,
+    show_output: bool = True,
+) -> dict[str, Any]:
+    """Adopt, resume or launch the TangoRoundFlow run of round ``round_idx`` (TANGO.md §3, §9).
+
+    Args:
+        flow_file: path of ``tango_round_flow.py``.
+        root_id: run id of the root TangoFlow run (stays the same across its resumes).
+        round_idx: 1-based round number.
+        previous: pathspec of the task whose ``state`` the round starts from.
+        config: the resolved, validated configuration (a JSON-safe dict).
+
+    Returns:
+        ``{"pathspec", "state_task", "state", "metrics", "how"}`` with ``how`` one of adopted/resumed/launched.
+
+    Raises:
+        RuntimeError naming the child run and its failed task when the round fails.
+    """
+    from metaflow import Runner
+
+    # A config exported into this task's environment would be passed on and break the child's resume.
+    for k in [k for k in os.environ if k.startswith("METAFLOW_FLOW_CONFIG")]:
+        os.environ.pop(k)
+    tags = [ROOT_TAG.format(root_id), ROUND_TAG.format(round_idx)]
+    with root_lock(root_id, log):
+        runs = find_round_runs(root_id, round_idx)
+        done = [r for r in runs if r.successful]
+        if done:
+            run, how = done[0], "adopted"
+            log(f"round {round_idx}: adopting finished run {run.pathspec}")
+        else:
+            if runs:
+                origin = runs[0]
+                log(f"round {round_idx}: resuming {origin.pathspec} at its failed stage")
+                with Runner(str(flow_file), show_output=show_output) as runner:  # reuses the original config
+                    result = runner.resume(origin_run_id=origin.id, tags=tags)
+                how = "resumed"
+            else:
+                log(f"round {round_idx}: launching a TangoRoundFlow run")
+                cv = [("config", config)]
+                with Runner(str(flow_file), show_output=show_output, config_value=cv) as runner:
+                    result = runner.run(round=round_idx, root=root_id, previous=previous, tags=tags)
+                how = "launched"
+            run = result.run
+            if result.status != "successful":
+                raise RuntimeError(
+                    f"round {round_idx} failed in run {run.pathspec}: {_failure_summary(run)}. "
+                    "Fix the cause and run `resume`: the round continues at its failed stage."
+                )
+    end = run["end"].task
+    return {
+        "pathspec": run.pathspec,
+        "state_task": end.pathspec,
+        "state": end["state"].data,
+        "metrics": end["metrics"].data,
+        "how": how,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# TangoFlow's start: validate, build or load the initial models, evaluate round 0 (or fork)
+# ----------------------------------------------------------------------------------------------
+
+
+def validate_run_config(config: Any, rounds: int | None = None):
+    """The validated :class:`~tango_steps.config.TangoConfig` of a TangoFlow run (TANGO.md §3-§7).
+
+    ``rounds`` (the ``--rounds`` option) overrides the recipe's. Model paths other than ``tiny`` are
+    resolved now, so a missing path fails before any training with the field named.
+    """
+    from tango_steps.config import ConfigError, TangoConfig, validate
+    from tango_steps.modeling import resolve_model_ref
+
+    data = json.loads(json.dumps(dict(config), default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+    if rounds is not None:
+        data["rounds"] = rounds
+    cfg = validate(TangoConfig, data, source="the TangoFlow configuration (--rounds / --config)")
+    for role in ("generator", "verifier"):
+        path = getattr(cfg, role).path
+        if path != "tiny":
+            try:
+                resolve_model_ref(path)
+            except ValueError as e:
+                raise ConfigError(f"invalid configuration:\n  {role}.path: {e}") from None
+    return cfg
+
+
+def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """The round-0 policy checkpoints of both models under ``out_dir`` (TANGO.md §3, §7).
+
+    ``path: tiny`` builds and warms up the embedded tiny models once (cached by their settings); any
+    other path is loaded as it is. Each checkpoint is also its model's frozen KL reference.
+    """
+    from tango_steps.modeling import resolve_model_ref
+    from tango_steps.training import init_checkpoint
+    from tango_steps.warmup import WarmupSettings, warmed_up_models
+
+    out = Path(out_dir)
+    dirs = {}
+    for role in ("generator", "verifier"):
+        mcfg = getattr(cfg, role)
+        if mcfg.path == "tiny":
+            settings = WarmupSettings(task=cfg.task.name, task_params=dict(cfg.task.params), template=cfg.template)
+            warm, _ = warmed_up_models(settings, log=log)
+            src = str(warm / role)
+        else:
+            src = resolve_model_ref(mcfg.path)
+        ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
+        log(f"{role}: initial checkpoint from {src}")
+        dirs[role] = init_checkpoint(src, out / role, ucfg.settings(seed=cfg.seed), extra={"source": src})
+    return dirs
+
+
+def initial_state(refs: dict[str, dict]) -> dict[str, Any]:
+    """The state a first round starts from (TANGO.md §9): model references, counters, no reweighting yet."""
+    return {
+        "round": 0,
+        "generator": refs["generator"],
+        "verifier": refs["verifier"],
+        "generator_init": refs["generator"],
+        "verifier_init": refs["verifier"],
+        "reweighter": None,
+        "generator_updates": 0,
+        "verifier_updates": 0,
+    }
+
+
+def fork_source(pathspec: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """State and metrics of a finished round run to fork from (TANGO.md §9): ``Flow/run`` or its end task."""
+    from metaflow import Run, namespace
+
+    namespace(None)
+    state = read_task_state(pathspec)
+    run_spec = "/".join(pathspec.strip("/").split("/")[:2])
+    end = Run(run_spec)["end"].task
+    metrics = end["metrics"].data if "metrics" in end else {}
+    return state, metrics
+
+
+def round_models(pathspec: str) -> dict[str, Path]:
+    """Local directories of the generator and verifier checkpoints after a round (TANGO.md §9), for notebooks.
+
+    ``pathspec``: a TangoRoundFlow run (its models after the round), a TangoFlow run (its final
+    models) or any task with a ``state`` artifact (e.g. a TangoFlow ``start`` task: round 0). Each
+    directory holds ``model/`` (safetensors + tokenizer, loadable with ``from_pretrained``),
+    ``optimizer.pt``, ``rng_state.pt`` and ``trainer_state.json``. S3 models are downloaded once into
+    the local cache.
+    """
+    from metaflow import Run, namespace
+
+    from tango_steps.model_store import load_model_dir
+
+    namespace(None)
+    parts = pathspec.strip("/").split("/")
+    if len(parts) == 2 and parts[0] != "TangoRoundFlow":
+        end = Run(pathspec)["end"].task
+        if "state" not in end:
+            raise ValueError(f"run '{pathspec}' has no final state (did it finish?)")
+        state = end["state"].data
+    else:
+        state = read_task_state(pathspec)
+    return {role: load_model_dir(state[role]) for role in ("generator", "verifier")}

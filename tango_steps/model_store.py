@@ -1,0 +1,177 @@
+"""Model directories in the Metaflow datastore, with a small reference as the artifact (TANGO.md §9).
+
+Weights are never pickled into artifacts. A policy checkpoint or a base model (a directory of
+safetensors, tokenizer files, optimizer and RNG state) is copied file by file into the flow's own
+datastore (local folder or S3) under ``<datastore root>/tango_models/<key>/``, through Metaflow's
+storage back-end, so the same code serves ``--datastore local`` and S3 and a Kubernetes/Batch task
+can read what another machine wrote. The artifact keeps only a :class:`ModelRef`-style dict::
+
+    {"uri": ..., "ds_type": "local" | "s3", "ds_root": ..., "key": ..., "files": {name: size},
+     "bytes": total, "meta": {...}}
+
+``MANIFEST.json`` is written last: a directory without it is an interrupted save and is refused on
+load. Local stores are read in place; S3 stores are downloaded once into
+``<cache_dir>/models/<hash of uri>/`` (atomically) and reused.
+
+Why not ``metaflow-checkpoint``: see ``docs/model_store.md`` (its per-task overhead measured
+above the 2 s budget of issue #4 on the tiny default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "MANIFEST.json"
+PREFIX = "tango_models"
+
+
+def _storage_class(ds_type: str):
+    from metaflow.plugins import DATASTORES
+
+    for cls in DATASTORES:
+        if cls.TYPE == ds_type:
+            return cls
+    raise ValueError(f"unknown Metaflow datastore type '{ds_type}'; known: {', '.join(c.TYPE for c in DATASTORES)}")
+
+
+class ModelStore:
+    """Save and load model directories through a Metaflow datastore back-end (TANGO.md §9).
+
+    Args:
+        storage: a Metaflow ``DataStoreStorage`` (``LocalStorage`` or ``S3Storage``) instance.
+    """
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+        self.ds_type = storage.TYPE
+        self.ds_root = storage.datastore_root
+
+    @classmethod
+    def for_flow(cls, flow) -> ModelStore:
+        """The store of the datastore a running step writes its artifacts to (TANGO.md §9)."""
+        return cls(flow._datastore.parent_datastore._storage_impl)
+
+    @classmethod
+    def for_ref(cls, ref: dict[str, Any]) -> ModelStore:
+        """The store a reference was written to, e.g. from a notebook (TANGO.md §9)."""
+        return cls(_storage_class(ref["ds_type"])(ref["ds_root"]))
+
+    # ------------------------------------------------------------------------------------------
+
+    def save(self, src: str | Path, key: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Copy directory ``src`` to ``tango_models/<key>`` and return its reference (TANGO.md §9).
+
+        An existing complete copy under the same key (a retried task) is replaced.
+        """
+        src = Path(src)
+        if not src.is_dir():
+            raise ValueError(f"cannot store '{src}': not a directory")
+        files = {p.relative_to(src).as_posix(): p.stat().st_size for p in sorted(src.rglob("*")) if p.is_file()}
+        if not files:
+            raise ValueError(f"cannot store '{src}': the directory is empty")
+        prefix = self.storage.path_join(PREFIX, key)
+        manifest = {"files": files, "bytes": sum(files.values()), "meta": dict(meta or {})}
+        if self.ds_type == "local":
+            final = Path(self.storage.full_uri(prefix))
+            from tango_steps.atomic import atomic_directory
+
+            with atomic_directory(final, overwrite=True) as tmp:
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+                (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
+        else:
+            handles = []
+            try:
+                items = []
+                for name in files:
+                    f = open(src / name, "rb")
+                    handles.append(f)
+                    items.append((self.storage.path_join(prefix, name), f))
+                self.storage.save_bytes(iter(items), overwrite=True, len_hint=len(items))
+            finally:
+                for f in handles:
+                    f.close()
+            body = io.BytesIO(json.dumps(manifest, sort_keys=True).encode())
+            self.storage.save_bytes(iter([(self.storage.path_join(prefix, MANIFEST), body)]), overwrite=True)
+        return {
+            "uri": self.storage.full_uri(prefix),
+            "ds_type": self.ds_type,
+            "ds_root": self.ds_root,
+            "key": key,
+            **manifest,
+        }
+
+    def load(self, ref: dict[str, Any]) -> Path:
+        """A local directory holding the referenced model (TANGO.md §9); verified against the manifest."""
+        prefix = self.storage.path_join(PREFIX, ref["key"])
+        if self.ds_type == "local":
+            path = Path(self.storage.full_uri(prefix))
+            _verify(path, ref)
+            return path
+        from tango_steps.atomic import atomic_directory
+        from tango_steps.modeling import cache_dir
+
+        local = cache_dir() / "models" / hashlib.sha256(ref["uri"].encode()).hexdigest()[:20]
+        if local.exists():
+            try:
+                _verify(local, ref)
+                return local
+            except ValueError:
+                shutil.rmtree(local, ignore_errors=True)
+        names = [*ref["files"], MANIFEST]
+        with atomic_directory(local, overwrite=True) as tmp:
+            with self.storage.load_bytes([self.storage.path_join(prefix, n) for n in names]) as results:
+                for key, path, _ in results:
+                    name = key[len(prefix) :].lstrip("/")
+                    if path is None:
+                        raise ValueError(f"model '{ref['uri']}' is incomplete in the datastore: '{name}' is missing")
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, tmp / name)
+            _verify(tmp, ref)
+        return local
+
+
+def _verify(path: Path, ref: dict[str, Any]) -> None:
+    manifest_file = path / MANIFEST
+    if not manifest_file.exists():
+        raise ValueError(
+            f"model '{ref.get('uri', path)}' has no {MANIFEST}: missing or an interrupted save; "
+            "re-run the step that produced it"
+        )
+    bad = [n for n, size in ref["files"].items() if not (path / n).is_file() or (path / n).stat().st_size != size]
+    if bad:
+        raise ValueError(f"model '{ref.get('uri', path)}' does not match its reference: {', '.join(bad[:5])}")
+
+
+def load_model_dir(ref: dict[str, Any]) -> Path:
+    """Local directory of a stored model from its reference alone (TANGO.md §9), e.g. in a notebook."""
+    if not isinstance(ref, dict) or "key" not in ref or "ds_type" not in ref:
+        raise ValueError(f"not a Tango model reference: {ref!r}")
+    return ModelStore.for_ref(ref).load(ref)
+
+
+def describe(ref: dict[str, Any] | None) -> str:
+    """One line naming a stored model for logs and cards (TANGO.md §9 lineage)."""
+    if not ref:
+        return "(none)"
+    return f"{ref['key']} ({ref.get('bytes', 0) / 2**20:.1f} MiB)"
+
+
+def task_key(name: str) -> str:
+    """Storage key of a model written by the current Metaflow task: flow/run/step/task/attempt/name."""
+    from metaflow import current
+
+    return "/".join(
+        [
+            current.flow_name,
+            str(current.run_id),
+            current.step_name,
+            str(current.task_id),
+            str(current.retry_count),
+            name,
+        ]
+    )

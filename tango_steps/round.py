@@ -1,0 +1,645 @@
+"""The stages of one Tango round, as plain functions the flows call (TANGO.md §3-§6).
+
+One round is one global step of TANGO.md §3: a fresh batch of prompts and (at most) one optimizer
+step on the generator or the verifier, as :func:`~tango_steps.schedule.plan_round` says.
+
+- :func:`rollout`: the generator samples solutions (M per prompt in a generator round, 1 in a
+  verifier round), one row per solution in a DataFrame.
+- :func:`judge`: the verifier judges every solution (1 verification in a generator round, N in a
+  verifier round), one row per verification.
+- :func:`reward`: outcome rewards (graded), step rewards, the generator's per-token advantages with
+  alpha, the verifier's rewards, GRPO advantages and class reweighting; the two RL batches.
+- :func:`update`: one RL update of one model (or a recorded skip).
+- :func:`evaluate`: held-out greedy accuracy of the generator and the verifier's outcome and
+  process-level (ProcessBench protocol) metrics on those solutions, with exact step labels.
+
+Everything here is independent of Metaflow; the flows only store what these functions return.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tango_steps.config import TangoConfig
+from tango_steps.schedule import RoundPlan, plan_round, total_generator_updates
+
+Log = Callable[[str], None]
+FAIL_ENV = "TANGO_FAIL_AT"  # test-only switch, "<round>:<stage>", e.g. "2:judge" (see README)
+HELDOUT_SEED_OFFSET = 10_000  # held-out problems differ from the warm-up's stopping set
+
+
+def maybe_fail(round_idx: int, stage: str) -> None:
+    """Raise when ``$TANGO_FAIL_AT`` names this round and stage: the test-only failure switch (TANGO.md §9 resume)."""
+    target = os.environ.get(FAIL_ENV, "")
+    if target and target == f"{round_idx}:{stage}":
+        raise RuntimeError(f"failure injected by {FAIL_ENV}={target} (test-only switch)")
+
+
+def round_plan(cfg: TangoConfig, round_idx: int) -> RoundPlan:
+    """The TANGO.md §3 plan of round ``round_idx`` under ``cfg.schedule``."""
+    s = cfg.schedule
+    return plan_round(
+        round_idx, s.verifier_warmup_rounds, s.generator_per_verifier, s.train_generator, s.train_verifier
+    )
+
+
+def round_problems(cfg: TangoConfig, round_idx: int, n: int):
+    """The round's fresh training prompts (TANGO.md §3), a pure function of (seed, round): the data cursor."""
+    from tango_steps.tasks import get_task
+
+    task = get_task(cfg.task.name, **cfg.task.params)
+    return task.problems(n, "train", seed=cfg.seed * 1_000_003 + round_idx)
+
+
+def heldout_problems(cfg: TangoConfig):
+    """The held-out evaluation problems (TANGO.md §7), the same in every round of a run."""
+    from tango_steps.tasks import get_task
+
+    task = get_task(cfg.task.name, **cfg.task.params)
+    return task.problems(cfg.evaluation.heldout_problems, "heldout", seed=HELDOUT_SEED_OFFSET + cfg.seed)
+
+
+def _seed(cfg: TangoConfig, round_idx: int, stage: str) -> int:
+    return (cfg.seed * 1_000_003 + round_idx * 101 + sum(map(ord, stage))) % (2**31 - 1)
+
+
+@dataclass
+class StageResult:
+    """What a stage returns: tables, metrics and the seconds spent in model compute (TANGO.md §3)."""
+
+    metrics: dict[str, Any]
+    compute_seconds: float
+
+
+# ----------------------------------------------------------------------------------------------
+# rollout
+# ----------------------------------------------------------------------------------------------
+
+
+def _engine(cfg: TangoConfig, model_dir: Path, seed: int):
+    from tango_steps.rollout import engine_from_config
+
+    return engine_from_config(cfg.rollout, str(model_dir), seed=seed)
+
+
+def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
+    """Generate in chunks with a progress line per chunk (counts and rate)."""
+    from tango_steps.rollout import SamplingSettings
+
+    out = []
+    chunk = max(1, 256 // max(1, sampling.n))
+    t0 = time.perf_counter()
+    for i in range(0, len(prompts), chunk):
+        s = SamplingSettings(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed + i,
+        )
+        out.extend(engine.generate(prompts[i : i + chunk], s))
+        done = min(i + chunk, len(prompts)) * sampling.n
+        dt = time.perf_counter() - t0
+        log(f"{what}: {done}/{len(prompts) * sampling.n} samples, {done / max(dt, 1e-9):.1f} samples/s")
+    return out
+
+
+def rollout(
+    cfg: TangoConfig, plan: RoundPlan, generator_ckpt: Path, log: Log = print
+) -> tuple[pd.DataFrame, StageResult]:
+    """The generator's samples for this round (TANGO.md §3), one row per solution.
+
+    Generator rounds: ``batch.generator_prompts`` prompts x M = ``generator_sampling.n``; verifier
+    rounds: ``batch.verifier_prompts`` prompts x 1 solution. Columns: ``prompt_id``, ``prompt_index``,
+    ``sample``, ``question``, ``gold``, ``prompt``, ``text``, ``prompt_ids``, ``response_ids``,
+    ``finish_reason``, ``truncated``, ``steps``, ``answer``, ``format_score``, ``well_formed``, and the
+    embedded task's exact labels ``label_correct``, ``step_labels``, ``first_error``.
+    """
+    from tango_steps.formats import parse_solution
+    from tango_steps.rollout import SamplingSettings, prepare_prompts
+    from tango_steps.tasks import get_task
+    from tango_steps.templates import get_template
+
+    generator_round = _is_generator_slot(plan)
+    n_prompts = cfg.batch.generator_prompts if generator_round else cfg.batch.verifier_prompts
+    n = cfg.generator_sampling.n if generator_round else 1
+    task = get_task(cfg.task.name, **cfg.task.params)
+    template = get_template(cfg.template)
+    problems = round_problems(cfg, plan.round_idx, n_prompts)
+    prompts = [template.generator_prompt(p.question) for p in problems]
+    t0 = time.perf_counter()
+    engine = _engine(cfg, generator_ckpt / "model", _seed(cfg, plan.round_idx, "rollout"))
+    try:
+        gs = cfg.generator_sampling
+        sampling = SamplingSettings(
+            n=n, temperature=gs.temperature, top_p=gs.top_p, max_tokens=gs.max_tokens,
+            seed=_seed(cfg, plan.round_idx, "rollout"),
+        )  # fmt: skip
+        comps = _generate(engine, prompts, sampling, "rollout", log)
+        prompt_ids, _ = prepare_prompts(
+            engine.tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt
+        )
+    finally:
+        engine.close()
+    compute = time.perf_counter() - t0
+    rows = []
+    for i, (p, prompt, cs) in enumerate(zip(problems, prompts, comps, strict=True)):
+        for j, c in enumerate(cs):
+            parsed = parse_solution(c.text)
+            check = task.check(p, c.text)
+            rows.append(
+                {
+                    "prompt_id": p.id,
+                    "prompt_index": i,
+                    "sample": j,
+                    "question": p.question,
+                    "gold": p.answer,
+                    "prompt": prompt,
+                    "text": c.text,
+                    "prompt_ids": list(prompt_ids[i]),
+                    "response_ids": list(c.token_ids),
+                    "finish_reason": c.finish_reason,
+                    "truncated": c.truncated,
+                    "steps": list(parsed.steps),
+                    "answer": parsed.answer,
+                    "format_score": parsed.format_score,
+                    "well_formed": parsed.well_formed,
+                    "label_correct": check.correct,
+                    "step_labels": list(check.step_labels),
+                    "first_error": check.first_error,
+                }
+            )
+    df = pd.DataFrame(rows)
+    tokens = int(sum(len(r) for r in df["response_ids"]))
+    metrics = {
+        "rollout/samples": len(df),
+        "rollout/prompts": len(problems),
+        "rollout/tokens": tokens,
+        "rollout/tokens_per_s": tokens / max(compute, 1e-9),
+        "rollout/mean_length": tokens / max(len(df), 1),
+        "rollout/truncated_frac": float(df["truncated"].mean()),
+        "rollout/format_ok_frac": float(df["well_formed"].mean()),
+        "rollout/no_steps_frac": float((df["steps"].map(len) == 0).mean()),
+        "rollout/label_accuracy": float(df["label_correct"].mean()),
+    }
+    log(
+        f"rollout: {len(df)} samples, {tokens} tokens in {compute:.1f} s; "
+        f"exact accuracy {metrics['rollout/label_accuracy']:.3f}"
+    )
+    return df, StageResult(metrics, compute)
+
+
+def _is_generator_slot(plan: RoundPlan) -> bool:
+    return plan.skip_generator not in ("verifier warm-up round", "verifier round of the schedule")
+
+
+# ----------------------------------------------------------------------------------------------
+# judge
+# ----------------------------------------------------------------------------------------------
+
+
+def judge(
+    cfg: TangoConfig, plan: RoundPlan, verifier_ckpt: Path, rollouts: pd.DataFrame, log: Log = print
+) -> tuple[pd.DataFrame, StageResult]:
+    """The verifier's verdicts on the round's solutions (TANGO.md §2-§3), one row per verification.
+
+    Generator rounds: 1 verification per solution (its step verdicts are the step rewards); verifier
+    rounds: N = ``verifier_sampling.n`` per solution (the GRPO group of TANGO.md §5). With
+    ``algorithm.step_rewards`` false and a generator round, nothing is judged (vanilla GRPO).
+    Columns: ``solution`` (row of ``rollouts``), ``verification``, ``prompt``, ``text``, ``prompt_ids``,
+    ``response_ids``, ``truncated``, ``num_steps``, ``step_verdicts``, ``final_verdict``,
+    ``format_score``, ``num_judged``.
+    """
+    from tango_steps.formats import parse_solution, parse_verification
+    from tango_steps.rollout import SamplingSettings, prepare_prompts
+    from tango_steps.templates import get_template
+
+    generator_round = _is_generator_slot(plan)
+    if generator_round and not cfg.algorithm.step_rewards:
+        log("judge: skipped (algorithm.step_rewards is false: outcome reward only)")
+        return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({"judge/skipped": 1}, 0.0)
+    n = 1 if generator_round else cfg.verifier_sampling.n
+    template = get_template(cfg.template)
+    parsed = [parse_solution(t) for t in rollouts["text"]]
+    prompts = [
+        template.verifier_prompt(q, s, t)
+        for q, s, t in zip(rollouts["question"], parsed, rollouts["text"], strict=True)
+    ]
+    t0 = time.perf_counter()
+    engine = _engine(cfg, verifier_ckpt / "model", _seed(cfg, plan.round_idx, "judge"))
+    try:
+        vs = cfg.verifier_sampling
+        sampling = SamplingSettings(
+            n=n, temperature=vs.temperature, top_p=vs.top_p, max_tokens=vs.max_tokens,
+            seed=_seed(cfg, plan.round_idx, "judge"),
+        )  # fmt: skip
+        comps = _generate(engine, prompts, sampling, "judge", log)
+        prompt_ids, _ = prepare_prompts(
+            engine.tokenizer, prompts, cfg.rollout.max_prompt_tokens * 4, cfg.rollout.on_long_prompt
+        )
+    finally:
+        engine.close()
+    compute = time.perf_counter() - t0
+    rows = []
+    for i, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
+        for j, c in enumerate(cs):
+            v = parse_verification(c.text, s.num_steps, s.well_formed)
+            rows.append(
+                {
+                    "solution": i,
+                    "verification": j,
+                    "prompt": prompt,
+                    "text": c.text,
+                    "prompt_ids": list(prompt_ids[i]),
+                    "response_ids": list(c.token_ids),
+                    "truncated": c.truncated,
+                    "num_steps": s.num_steps,
+                    "step_verdicts": None if v.step_verdicts is None else list(v.step_verdicts),
+                    "final_verdict": v.final_verdict,
+                    "format_score": v.format_score,
+                    "num_judged": v.num_judged,
+                }
+            )
+    df = pd.DataFrame(rows, columns=_JUDGE_COLUMNS)
+    tokens = int(sum(len(r) for r in df["response_ids"]))
+    metrics = {
+        "judge/verifications": len(df),
+        "judge/tokens": tokens,
+        "judge/tokens_per_s": tokens / max(compute, 1e-9),
+        "judge/format_ok_frac": float((df["format_score"] == 1.0).mean()),
+        "judge/step_count_mismatch_frac": float(df["step_verdicts"].isna().mean()),
+        "judge/no_final_verdict_frac": float(df["final_verdict"].isna().mean()),
+        "judge/truncated_frac": float(df["truncated"].mean()),
+    }
+    log(f"judge: {len(df)} verifications, {tokens} tokens in {compute:.1f} s")
+    return df, StageResult(metrics, compute)
+
+
+_JUDGE_COLUMNS = [
+    "solution", "verification", "prompt", "text", "prompt_ids", "response_ids", "truncated", "num_steps",
+    "step_verdicts", "final_verdict", "format_score", "num_judged",
+]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# reward
+# ----------------------------------------------------------------------------------------------
+
+
+def step_end_tokens(tokenizer, response_ids: list[int], step_spans: list[tuple[int, int]]) -> list[int]:
+    """Index of the sampled token holding the last character of each step (TANGO.md §4).
+
+    Works on the SAMPLED ids (not a re-tokenisation, which may split the text differently): the
+    token holding character ``end - 1`` is the first ``i`` whose decoded prefix ``ids[: i + 1]`` is
+    longer than ``end - 1`` characters, found by bisection (prefix lengths never decrease).
+    """
+    cache: dict[int, int] = {}
+
+    def prefix_len(i: int) -> int:
+        if i not in cache:
+            cache[i] = len(tokenizer.decode(response_ids[: i + 1], skip_special_tokens=True))
+        return cache[i]
+
+    out = []
+    lo_start = 0
+    for _, end in step_spans:
+        lo, hi = lo_start, len(response_ids) - 1
+        if hi < 0 or prefix_len(hi) < end:
+            out.append(len(response_ids) - 1 if response_ids else -1)
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if prefix_len(mid) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
+        lo_start = lo
+    return out
+
+
+def reward(
+    cfg: TangoConfig,
+    plan: RoundPlan,
+    rollouts: pd.DataFrame,
+    judgments: pd.DataFrame,
+    tokenizer_dir: Path,
+    reweighter_state: dict | None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Rewards, advantages and the RL batches of the round (TANGO.md §4-§5).
+
+    Returns a dict with ``rollouts`` and ``judgments`` (copies with reward/advantage columns),
+    ``generator_batch`` / ``verifier_batch`` (:class:`~tango_steps.training.RLBatch` as a dict, or
+    None when the round has no such update slot), ``reweighter`` (new state), ``alpha`` and ``metrics``.
+    """
+    import torch
+
+    from tango_steps.advantages import (
+        VerifierReweighter,
+        alpha_schedule,
+        collate_steps,
+        compute_generator_advantages,
+        compute_verifier_advantages,
+    )
+    from tango_steps.formats import parse_solution
+    from tango_steps.grading import Grader
+    from tango_steps.modeling import load_tokenizer
+    from tango_steps.rewards import outcome_rewards, step_rewards, verifier_reward
+
+    t0 = time.perf_counter()
+    rollouts = rollouts.copy()
+    judgments = judgments.copy()
+    with Grader() as grader:
+        r_out, counts = outcome_rewards(
+            list(rollouts["text"]), list(rollouts["truncated"]), list(rollouts["gold"]), grader
+        )
+    rollouts["outcome_reward"] = r_out
+    rollouts["correct"] = [r > 0 for r in r_out]
+    metrics: dict[str, Any] = {f"reward/{k}": v for k, v in counts.items()}
+    metrics["reward/outcome_mean"] = float(sum(r_out) / max(len(r_out), 1))
+    out: dict[str, Any] = {"generator_batch": None, "verifier_batch": None, "reweighter": reweighter_state}
+    generator_round = _is_generator_slot(plan)
+    use_steps = cfg.algorithm.step_rewards
+
+    # Verifier-side metrics of whatever was judged: agreement with the graded outcome.
+    if len(judgments):
+        truth = rollouts["correct"].to_numpy()[judgments["solution"].to_numpy()]
+        verdict = judgments["final_verdict"]
+        judgments["solution_correct"] = truth
+        judgments["verdict_right"] = [v is not None and bool(v) == bool(t) for v, t in zip(verdict, truth, strict=True)]
+        metrics["judge/verdict_accuracy"] = float(judgments["verdict_right"].mean())
+
+    if generator_round:
+        alpha = 0.0
+        if use_steps:
+            t_g = total_generator_updates(
+                cfg.rounds, cfg.schedule.verifier_warmup_rounds, cfg.schedule.generator_per_verifier
+            )
+            a = cfg.algorithm
+            alpha = alpha_schedule(plan.generator_step, max(t_g, 1), a.alpha0, a.alpha_min, a.alpha_schedule)
+        tok = load_tokenizer(str(tokenizer_dir))
+        srewards: list[list[float] | None] = []
+        sindex: list[list[int] | None] = []
+        verdicts = {}
+        if use_steps and len(judgments):
+            verdicts = dict(zip(judgments["solution"], judgments["step_verdicts"], strict=True))
+        for i, text in enumerate(rollouts["text"]):
+            sr = step_rewards(verdicts.get(i)) if use_steps else None
+            if sr:
+                spans = parse_solution(text).step_spans
+                srewards.append(sr)
+                sindex.append(step_end_tokens(tok, list(rollouts["response_ids"].iloc[i]), spans))
+            else:
+                srewards.append(None)
+                sindex.append(None)
+        lengths = [len(r) for r in rollouts["response_ids"]]
+        width = max([*lengths, 1])
+        resp_mask = torch.zeros(len(lengths), width)
+        for i, n in enumerate(lengths):
+            resp_mask[i, :n] = 1
+        rw, smask, sidx = collate_steps(srewards, sindex)
+        adv, gm = compute_generator_advantages(
+            torch.tensor(r_out, dtype=torch.float32),
+            rw,
+            smask,
+            sidx,
+            resp_mask,
+            torch.tensor(list(rollouts["prompt_index"]), dtype=torch.long),
+            alpha,
+            cfg.algorithm.estimator,
+            cfg.algorithm.rloo_step_scale,
+        )
+        rollouts["step_rewards"] = srewards
+        rollouts["advantage_first_token"] = [float(adv[i, 0]) if n else 0.0 for i, n in enumerate(lengths)]
+        rollouts["advantage_mean"] = [float(adv[i, :n].mean()) if n else 0.0 for i, n in enumerate(lengths)]
+        metrics.update(gm)
+        metrics["reward/alpha"] = alpha
+        groups = rollouts.groupby("prompt_index")["outcome_reward"].agg(lambda s: s.nunique() > 1)
+        metrics["reward/groups_with_signal_frac"] = float(groups.mean())
+        # Alignment of the verifier's final verdict with its own step verdicts (TANGO.md §5 diagnostics).
+        out["alpha"] = alpha
+        out["generator_batch"] = {
+            "prompt_ids": [list(x) for x in rollouts["prompt_ids"]],
+            "response_ids": [list(x) for x in rollouts["response_ids"]],
+            "advantages": [adv[i, :n].tolist() for i, n in enumerate(lengths)],
+            "sample_weights": None,
+        }
+    else:
+        out["alpha"] = None
+        truth = torch.tensor(list(judgments["solution_correct"]), dtype=torch.bool)
+        group = torch.tensor(list(judgments["solution"]), dtype=torch.long)
+        r_v = [
+            verifier_reward(v, t, f, cfg.algorithm.gamma) if not tr else 0.0
+            for v, t, f, tr in zip(
+                judgments["final_verdict"], judgments["solution_correct"], judgments["format_score"],
+                judgments["truncated"], strict=True,
+            )
+        ]  # fmt: skip
+        adv = compute_verifier_advantages(torch.tensor(r_v, dtype=torch.float32), group)
+        rw = (
+            VerifierReweighter.from_dict(reweighter_state)
+            if reweighter_state
+            else VerifierReweighter(decay=cfg.algorithm.reweight_decay)
+        )
+        weights = rw(truth, group)
+        judgments["verifier_reward"] = r_v
+        judgments["advantage"] = adv.tolist()
+        judgments["sample_weight"] = weights.tolist()
+        out["reweighter"] = rw.to_dict()
+        metrics.update(
+            {
+                "reward/verifier_reward_mean": float(sum(r_v) / max(len(r_v), 1)),
+                "reward/verifier_adv_abs_mean": float(adv.abs().mean()),
+                "reward/solutions_correct_frac": float(rollouts["correct"].mean()),
+            }
+        )
+        out["verifier_batch"] = {
+            "prompt_ids": [list(x) for x in judgments["prompt_ids"]],
+            "response_ids": [list(x) for x in judgments["response_ids"]],
+            "advantages": [[float(a)] * len(r) for a, r in zip(adv.tolist(), judgments["response_ids"], strict=True)],
+            "sample_weights": weights.tolist(),
+        }
+    out["rollouts"], out["judgments"], out["metrics"] = rollouts, judgments, metrics
+    compute = time.perf_counter() - t0
+    out["compute_seconds"] = compute
+    log(f"reward: outcome mean {metrics['reward/outcome_mean']:.3f}, alpha {out['alpha']}, {compute:.1f} s")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# update
+# ----------------------------------------------------------------------------------------------
+
+
+def update(
+    cfg: TangoConfig,
+    role: str,
+    ckpt: Path,
+    reference: Path,
+    batch: dict[str, Any],
+    out_dir: Path,
+    extra_state: dict | None = None,
+    log: Log = print,
+) -> dict[str, float]:
+    """One RL update of ``role`` ("generator" or "verifier") from ``ckpt`` into ``out_dir`` (TANGO.md §6).
+
+    ``reference`` is the initial checkpoint: its ``model/`` is the frozen KL reference (full
+    fine-tuning) or the LoRA base.
+    """
+    from tango_steps.training import RLBatch, rl_update
+
+    if role not in ("generator", "verifier"):
+        raise ValueError(f"role must be 'generator' or 'verifier', got {role!r}")
+    ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
+    sampling = cfg.generator_sampling if role == "generator" else cfg.verifier_sampling
+    settings = ucfg.settings(temperature=sampling.temperature or 1.0, seed=cfg.seed)
+    rl_batch = RLBatch(**batch)
+    log(f"{role} update: {len(rl_batch)} sequences, micro-batch {settings.micro_batch_size}")
+    ref_model = str(reference / "model")
+    m = rl_update(
+        ckpt,
+        rl_batch,
+        settings,
+        out_dir,
+        extra_state=extra_state,
+        log=log,
+        reference_model=ref_model,
+        lora_base=ref_model if settings.lora is not None else None,
+    )
+    log(
+        f"{role} update: loss {m['loss']:.4f}, kl {m.get('kl', 0.0):.5f}, "
+        f"grad norm {m['grad_norm']:.3f}, {m['seconds']:.1f} s"
+    )
+    return {f"{role}_update/{k}": v for k, v in m.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------
+
+
+def binary_metrics(pred: list[bool | None], truth: list[bool], prefix: str) -> dict[str, float]:
+    """Accuracy, balanced accuracy, precision, recall, F1 with positive = solution correct (TANGO.md §8).
+
+    A missing prediction (None, unparseable verdict) counts as INCORRECT (TANGO.md §2).
+    """
+    p = [bool(x) if x is not None else False for x in pred]
+    tp = sum(a and b for a, b in zip(p, truth, strict=True))
+    fp = sum(a and not b for a, b in zip(p, truth, strict=True))
+    fn = sum((not a) and b for a, b in zip(p, truth, strict=True))
+    tn = sum((not a) and (not b) for a, b in zip(p, truth, strict=True))
+    n = max(len(p), 1)
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    tnr = tn / (tn + fp) if tn + fp else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return {
+        f"{prefix}accuracy": (tp + tn) / n,
+        f"{prefix}balanced_accuracy": (rec + tnr) / 2,
+        f"{prefix}precision": prec,
+        f"{prefix}recall": rec,
+        f"{prefix}f1": f1,
+    }
+
+
+def process_f1(predicted_first_error: list[int], true_first_error: list[int]) -> dict[str, float]:
+    """ProcessBench protocol (TANGO.md §8): F1 of the accuracies on erroneous and on correct samples.
+
+    A sample is erroneous when its true first error is >= 0; its prediction is right when it names
+    the same step. A correct sample (-1) is right when the prediction is -1. The harmonic mean of the
+    two accuracies is the process-level F1 (0 when either class is empty or either accuracy is 0).
+    """
+    err = [(p, t) for p, t in zip(predicted_first_error, true_first_error, strict=True) if t >= 0]
+    cor = [(p, t) for p, t in zip(predicted_first_error, true_first_error, strict=True) if t < 0]
+    acc_err = sum(p == t for p, t in err) / len(err) if err else float("nan")
+    acc_cor = sum(p == -1 for p, _ in cor) / len(cor) if cor else float("nan")
+    f1 = 2 * acc_err * acc_cor / (acc_err + acc_cor) if err and cor and acc_err + acc_cor > 0 else 0.0
+    return {"process_acc_erroneous": acc_err, "process_acc_correct": acc_cor, "process_f1": f1}
+
+
+def evaluate(
+    cfg: TangoConfig, generator_ckpt: Path, verifier_ckpt: Path, log: Log = print
+) -> tuple[pd.DataFrame, StageResult]:
+    """Held-out evaluation (TANGO.md §7-§8): generator greedy pass@1; verifier outcome and process metrics.
+
+    The verifier judges (greedily) the generator's greedy held-out solutions; truth comes from the
+    embedded task's exact labels. For the process metric, a solution whose outcome is wrong while
+    every step is right (it stopped early) has no first wrong step: it is left out and counted.
+    """
+    from tango_steps.formats import parse_solution, parse_verification
+    from tango_steps.rollout import SamplingSettings
+    from tango_steps.tasks import get_task
+    from tango_steps.templates import get_template
+
+    task = get_task(cfg.task.name, **cfg.task.params)
+    template = get_template(cfg.template)
+    problems = heldout_problems(cfg)
+    t0 = time.perf_counter()
+    greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.evaluation.max_tokens)
+    with _engine(cfg, generator_ckpt / "model", cfg.seed) as engine:
+        comps = _generate(
+            engine, [template.generator_prompt(p.question) for p in problems], greedy, "evaluate generator", log
+        )
+    texts = [c[0].text for c in comps]
+    parsed = [parse_solution(t) for t in texts]
+    checks = [task.check(p, t) for p, t in zip(problems, texts, strict=True)]
+    vgreedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.verifier_sampling.max_tokens)
+    vprompts = [template.verifier_prompt(p.question, s, t) for p, s, t in zip(problems, parsed, texts, strict=True)]
+    with _engine(cfg, verifier_ckpt / "model", cfg.seed) as engine:
+        vcomps = _generate(engine, vprompts, vgreedy, "evaluate verifier", log)
+    compute = time.perf_counter() - t0
+    verdicts = [parse_verification(c[0].text, s.num_steps, s.well_formed) for c, s in zip(vcomps, parsed, strict=True)]
+    rows = []
+    for p, t, s, ch, c, v in zip(problems, texts, parsed, checks, comps, verdicts, strict=True):
+        pred_first = -1
+        if v.step_verdicts is not None:
+            pred_first = next((k for k, ok in enumerate(v.step_verdicts) if not ok), -1)
+        rows.append(
+            {
+                "prompt_id": p.id, "question": p.question, "gold": p.answer, "text": t,
+                "truncated": c[0].truncated, "length": len(c[0].token_ids), "num_steps": s.num_steps,
+                "correct": ch.correct, "step_labels": list(ch.step_labels), "first_error": ch.first_error,
+                "final_verdict": v.final_verdict, "step_verdicts": v.step_verdicts,
+                "predicted_first_error": pred_first, "verifier_format_score": v.format_score,
+            }
+        )  # fmt: skip
+    df = pd.DataFrame(rows)
+    truth = list(df["correct"])
+    metrics: dict[str, Any] = {
+        "eval/generator_accuracy": float(df["correct"].mean()),
+        "eval/generator_truncated_frac": float(df["truncated"].mean()),
+        "eval/generator_mean_length": float(df["length"].mean()),
+        "eval/generator_no_steps_frac": float((df["num_steps"] == 0).mean()),
+    }
+    metrics.update(binary_metrics(list(df["final_verdict"]), truth, "eval/verifier_"))
+    metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
+    usable = [
+        (pf, fe)
+        for pf, fe, c in zip(df["predicted_first_error"], df["first_error"], truth, strict=True)
+        if c or fe >= 0
+    ]
+    pm = process_f1([u[0] for u in usable], [u[1] for u in usable])
+    metrics.update({f"eval/verifier_{k}": v for k, v in pm.items()})
+    metrics["eval/process_excluded"] = len(df) - len(usable)
+    for k, v in list(metrics.items()):
+        if isinstance(v, float) and math.isnan(v):
+            metrics[k] = None
+    log(
+        f"evaluate: generator accuracy {metrics['eval/generator_accuracy']:.3f}, verifier F1 "
+        f"{metrics['eval/verifier_f1']:.3f}, process F1 {metrics['eval/verifier_process_f1']:.3f} ({compute:.1f} s)"
+    )
+    return df, StageResult(metrics, compute)
+
+
+def plan_dict(plan: RoundPlan) -> dict[str, Any]:
+    """The plan as a plain dict for artifacts, with its slot (TANGO.md §3)."""
+    return {**asdict(plan), "slot": "generator" if _is_generator_slot(plan) else "verifier"}

@@ -1,0 +1,231 @@
+"""Real Metaflow runs of TangoFlow / TangoRoundFlow on the tiny default with small sizes.
+
+Every test has its own datastore (METAFLOW_DATASTORE_SYSROOT_LOCAL under tmp_path); flows and
+client queries run in subprocesses with that environment, so no test can read another's runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+TANGO_FLOW = REPO / "flows" / "tango_flow.py"
+SMALL = {
+    "rounds": 2,
+    "rollout": {"engine": "hf", "max_prompt_tokens": 128},
+    "generator_sampling": {"n": 2, "temperature": 1.0, "max_tokens": 64},
+    "verifier_sampling": {"n": 2, "temperature": 1.0, "max_tokens": 128},
+    "batch": {"generator_prompts": 4, "verifier_prompts": 4},
+    # round 1: verifier (warm-up) round, round 2: generator round: both update paths run
+    "schedule": {"verifier_warmup_rounds": 1, "generator_per_verifier": 3},
+    "generator_update": {"learning_rate": 2.0e-4, "micro_batch_size": 8},
+    "verifier_update": {"learning_rate": 2.0e-4, "micro_batch_size": 8},
+    "evaluation": {"heldout_problems": 10, "max_tokens": 64},
+}
+
+
+class Datastore:
+    """One isolated Metaflow datastore and the commands that run against it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("METAFLOW_", "TANGO_FAIL"))},
+            "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
+            "USERNAME": "tango-test",
+        }
+
+    def config(self, data: dict, name: str = "cfg.yaml") -> Path:
+        path = self.root / name
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    def flow(self, *args: str, env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(TANGO_FLOW), *args],
+            env={**self.env, **(env or {})},
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def query(self, code: str):
+        """Run client code in this datastore; it must print one JSON value last."""
+        prelude = "import json\nfrom metaflow import Flow, Run, Task, namespace\nnamespace(None)\n"
+        out = subprocess.run(
+            [sys.executable, "-c", prelude + textwrap.dedent(code)],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+
+
+FINAL = """
+r = Flow("TangoFlow").latest_successful_run
+e = r["end"].task
+m = e["metrics"].data
+out = {"run": r.pathspec, "rounds": [c for c in e["round_runs"].data],
+       "gen": e["final_generator"].data["uri"], "ver": e["final_verifier"].data["uri"],
+       "metrics": json.loads(m.to_json(orient="records"))}
+print(json.dumps(out))
+"""
+
+
+def _digest(model_dir: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(model_dir, "model").glob("*.safetensors")):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _eval_metrics(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k.startswith(("eval/", "reward/", "round"))} for m in metrics]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, warmed):
+    """An uninterrupted 2-round run (verifier round, then generator round)."""
+    ds = Datastore(tmp_path_factory.mktemp("baseline"))
+    _ok(ds.flow("--config", "config", str(ds.config(SMALL)), "run"))
+    return ds, ds.query(FINAL)
+
+
+def test_two_round_run_trains_both_models_and_records_everything(baseline):
+    ds, final = baseline
+    assert [m["round"] for m in final["metrics"]] == [0, 1, 2]
+    assert len(final["rounds"]) == 2
+    info = ds.query(
+        f"""
+        r1, r2 = Run({final["rounds"][0]!r}), Run({final["rounds"][1]!r})
+        e1, e2 = r1["end"].task, r2["end"].task
+        ro = r2["reward"].task["rollouts"].data
+        ju = r2["reward"].task["judgments"].data
+        print(json.dumps({{
+            "tags1": sorted(t for t in r1.tags if t.startswith("tango_")),
+            "plan1": e1["plan"].data, "plan2": e2["plan"].data,
+            "vskip2": e2["verifier_update_metrics"].data, "gupd2": e2["generator_update_metrics"].data,
+            "lineage2": e2["lineage"].data, "state1": e1["state"].data, "state2": e2["state"].data,
+            "cols": sorted(ro.columns), "jcols": sorted(ju.columns), "n": len(ro), "nj": len(ju),
+            "gb": len(e2["generator_batch"].data["response_ids"]),
+        }}))
+        """
+    )
+    assert info["tags1"] == [f"tango_root:{final['run'].split('/')[1]}", "tango_round:1"]
+    assert info["plan1"]["slot"] == "verifier" and info["plan1"]["update_verifier"]
+    assert info["plan2"]["slot"] == "generator" and info["plan2"]["update_generator"]
+    assert info["vskip2"] == {"verifier_update/skipped": "generator round of the schedule"}
+    assert info["gupd2"]["generator_update/updates"] == 1.0
+    # lineage: round 2's rollouts came from the round-0 generator, judged by round 1's verifier
+    assert info["lineage2"]["judged_by_verifier"] == info["state1"]["verifier"]["key"]
+    assert info["lineage2"]["rollouts_by_generator"] == info["state1"]["generator"]["key"]
+    assert info["state2"]["generator_updates"] == 1 and info["state2"]["verifier_updates"] == 1
+    for col in ("prompt_id", "sample", "text", "steps", "answer", "correct", "outcome_reward", "step_rewards"):
+        assert col in info["cols"]
+    for col in ("step_verdicts", "final_verdict", "format_score", "text", "solution_correct"):
+        assert col in info["jcols"]
+    assert info["n"] == 4 * 2 and info["nj"] == 8 and info["gb"] == 8
+    # weights live in the datastore, not in artifacts; a notebook helper loads any round's models
+    models = ds.query(
+        f"""
+        from tango_steps.driver import round_models
+        print(json.dumps({{k: str(v) for k, v in round_models({final["rounds"][0]!r}).items()}}))
+        """
+    )
+    assert Path(models["generator"], "model", "model.safetensors").exists()
+    assert str(ds.root) in models["verifier"]
+
+
+def test_failure_then_resume_matches_uninterrupted_run(tmp_path, baseline):
+    _, expected = baseline
+    ds = Datastore(tmp_path / "mf")
+    cfg = ds.config(SMALL)
+    failed = ds.flow("--config", "config", str(cfg), "run", env={"TANGO_FAIL_AT": "2:reward"})
+    assert failed.returncode != 0
+    assert "failure injected by TANGO_FAIL_AT=2:reward" in failed.stdout + failed.stderr
+    # every earlier round's models stay loadable
+    round1 = ds.query(
+        """
+        from tango_steps.driver import round_models
+        r = [r for r in Flow("TangoRoundFlow").runs("tango_round:1")][0]
+        print(json.dumps({k: str(v) for k, v in round_models(r.pathspec).items()}))
+        """
+    )
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(Path(round1["generator"]) / "model")
+
+    _ok(ds.flow("resume"))
+    final = ds.query(FINAL)
+    reuse = ds.query(
+        f"""
+        r = Run({final["rounds"][1]!r})
+        print(json.dumps({{s.id: s.task.origin_pathspec for s in r}}))
+        """
+    )
+    # stages before the failed one were cloned from the failed run, the rest ran again
+    for stage in ("start", "rollout", "judge"):
+        assert reuse[stage] is not None and reuse[stage].split("/")[1] != final["rounds"][1].split("/")[1], reuse
+    for stage in ("reward", "verifier_update", "generator_update", "evaluate", "end"):
+        assert reuse[stage] is None, reuse
+    assert _digest(final["gen"]) == _digest(expected["gen"])
+    assert _digest(final["ver"]) == _digest(expected["ver"])
+    assert _eval_metrics(final["metrics"]) == _eval_metrics(expected["metrics"])
+
+
+def test_fork_from_a_finished_round_continues_identically(tmp_path, baseline):
+    _, expected = baseline
+    ds = Datastore(tmp_path / "mf")
+    cfg = ds.config(SMALL)
+    _ok(ds.flow("--config", "config", str(cfg), "run", "--rounds", "1"))
+    first = ds.query(FINAL)
+    _ok(ds.flow("--config", "config", str(cfg), "run", "--start-from", first["rounds"][0], "--rounds", "1"))
+    fork = ds.query(FINAL)
+    assert fork["run"] != first["run"]
+    forked_from = ds.query(f'print(json.dumps(Run({fork["run"]!r})["start"].task["forked_from"].data))')
+    assert forked_from == first["rounds"][0]
+    assert [m["round"] for m in fork["metrics"]] == [1, 2]
+    assert _digest(fork["gen"]) == _digest(expected["gen"])
+    assert _digest(fork["ver"]) == _digest(expected["ver"])
+
+
+BAD = [
+    ({"bogus": 1}, [], "bogus"),
+    ({"batch": {"generator_prompts": "many"}}, [], "batch.generator_prompts"),
+    ({"batch": {"verifier_prompts": -4}}, [], "batch.verifier_prompts"),
+    ({"generator_sampling": {"top_p": 1.5}}, [], "generator_sampling.top_p"),
+    ({}, ["--rounds", "0"], "rounds"),
+    ({"generator": {"path": "/nonexistent/model"}}, [], "generator.path"),
+]
+
+
+@pytest.mark.parametrize(("override", "args", "field"), BAD, ids=[b[2] for b in BAD])
+def test_bad_input_fails_in_start_naming_the_field(tmp_path, override, args, field):
+    ds = Datastore(tmp_path / "mf")
+    cfg = ds.config({**SMALL, **override})
+    proc = ds.flow("--config", "config", str(cfg), "run", *args, timeout=300)
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert f"{field}:" in log, log[-3000:]
+    assert "[" in log and "/start/" in log, "must fail inside TangoFlow's start step"
+    assert "/round/" not in log, "no round may start after a bad configuration"
