@@ -225,6 +225,10 @@ class TangoConfig(_Section):
     verifier_update: UpdateConfig = Field(default_factory=UpdateConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     resources: dict[str, StepResources] = Field(default_factory=dict, description="per-step @resources by step name")
+    round_with: list[str] = Field(
+        default_factory=list,
+        description="Metaflow --with decorators for every round run, e.g. [kubernetes] or [batch] (needs an S3 datastore)",
+    )
 
     @field_validator("resources")
     @classmethod

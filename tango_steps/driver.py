@@ -116,6 +116,7 @@ def run_round(
     for k in [k for k in os.environ if k.startswith("METAFLOW_FLOW_CONFIG")]:
         os.environ.pop(k)
     tags = [ROOT_TAG.format(root_id), ROUND_TAG.format(round_idx)]
+    decospecs = list(config.get("round_with") or [])  # e.g. ["kubernetes"]: every round step runs there
     with root_lock(root_id, log):
         runs = find_round_runs(root_id, round_idx)
         done = [r for r in runs if r.successful]
@@ -126,13 +127,14 @@ def run_round(
             if runs:
                 origin = runs[0]
                 log(f"round {round_idx}: resuming {origin.pathspec} at its failed stage")
-                with Runner(str(flow_file), show_output=show_output) as runner:  # reuses the original config
+                with Runner(str(flow_file), show_output=show_output, decospecs=decospecs) as runner:
+                    # resume reuses the original run's config and parameters
                     result = runner.resume(origin_run_id=origin.id, tags=tags)
                 how = "resumed"
             else:
                 log(f"round {round_idx}: launching a TangoRoundFlow run")
                 cv = [("config", config)]
-                with Runner(str(flow_file), show_output=show_output, config_value=cv) as runner:
+                with Runner(str(flow_file), show_output=show_output, config_value=cv, decospecs=decospecs) as runner:
                     result = runner.run(round=round_idx, root=root_id, previous=previous, tags=tags)
                 how = "launched"
             run = result.run

@@ -1,0 +1,99 @@
+"""Per-step wall time versus model compute of TangoRoundFlow runs: the orchestration overhead (issue #4).
+
+Either launches a TangoFlow run in a fresh temporary datastore (tiny default unless --config), or
+reads an existing one (--run TangoFlow/<id>, with METAFLOW_DATASTORE_SYSROOT_LOCAL pointing at its
+datastore), then prints, per round step, the mean wall time, the mean time inside model compute
+(the ``compute_seconds`` artifact each step stores: engine/model load, generation, grading, the
+update) and their difference: process start, imports, artifact and model I/O, Metaflow
+bookkeeping. A step's wall time is the time from the previous task's end to its own end (steps run
+one after another), so nothing between tasks is left out.
+
+    python benchmarks/round_overhead.py --rounds 3
+    python benchmarks/round_overhead.py --run TangoFlow/1795...   # e.g. the 20-round default run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = ("start", "rollout", "judge", "reward", "verifier_update", "generator_update", "evaluate", "end")
+
+
+def launch(rounds: int, config: str | None) -> tuple[str, float, str]:
+    root = tempfile.mkdtemp(prefix="tango-overhead-")
+    os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = root
+    os.environ.setdefault("USERNAME", "tango-bench")
+    cmd = [sys.executable, str(REPO / "flows" / "tango_flow.py")]
+    if config:
+        cmd += ["--config", "config", config]
+    cmd += ["run", "--rounds", str(rounds)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"the run failed:\n{proc.stderr[-4000:]}")
+    from metaflow import Flow, namespace
+
+    namespace(None)
+    return Flow("TangoFlow").latest_run.pathspec, wall, root
+
+
+def step_times(run) -> list[dict]:
+    """Wall (previous task end -> this task end) and compute seconds of each task of a linear run."""
+    tasks = sorted((t for s in run for t in s), key=lambda t: t.finished_at)
+    out, prev = [], run.created_at
+    for t in tasks:
+        compute = t["compute_seconds"].data if "compute_seconds" in t else 0.0
+        wall = (t.finished_at - prev).total_seconds()
+        out.append({"step": t.parent.id, "wall": wall, "compute": compute})
+        prev = t.finished_at
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="an existing TangoFlow run pathspec (default: launch one)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the launched run")
+    ap.add_argument("--config", help="recipe of the launched run (default: configs/tiny.yaml)")
+    args = ap.parse_args()
+    from metaflow import Run, namespace
+
+    total = None
+    if args.run is None:
+        pathspec, total, root = launch(args.rounds, args.config)
+        print(f"launched {pathspec} in {root}: {total:.1f} s wall (process included)")
+    else:
+        pathspec = args.run
+    namespace(None)
+    top = Run(pathspec)
+    rounds = top["end"].task["round_runs"].data
+    rows = [r for rp in rounds for r in step_times(Run(rp))]
+    print(f"\n{len(rounds)} round runs of {pathspec}\n")
+    print(f"| step | tasks | wall s (mean) | compute s (mean) | overhead s (mean) | overhead s (max) |")
+    print("|---|---|---|---|---|---|")
+    for step in STEPS:
+        rs = [r for r in rows if r["step"] == step]
+        if not rs:
+            continue
+        over = [r["wall"] - r["compute"] for r in rs]
+        wall = sum(r["wall"] for r in rs) / len(rs)
+        comp = sum(r["compute"] for r in rs) / len(rs)
+        print(f"| {step} | {len(rs)} | {wall:.2f} | {comp:.2f} | {sum(over) / len(over):.2f} | {max(over):.2f} |")
+    walls = [sum(r["wall"] for r in step_times(Run(rp))) for rp in rounds]
+    print(f"\nround wall time: mean {sum(walls) / len(walls):.1f} s, min {min(walls):.1f}, max {max(walls):.1f}")
+    start = top["start"].task
+    tstart = (start.finished_at - top.created_at).total_seconds()
+    run_wall = (top["end"].task.finished_at - top.created_at).total_seconds()
+    print(f"TangoFlow start (validation, initial models, round-0 evaluation): {tstart:.1f} s")
+    print(f"TangoFlow run, first task to last: {run_wall:.1f} s" + (f"; command wall {total:.1f} s" if total else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""ModelStore: model directories in a Metaflow datastore (local folder, and S3 on a real local moto server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tango_steps.model_store import MANIFEST, ModelStore, describe, load_model_dir
+
+
+def _model_dir(root: Path) -> Path:
+    d = root / "src"
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "model.safetensors").write_bytes(os.urandom(4096))
+    (d / "model" / "config.json").write_text('{"a": 1}')
+    (d / "trainer_state.json").write_text("{}")
+    return d
+
+
+def _local_store(root: Path) -> ModelStore:
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    return ModelStore(LocalStorage(str(root / "ds")))
+
+
+def test_local_round_trip_and_reference(tmp_path):
+    src = _model_dir(tmp_path)
+    store = _local_store(tmp_path)
+    ref = store.save(src, "Flow/1/step/2/0/generator", meta={"round": 3})
+    assert ref["ds_type"] == "local" and ref["meta"] == {"round": 3}
+    assert ref["files"]["model/model.safetensors"] == 4096 and ref["bytes"] > 4096
+    json.dumps(ref)  # a small, JSON-safe artifact
+    out = load_model_dir(ref)
+    assert (out / "model" / "model.safetensors").read_bytes() == (src / "model" / "model.safetensors").read_bytes()
+    assert "generator" in describe(ref)
+    # saving again under the same key (a retried task) replaces the copy
+    (src / "extra.txt").write_text("x")
+    ref2 = store.save(src, "Flow/1/step/2/0/generator")
+    assert "extra.txt" in ref2["files"] and (store.load(ref2) / "extra.txt").exists()
+
+
+def test_damaged_or_interrupted_copies_are_refused(tmp_path):
+    store = _local_store(tmp_path)
+    ref = store.save(_model_dir(tmp_path), "k/generator")
+    path = store.load(ref)
+    with open(path / "model" / "model.safetensors", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(ValueError, match="does not match its reference"):
+        store.load(ref)
+    (path / MANIFEST).unlink()
+    with pytest.raises(ValueError, match="interrupted save"):
+        store.load(ref)
+
+
+def test_bad_sources_and_references(tmp_path):
+    store = _local_store(tmp_path)
+    with pytest.raises(ValueError, match="not a directory"):
+        store.save(tmp_path / "missing", "k")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        store.save(tmp_path / "empty", "k")
+    with pytest.raises(ValueError, match="not a Tango model reference"):
+        load_model_dir({"uri": "x"})
+    with pytest.raises(ValueError, match="unknown Metaflow datastore type"):
+        load_model_dir({"key": "k", "ds_type": "ftp", "ds_root": "/x"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server():
+    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    if not Path(exe).exists():
+        pytest.skip("moto_server is not installed (pip install 'moto[server]'; .ci/run installs it)")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
+    """Save through Metaflow's S3 back-end, then load from the reference alone (as another machine would)."""
+    src = _model_dir(tmp_path)
+    env = {
+        **os.environ,
+        "METAFLOW_S3_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TANGO_CACHE": str(tmp_path / "cache"),
+    }
+    code = textwrap.dedent(
+        f"""
+        import json, boto3
+        boto3.client("s3", endpoint_url={s3_server!r}).create_bucket(Bucket="tango")
+        from metaflow.plugins.datastores.s3_storage import S3Storage
+        from tango_steps.model_store import ModelStore, load_model_dir
+        ref = ModelStore(S3Storage("s3://tango/mf")).save({str(src)!r}, "Flow/1/update/3/0/verifier")
+        out = load_model_dir(ref)
+        again = load_model_dir(ref)  # cached: no second download
+        print(json.dumps({{"ref": ref, "out": str(out), "again": str(again)}}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["ref"]["ds_type"] == "s3" and res["ref"]["uri"].startswith("s3://tango/mf/tango_models/")
+    out = Path(res["out"])
+    assert res["again"] == res["out"] and str(tmp_path / "cache") in res["out"]
+    assert (out / "model" / "model.safetensors").read_bytes() == (src / "model" / "model.safetensors").read_bytes()
+    assert (out / MANIFEST).exists()
