@@ -94,10 +94,10 @@ def run_flow(name: str, source: str, env: dict) -> list[tuple[str, float]]:
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     code = (
-        "from metaflow import Flow, namespace\nnamespace(None)\nr = Flow(%r).latest_run\n"
+        "from metaflow import Flow, namespace\nnamespace(None)\nr = Flow({!r}).latest_run\n"
         "ts = sorted((t for s in r for t in s), key=lambda t: t.finished_at)\nprev = r.created_at\n"
         "for t in ts:\n    print(t.parent.id, (t.finished_at - prev).total_seconds())\n    prev = t.finished_at\n"
-    ) % {"mfc": "MFCFlow", "store": "StoreFlow"}[name]
+    ).format({"mfc": "MFCFlow", "store": "StoreFlow"}[name])
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
     rows = [(line.split()[0], float(line.split()[1])) for line in out.stdout.strip().splitlines()]
     print(f"{name}: whole command {wall:.1f} s")
@@ -130,8 +130,10 @@ def main() -> None:
     print("\n| step | ModelStore s | metaflow-checkpoint s | difference s |\n|---|---|---|---|")
     for (step, a), (_, b) in zip(store, mfc, strict=True):
         print(f"| {step} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
-    print(f"| total | {sum(a for _, a in store):.2f} | {sum(b for _, b in mfc):.2f} | "
-          f"{sum(b for _, b in mfc) - sum(a for _, a in store):+.2f} |")
+    print(
+        f"| total | {sum(a for _, a in store):.2f} | {sum(b for _, b in mfc):.2f} | "
+        f"{sum(b for _, b in mfc) - sum(a for _, a in store):+.2f} |"
+    )
 
 
 if __name__ == "__main__":

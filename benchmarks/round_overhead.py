@@ -76,7 +76,7 @@ def main() -> None:
     rounds = top["end"].task["round_runs"].data
     rows = [r for rp in rounds for r in step_times(Run(rp))]
     print(f"\n{len(rounds)} round runs of {pathspec}\n")
-    print(f"| step | tasks | wall s (mean) | compute s (mean) | overhead s (mean) | overhead s (max) |")
+    print("| step | tasks | wall s (mean) | compute s (mean) | overhead s (mean) | overhead s (max) |")
     print("|---|---|---|---|---|---|")
     for step in STEPS:
         rs = [r for r in rows if r["step"] == step]

@@ -227,7 +227,7 @@ class TangoConfig(_Section):
     resources: dict[str, StepResources] = Field(default_factory=dict, description="per-step @resources by step name")
     round_with: list[str] = Field(
         default_factory=list,
-        description="Metaflow --with decorators for every round run, e.g. [kubernetes] or [batch] (needs an S3 datastore)",
+        description="Metaflow --with decorators of every round run, e.g. [kubernetes] or [batch] (S3 datastore)",
     )
 
     @field_validator("resources")

@@ -81,6 +81,38 @@ def step_end_token_indices(step_spans: Sequence[tuple[int, int]], offsets: Seque
     return out
 
 
+def sampled_step_end_tokens(tokenizer, response_ids: list[int], step_spans: list[tuple[int, int]]) -> list[int]:
+    """Index of the sampled token holding the last character of each step (TANGO.md §4).
+
+    Works on the SAMPLED ids (not a re-tokenisation, which may split the text differently): the
+    token holding character ``end - 1`` is the first ``i`` whose decoded prefix ``ids[: i + 1]`` is
+    longer than ``end - 1`` characters, found by bisection (prefix lengths never decrease).
+    """
+    cache: dict[int, int] = {}
+
+    def prefix_len(i: int) -> int:
+        if i not in cache:
+            cache[i] = len(tokenizer.decode(response_ids[: i + 1], skip_special_tokens=True))
+        return cache[i]
+
+    out = []
+    lo_start = 0
+    for _, end in step_spans:
+        lo, hi = lo_start, len(response_ids) - 1
+        if hi < 0 or prefix_len(hi) < end:
+            out.append(len(response_ids) - 1 if response_ids else -1)
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if prefix_len(mid) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
+        lo_start = lo
+    return out
+
+
 def token_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
     """Character offsets of the tokens of ``text`` (no special tokens), from a fast HF tokenizer (TANGO.md §4)."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -294,38 +294,6 @@ _JUDGE_COLUMNS = [
 # ----------------------------------------------------------------------------------------------
 
 
-def step_end_tokens(tokenizer, response_ids: list[int], step_spans: list[tuple[int, int]]) -> list[int]:
-    """Index of the sampled token holding the last character of each step (TANGO.md §4).
-
-    Works on the SAMPLED ids (not a re-tokenisation, which may split the text differently): the
-    token holding character ``end - 1`` is the first ``i`` whose decoded prefix ``ids[: i + 1]`` is
-    longer than ``end - 1`` characters, found by bisection (prefix lengths never decrease).
-    """
-    cache: dict[int, int] = {}
-
-    def prefix_len(i: int) -> int:
-        if i not in cache:
-            cache[i] = len(tokenizer.decode(response_ids[: i + 1], skip_special_tokens=True))
-        return cache[i]
-
-    out = []
-    lo_start = 0
-    for _, end in step_spans:
-        lo, hi = lo_start, len(response_ids) - 1
-        if hi < 0 or prefix_len(hi) < end:
-            out.append(len(response_ids) - 1 if response_ids else -1)
-            continue
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if prefix_len(mid) >= end:
-                hi = mid
-            else:
-                lo = mid + 1
-        out.append(lo)
-        lo_start = lo
-    return out
-
-
 def reward(
     cfg: TangoConfig,
     plan: RoundPlan,
@@ -353,7 +321,7 @@ def reward(
     from tango_steps.formats import parse_solution
     from tango_steps.grading import Grader
     from tango_steps.modeling import load_tokenizer
-    from tango_steps.rewards import outcome_rewards, step_rewards, verifier_reward
+    from tango_steps.rewards import outcome_rewards, sampled_step_end_tokens, step_rewards, verifier_reward
 
     t0 = time.perf_counter()
     rollouts = rollouts.copy()
@@ -397,7 +365,7 @@ def reward(
             if sr:
                 spans = parse_solution(text).step_spans
                 srewards.append(sr)
-                sindex.append(step_end_tokens(tok, list(rollouts["response_ids"].iloc[i]), spans))
+                sindex.append(sampled_step_end_tokens(tok, list(rollouts["response_ids"].iloc[i]), spans))
             else:
                 srewards.append(None)
                 sindex.append(None)

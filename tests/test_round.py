@@ -1,0 +1,182 @@
+"""The round stages of tango_steps.round without Metaflow: rewards/batches, metrics, failure switch, plans."""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+import torch
+
+from tango_steps.advantages import VerifierReweighter, alpha_schedule
+from tango_steps.config import TangoConfig
+from tango_steps.formats import format_solution, format_verification, parse_solution
+from tango_steps.rewards import sampled_step_end_tokens, step_end_token_indices, token_offsets, verifier_reward
+from tango_steps.round import (
+    binary_metrics,
+    heldout_problems,
+    maybe_fail,
+    plan_dict,
+    process_f1,
+    reward,
+    round_plan,
+    round_problems,
+)
+
+
+def test_sampled_step_end_tokens_equal_offset_method_on_canonical_ids(tiny_tokenizer):
+    rng = random.Random(0)
+    for _ in range(30):
+        steps = [f"{rng.randint(0, 20)} + {rng.randint(1, 9)} = {rng.randint(0, 30)}" for _ in range(rng.randint(1, 4))]
+        text = format_solution(steps, str(rng.randint(0, 30)))
+        spans = parse_solution(text).step_spans
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert sampled_step_end_tokens(tiny_tokenizer, ids, spans) == step_end_token_indices(
+            spans, token_offsets(tiny_tokenizer, text)
+        )
+
+
+def test_sampled_step_end_tokens_on_non_canonical_ids(tiny_tokenizer):
+    """Sampled ids need not be the tokenizer's own split: one token per character here."""
+    text = format_solution(["1 + 2 = 3", "3 + 4 = 7"], "7")
+    ids = [tiny_tokenizer.convert_tokens_to_ids(tiny_tokenizer.tokenize(ch))[0] for ch in text]
+    assert tiny_tokenizer.decode(ids) == text
+    spans = parse_solution(text).step_spans
+    assert sampled_step_end_tokens(tiny_tokenizer, ids, spans) == [end - 1 for _, end in spans]
+    # a step ending beyond the decoded text (truncated) maps to the last token
+    assert sampled_step_end_tokens(tiny_tokenizer, ids[:10], spans[:1]) == [9]
+    assert sampled_step_end_tokens(tiny_tokenizer, [], spans[:1]) == [-1]
+
+
+def _cfg(**kw) -> TangoConfig:
+    base = {"schedule": {"verifier_warmup_rounds": 1, "generator_per_verifier": 3}, "rounds": 5}
+    base.update(kw)
+    return TangoConfig.model_validate(base)
+
+
+def _rollouts(tok, texts_by_prompt, golds):
+    rows = []
+    for i, (texts, gold) in enumerate(zip(texts_by_prompt, golds, strict=True)):
+        for j, t in enumerate(texts):
+            rows.append(
+                {
+                    "prompt_index": i, "sample": j, "gold": gold, "question": f"q{i}", "text": t,
+                    "truncated": False, "prompt_ids": [1, 2, 3],
+                    "response_ids": tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_generator_round_rewards_and_batch(tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg()
+    plan = round_plan(cfg, 2)  # first generator round
+    assert plan_dict(plan)["slot"] == "generator" and plan.generator_step == 0
+    right = format_solution(["1 + 2 = 3", "3 + 4 = 7"], "7")
+    wrong = format_solution(["1 + 2 = 3", "3 + 4 = 8"], "8")
+    ro = _rollouts(tiny_tokenizer, [[right, wrong], [wrong, wrong]], ["7", "8"])
+    ju = pd.DataFrame(
+        {
+            "solution": [0, 1, 2, 3],
+            "verification": [0] * 4,
+            "step_verdicts": [[True, True], [True, False], None, [True, True]],
+            "final_verdict": [True, False, None, True],
+            "format_score": [1.0, 1.0, 0.0, 1.0],
+            "truncated": [False] * 4,
+        }
+    )
+    out = reward(cfg, plan, ro, ju, tiny_model_dir, None, log=lambda s: None)
+    assert out["rollouts"]["outcome_reward"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert out["alpha"] == pytest.approx(alpha_schedule(0, 4, 0.1, 1e-3, "exp")) == pytest.approx(0.1)
+    batch = out["generator_batch"]
+    assert out["verifier_batch"] is None and batch["sample_weights"] is None
+    assert [len(a) for a in batch["advantages"]] == [len(r) for r in ro["response_ids"]]
+    adv = [torch.tensor(a) for a in batch["advantages"]]
+    assert adv[0][0] > 0 > adv[1][0]  # the right answer of a mixed group is pushed up
+    # group 2: same outcome for both and solution 2's verdicts unusable: only solution 3's step part
+    assert torch.all(adv[2] == 0)
+    assert out["rollouts"]["step_rewards"].tolist()[2] is None
+    # step rewards enter at the last token of each step: the advantage changes only there
+    ends = sampled_step_end_tokens(tiny_tokenizer, list(ro["response_ids"][1]), parse_solution(wrong).step_spans)
+    diffs = (adv[1][:-1] - adv[1][1:]).abs() > 1e-7
+    assert set(torch.nonzero(diffs).flatten().tolist()) <= set(ends)
+    assert out["metrics"]["reward/groups_with_signal_frac"] == 0.5
+
+
+def test_grpo_variant_uses_no_step_rewards(tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg(algorithm={"step_rewards": False})
+    plan = round_plan(cfg, 2)
+    right = format_solution(["1 + 2 = 3"], "3")
+    ro = _rollouts(tiny_tokenizer, [[right, format_solution(["1 + 2 = 4"], "4")]], ["3"])
+    out = reward(cfg, plan, ro, pd.DataFrame(columns=["solution"]), tiny_model_dir, None, log=lambda s: None)
+    assert out["alpha"] == 0.0
+    a0, a1 = (torch.tensor(a) for a in out["generator_batch"]["advantages"])
+    assert torch.allclose(a0, a0[0].expand_as(a0)) and a0[0] > 0 > a1[0]  # outcome only: constant per response
+
+
+def test_verifier_round_rewards_weights_and_state(tiny_model_dir, tiny_tokenizer):
+    cfg = _cfg()
+    plan = round_plan(cfg, 1)
+    assert plan_dict(plan)["slot"] == "verifier"
+    right = format_solution(["1 + 2 = 3"], "3")
+    wrong = format_solution(["1 + 2 = 4"], "4")
+    ro = _rollouts(tiny_tokenizer, [[right], [wrong], [wrong]], ["3", "3", "3"])
+    verdict_texts = [format_verification([True], True), format_verification([False], False)]
+    ids = [tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in verdict_texts]
+    ju = pd.DataFrame(
+        {
+            "solution": [0, 0, 1, 1, 2, 2],
+            "verification": [0, 1] * 3,
+            "prompt_ids": [[5, 6]] * 6,
+            "response_ids": [ids[0], ids[1], ids[0], ids[1], ids[1], ids[1]],
+            "final_verdict": [True, False, True, False, False, False],
+            "format_score": [1.0] * 6,
+            "truncated": [False] * 6,
+            "step_verdicts": [[True], [False], [True], [False], [False], [False]],
+        }
+    )
+    out = reward(cfg, plan, ro, ju, tiny_model_dir, None, log=lambda s: None)
+    j = out["judgments"]
+    expected = [verifier_reward(v, c, 1.0, 0.8) for v, c in zip(ju["final_verdict"], [1, 1, 0, 0, 0, 0], strict=True)]
+    assert j["verifier_reward"].tolist() == pytest.approx(expected)
+    adv = torch.tensor(j["advantage"].tolist())
+    assert adv[4] == adv[5] == 0  # same reward within the group
+    assert adv[0] > 0 > adv[1] and adv[3] > 0 > adv[2]
+    w = torch.tensor(j["sample_weight"].tolist())
+    assert w.mean() == pytest.approx(1.0) and w[0] > w[2]  # the rarer class (1 right of 3) weighs more
+    assert VerifierReweighter.from_dict(out["reweighter"]).updates == 1
+    assert out["reweighter"]["ema_correct"] == 1.0 and out["reweighter"]["ema_incorrect"] == 2.0
+    b = out["verifier_batch"]
+    assert b["sample_weights"] == pytest.approx(w.tolist())
+    assert all(len(set(a)) == 1 for a in b["advantages"])  # a sequence-level advantage on every token
+    assert out["generator_batch"] is None and out["alpha"] is None
+
+
+def test_binary_and_process_metrics_by_hand():
+    m = binary_metrics([True, True, False, None], [True, False, False, True], "v/")
+    assert m == pytest.approx(
+        {"v/accuracy": 0.5, "v/balanced_accuracy": 0.5, "v/precision": 0.5, "v/recall": 0.5, "v/f1": 0.5}
+    )
+    # erroneous samples (true first error >= 0): 1 of 2 located; correct samples: 2 of 3 say -1
+    p = process_f1([2, 0, -1, -1, 1], [2, 1, -1, -1, -1])
+    assert p["process_acc_erroneous"] == 0.5 and p["process_acc_correct"] == pytest.approx(2 / 3)
+    assert p["process_f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert process_f1([-1], [-1])["process_f1"] == 0.0  # one class missing
+
+
+def test_failure_switch(monkeypatch):
+    maybe_fail(2, "judge")  # unset: nothing happens
+    monkeypatch.setenv("TANGO_FAIL_AT", "2:judge")
+    maybe_fail(1, "judge")
+    maybe_fail(2, "reward")
+    with pytest.raises(RuntimeError, match="failure injected"):
+        maybe_fail(2, "judge")
+
+
+def test_round_data_is_a_pure_function_of_seed_and_round():
+    cfg = _cfg()
+    a, b = round_problems(cfg, 3, 8), round_problems(cfg, 3, 8)
+    assert [p.id for p in a] == [p.id for p in b]
+    assert {p.id for p in round_problems(cfg, 4, 8)} != {p.id for p in a}
+    held = {p.id for p in heldout_problems(cfg)}
+    assert not held & {p.id for r in range(1, 6) for p in round_problems(cfg, r, 32)}
