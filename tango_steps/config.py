@@ -13,7 +13,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tango_steps.rollout import ENGINES
+
+
+# Rollout engine names (TANGO.md §3). Defined here, not in tango_steps.rollout, so that validating a
+# configuration never imports torch (every pipeline step validates its configuration first).
+ENGINES = ("auto", "hf", "vllm")
 
 
 class _Section(BaseModel):

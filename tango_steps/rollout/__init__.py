@@ -6,11 +6,10 @@ from typing import Any
 
 import torch
 
+from tango_steps.config import ENGINES  # one list of names, importable without torch
 from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
 from tango_steps.rollout.hf import HFEngine
 from tango_steps.rollout.vllm_engine import VLLMEngine, vllm_available
-
-ENGINES = ("auto", "hf", "vllm")
 
 
 def resolve_engine(kind: str) -> str:
