@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, Parameter, current, step
+from metaflow import Config, FlowSpec, Parameter, card, current, step
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = str(HERE.parent / "configs" / "tiny.yaml")
@@ -85,9 +85,10 @@ class TangoFlow(FlowSpec):
         self.more = "more" if k < self.total_rounds else "done"
         self.next({"more": self.round, "done": self.end}, condition="more")
 
+    @card
     @step
     def end(self):
-        """Summary table and final model references."""
+        """Summary table and final model references (Metaflow's default card shows them)."""
         import pandas as pd
 
         self.metrics = pd.DataFrame(self.history)
