@@ -54,6 +54,7 @@ class TangoRoundFlow(FlowSpec):
         if self.state_in["round"] != self.round_idx - 1:
             raise ValueError(f"round {self.round_idx} cannot start from the state of round {self.state_in['round']}")
         self.plan = plan_dict(round_plan(cfg, self.round_idx))
+        self.compute_seconds = 0.0
         print(f"round {self.round_idx}: {self.plan['slot']} round; plan {self.plan}")
         self.next(self.rollout)
 
@@ -179,6 +180,7 @@ class TangoRoundFlow(FlowSpec):
     def end(self):
         """The state the next round starts from, the round's metrics and its lineage."""
         self._check("end")
+        self.compute_seconds = 0.0  # (inherited from evaluate otherwise)
         s = self.state_in
         self.state = {
             **s,

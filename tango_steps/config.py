@@ -13,8 +13,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-
 # Rollout engine names (TANGO.md §3). Defined here, not in tango_steps.rollout, so that validating a
 # configuration never imports torch (every pipeline step validates its configuration first).
 ENGINES = ("auto", "hf", "vllm")

@@ -71,7 +71,11 @@ class ModelStore:
         src = Path(src)
         if not src.is_dir():
             raise ValueError(f"cannot store '{src}': not a directory")
-        files = {p.relative_to(src).as_posix(): p.stat().st_size for p in sorted(src.rglob("*")) if p.is_file()}
+        files = {  # a directory loaded from a store carries its old manifest: never copy it as a file
+            p.relative_to(src).as_posix(): p.stat().st_size
+            for p in sorted(src.rglob("*"))
+            if p.is_file() and p.relative_to(src).as_posix() != MANIFEST
+        }
         if not files:
             raise ValueError(f"cannot store '{src}': the directory is empty")
         prefix = self.storage.path_join(PREFIX, key)
@@ -81,7 +85,8 @@ class ModelStore:
             from tango_steps.atomic import atomic_directory
 
             with atomic_directory(final, overwrite=True) as tmp:
-                shutil.copytree(src, tmp, dirs_exist_ok=True)
+                top_manifest = lambda d, names: [MANIFEST] if Path(d) == src else []  # noqa: E731
+                shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=top_manifest)
                 (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
         else:
             handles = []

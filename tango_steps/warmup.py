@@ -36,7 +36,8 @@ from tango_steps.tasks.base import Problem, Task
 from tango_steps.templates import PromptTemplate, get_template
 from tango_steps.tiny import TinyModelSpec
 
-WARMUP_VERSION = 2  # v2: cosine generator SFT (1,200 steps), 100-step verifier warm-up on 256 samples; bump when the warm-up procedure changes: cached models are then rebuilt
+# v2: cosine generator SFT (1,200 steps), 100-step verifier warm-up on 256 samples.
+WARMUP_VERSION = 2  # bump when the warm-up procedure changes: cached models are then rebuilt
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,46 @@ def test_failure_then_resume_matches_uninterrupted_run(tmp_path, baseline):
     assert _digest(final["gen"]) == _digest(expected["gen"])
     assert _digest(final["ver"]) == _digest(expected["ver"])
     assert _eval_metrics(final["metrics"]) == _eval_metrics(expected["metrics"])
+
+
+def test_killed_driver_then_resume_matches_uninterrupted_run(tmp_path, baseline):
+    """SIGKILL of the whole TangoFlow process group while round 2's judge runs, then `resume`."""
+    import signal
+
+    _, expected = baseline
+    ds = Datastore(tmp_path / "mf")
+    cfg = ds.config(SMALL)
+    proc = subprocess.Popen(
+        [sys.executable, str(TANGO_FLOW), "--config", "config", str(cfg), "run"],
+        env={**ds.env, "PYTHONUNBUFFERED": "1"},
+        cwd=ds.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    in_round_2 = killed = False
+    for line in proc.stdout:
+        in_round_2 = in_round_2 or "round 2: launching" in line
+        if in_round_2 and "/judge/" in line and "Task is starting" in line:
+            time.sleep(1.0)
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+    proc.wait(timeout=60)
+    assert killed, "never saw round 2's judge start"
+    _ok(ds.flow("resume"))
+    final = ds.query(FINAL)
+    reuse = ds.query(
+        f"""
+        r = Run({final["rounds"][1]!r})
+        print(json.dumps({{s.id: s.task.origin_pathspec for s in r}}))
+        """
+    )
+    assert reuse["rollout"] is not None and reuse["judge"] is None, reuse
+    assert next(h for h in final["metrics"] if h["round"] == 2)["how"] == "resumed"
+    assert _digest(final["gen"]) == _digest(expected["gen"])
+    assert _digest(final["ver"]) == _digest(expected["ver"])
 
 
 def test_fork_from_a_finished_round_continues_identically(tmp_path, baseline):

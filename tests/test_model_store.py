@@ -46,6 +46,9 @@ def test_local_round_trip_and_reference(tmp_path):
     (src / "extra.txt").write_text("x")
     ref2 = store.save(src, "Flow/1/step/2/0/generator")
     assert "extra.txt" in ref2["files"] and (store.load(ref2) / "extra.txt").exists()
+    # a loaded copy (it holds a manifest) can be saved again under another key
+    ref3 = store.save(store.load(ref2), "Flow/1/next/3/0/generator")
+    assert MANIFEST not in ref3["files"] and store.load(ref3).exists()
 
 
 def test_damaged_or_interrupted_copies_are_refused(tmp_path):
