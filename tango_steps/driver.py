@@ -53,7 +53,7 @@ def read_task_state(pathspec: str) -> dict[str, Any]:
 
 @contextmanager
 def root_lock(root_id: str, log: Callable[[str], None] = print):
-    """Exclusive per-root-run lock for the duration of one round (single host; see module doc)."""
+    """Exclusive per-root-run lock for the duration of one round (TANGO.md §9 resume; single host, see module doc)."""
     path = Path(tempfile.gettempdir()) / f"tango-{os.environ.get('USERNAME', 'user')}-{root_id}.lock"
     with open(path, "w") as f:
         try:

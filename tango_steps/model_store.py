@@ -167,7 +167,7 @@ def describe(ref: dict[str, Any] | None) -> str:
 
 
 def task_key(name: str) -> str:
-    """Storage key of a model written by the current Metaflow task: flow/run/step/task/attempt/name."""
+    """Storage key of a model written by the current task: flow/run/step/task/attempt/name (TANGO.md §9)."""
     from metaflow import current
 
     return "/".join(
