@@ -69,27 +69,40 @@ class TangoFlow(FlowSpec):
         self.more = "more" if self.round_idx < self.total_rounds else "done"
         self.next({"more": self.round, "done": self.end}, condition="more")
 
+    @card(type="blank", id="progress", refresh_interval=10)
     @step
     def round(self):
         """Round k as a TangoRoundFlow run: adopted if finished, resumed at its failed stage, else launched."""
-        from tango_steps.driver import run_round
+        from metaflow.cards import Markdown
+
+        from tango_steps.cards import history_components
+        from tango_steps.driver import history_row, run_round
 
         k = self.round_idx + 1
+        for c in [Markdown(f"**round {k} of {self.total_rounds} is running**"), *history_components(self.history)]:
+            current.card["progress"].append(c)
+        current.card["progress"].refresh()
         child = run_round(ROUND_FLOW_FILE, self.root_id, k, self.state_task, self.cfg)
         self.state = child["state"]
         self.state_task = child["state_task"]
         self.round_runs = [*self.round_runs, child["pathspec"]]
-        self.history = [*self.history, {**child["metrics"], "run": child["pathspec"], "how": child["how"]}]
+        self.history = [*self.history, history_row(child, self.history[0])]
         self.round_idx = k
         print(f"round {k}/{self.total_rounds} done ({child['how']}): {child['pathspec']}")
+        current.card["progress"].clear()
+        for c in history_components(self.history):
+            current.card["progress"].append(c)
         self.more = "more" if k < self.total_rounds else "done"
         self.next({"more": self.round, "done": self.end}, condition="more")
 
-    @card
+    @card(type="blank")
     @step
     def end(self):
-        """Summary table and final model references (Metaflow's default card shows them)."""
+        """Summary table, final model references and the charts across rounds (a card)."""
         import pandas as pd
+        from metaflow.cards import Markdown, Table
+
+        from tango_steps.cards import history_components
 
         self.metrics = pd.DataFrame(self.history)
         self.final_generator = self.state["generator"]
@@ -101,6 +114,11 @@ class TangoFlow(FlowSpec):
         ]
         print(self.metrics[cols].to_string(index=False))
         print(f"final generator: {self.final_generator['uri']}\nfinal verifier: {self.final_verifier['uri']}")
+        for c in history_components(self.history):
+            current.card.append(c)
+        current.card.append(Markdown(f"final generator `{self.final_generator['uri']}`  \n"
+                                     f"final verifier `{self.final_verifier['uri']}`"))  # fmt: skip
+        current.card.append(Table.from_dataframe(self.metrics[cols].round(4)))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, Parameter, current, resources, retry, step
+from metaflow import Config, FlowSpec, Parameter, card, current, resources, retry, step
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml")
 PARSER = "tango_steps.config.parse_recipe"
@@ -35,6 +35,10 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps.model_store import ModelStore
 
         return ModelStore.for_flow(self)
+
+    def _card(self, components):
+        for c in components:
+            current.card.append(c)
 
     def _check(self, stage):
         from tango_steps.round import maybe_fail
@@ -62,9 +66,11 @@ class TangoRoundFlow(FlowSpec):
     @resources(
         cpu=config.resources.rollout.cpu, memory=config.resources.rollout.memory, gpu=config.resources.rollout.gpu
     )
+    @card(type="blank")
     @step
     def rollout(self):
         """The generator samples the round's solutions (TANGO.md §3)."""
+        from tango_steps import cards
         from tango_steps import round as stages
         from tango_steps.schedule import RoundPlan
 
@@ -74,13 +80,16 @@ class TangoRoundFlow(FlowSpec):
         ckpt = self._store().load(self.state_in["generator"])
         self.rollouts, res = stages.rollout(cfg, plan, ckpt)
         self.rollout_metrics, self.compute_seconds = res.metrics, res.compute_seconds
+        self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
         self.next(self.judge)
 
     @retry(times=1, minutes_between_retries=0)
     @resources(cpu=config.resources.judge.cpu, memory=config.resources.judge.memory, gpu=config.resources.judge.gpu)
+    @card(type="blank")
     @step
     def judge(self):
         """The verifier judges every solution step by step (TANGO.md §2-§3)."""
+        from tango_steps import cards
         from tango_steps import round as stages
         from tango_steps.schedule import RoundPlan
 
@@ -90,12 +99,15 @@ class TangoRoundFlow(FlowSpec):
         ckpt = self._store().load(self.state_in["verifier"])
         self.judgments, res = stages.judge(cfg, plan, ckpt, self.rollouts)
         self.judge_metrics, self.compute_seconds = res.metrics, res.compute_seconds
+        self._card(cards.judge_components(self.rollouts, self.judgments))
         self.next(self.reward)
 
     @resources(cpu=config.resources.reward.cpu, memory=config.resources.reward.memory)
+    @card(type="blank")
     @step
     def reward(self):
         """Outcome and step rewards, both models' advantages, the RL batches (TANGO.md §4-§5)."""
+        from tango_steps import cards
         from tango_steps import round as stages
         from tango_steps.schedule import RoundPlan
 
@@ -108,6 +120,7 @@ class TangoRoundFlow(FlowSpec):
         self.generator_batch, self.verifier_batch = out["generator_batch"], out["verifier_batch"]
         self.reweighter, self.alpha = out["reweighter"], out["alpha"]
         self.reward_metrics, self.compute_seconds = out["metrics"], out["compute_seconds"]
+        self._card(cards.reward_components(self.rollouts, self.judgments, self.reward_metrics, self.alpha))
         self.next(self.verifier_update)
 
     def _update(self, role, batch, update, reason):
@@ -138,13 +151,17 @@ class TangoRoundFlow(FlowSpec):
         memory=config.resources.verifier_update.memory,
         gpu=config.resources.verifier_update.gpu,
     )
+    @card(type="blank")
     @step
     def verifier_update(self):
         """One RL update of the verifier, when the schedule says so (TANGO.md §5-§6)."""
+        from tango_steps import cards
+
         self._check("verifier_update")
         self.verifier_out, self.verifier_update_metrics, self.compute_seconds = self._update(
             "verifier", self.verifier_batch, self.plan["update_verifier"], self.plan["skip_verifier"]
         )
+        self._card(cards.update_components("verifier", self.verifier_update_metrics))
         self.next(self.generator_update)
 
     @resources(
@@ -152,21 +169,27 @@ class TangoRoundFlow(FlowSpec):
         memory=config.resources.generator_update.memory,
         gpu=config.resources.generator_update.gpu,
     )
+    @card(type="blank")
     @step
     def generator_update(self):
         """One RL update of the generator, when the schedule says so (TANGO.md §4, §6)."""
+        from tango_steps import cards
+
         self._check("generator_update")
         self.generator_out, self.generator_update_metrics, self.compute_seconds = self._update(
             "generator", self.generator_batch, self.plan["update_generator"], self.plan["skip_generator"]
         )
+        self._card(cards.update_components("generator", self.generator_update_metrics))
         self.next(self.evaluate)
 
     @resources(
         cpu=config.resources.evaluate.cpu, memory=config.resources.evaluate.memory, gpu=config.resources.evaluate.gpu
     )
+    @card(type="blank")
     @step
     def evaluate(self):
         """Held-out generator accuracy and verifier outcome/process metrics (TANGO.md §7-§8)."""
+        from tango_steps import cards
         from tango_steps import round as stages
 
         self._check("evaluate")
@@ -174,6 +197,7 @@ class TangoRoundFlow(FlowSpec):
         store = self._store()
         self.eval_table, res = stages.evaluate(cfg, store.load(self.generator_out), store.load(self.verifier_out))
         self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
+        self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
         self.next(self.end)
 
     @step

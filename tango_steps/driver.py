@@ -256,3 +256,15 @@ def round_models(pathspec: str) -> dict[str, Path]:
     else:
         state = read_task_state(pathspec)
     return {role: load_model_dir(state[role]) for role in ("generator", "verifier")}
+
+
+def history_row(child: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
+    """One row of TangoFlow's per-round table (TANGO.md §9): the round's metrics, where it ran, drift.
+
+    ``eval/generator_length_drift`` is the held-out mean response length minus the first row's
+    (round 0, or the forked round): a generator gaming the verifier often grows or shrinks its answers.
+    """
+    row = {**child["metrics"], "run": child["pathspec"], "how": child["how"]}
+    now, then = row.get("eval/generator_mean_length"), first.get("eval/generator_mean_length")
+    row["eval/generator_length_drift"] = now - then if now is not None and then is not None else None
+    return row

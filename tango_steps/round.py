@@ -67,6 +67,12 @@ def heldout_problems(cfg: TangoConfig):
     return task.problems(cfg.evaluation.heldout_problems, "heldout", seed=HELDOUT_SEED_OFFSET + cfg.seed)
 
 
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    """``[#####-----] 128/256``: a one-line progress bar for task logs (TANGO.md §3 long steps)."""
+    filled = int(width * done / total) if total else width
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
+
+
 def _seed(cfg: TangoConfig, round_idx: int, stage: str) -> int:
     return (cfg.seed * 1_000_003 + round_idx * 101 + sum(map(ord, stage))) % (2**31 - 1)
 
@@ -108,7 +114,7 @@ def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
         out.extend(engine.generate(prompts[i : i + chunk], s))
         done = min(i + chunk, len(prompts)) * sampling.n
         dt = time.perf_counter() - t0
-        log(f"{what}: {done}/{len(prompts) * sampling.n} samples, {done / max(dt, 1e-9):.1f} samples/s")
+        log(f"{what}: {progress_bar(done, len(prompts) * sampling.n)} samples, {done / max(dt, 1e-9):.1f} samples/s")
     return out
 
 
@@ -173,7 +179,7 @@ def rollout(
                     "format_score": parsed.format_score,
                     "well_formed": parsed.well_formed,
                     "label_correct": check.correct,
-                    "step_labels": list(check.step_labels),
+                    "step_labels": None if check.step_labels is None else list(check.step_labels),
                     "first_error": check.first_error,
                 }
             )
@@ -541,7 +547,8 @@ def evaluate(
 
     The verifier judges (greedily) the generator's greedy held-out solutions; truth comes from the
     embedded task's exact labels. For the process metric, a solution whose outcome is wrong while
-    every step is right (it stopped early) has no first wrong step: it is left out and counted.
+    every step is right (it stopped early) has no first wrong step: it is left out and counted, as
+    is every solution of a task without step labels (``dataset``).
     """
     from tango_steps.formats import parse_solution, parse_verification
     from tango_steps.rollout import SamplingSettings
@@ -575,7 +582,8 @@ def evaluate(
             {
                 "prompt_id": p.id, "question": p.question, "gold": p.answer, "text": t,
                 "truncated": c[0].truncated, "length": len(c[0].token_ids), "num_steps": s.num_steps,
-                "correct": ch.correct, "step_labels": list(ch.step_labels), "first_error": ch.first_error,
+                "correct": ch.correct, "first_error": ch.first_error,
+                "step_labels": None if ch.step_labels is None else list(ch.step_labels),
                 "final_verdict": v.final_verdict, "step_verdicts": v.step_verdicts,
                 "predicted_first_error": pred_first, "verifier_format_score": v.format_score,
             }
@@ -592,12 +600,13 @@ def evaluate(
     metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
     usable = [
         (pf, fe)
-        for pf, fe, c in zip(df["predicted_first_error"], df["first_error"], truth, strict=True)
-        if c or fe >= 0
+        for pf, fe, c, lab in zip(df["predicted_first_error"], df["first_error"], truth, df["step_labels"], strict=True)
+        if lab is not None and (c or fe >= 0)
     ]
     pm = process_f1([u[0] for u in usable], [u[1] for u in usable])
     metrics.update({f"eval/verifier_{k}": v for k, v in pm.items()})
     metrics["eval/process_excluded"] = len(df) - len(usable)
+    metrics.update(hacking_diagnostics(df))
     for k, v in list(metrics.items()):
         if isinstance(v, float) and math.isnan(v):
             metrics[k] = None
@@ -606,6 +615,38 @@ def evaluate(
         f"{metrics['eval/verifier_f1']:.3f}, process F1 {metrics['eval/verifier_process_f1']:.3f} ({compute:.1f} s)"
     )
     return df, StageResult(metrics, compute)
+
+
+def hacking_diagnostics(eval_table: pd.DataFrame) -> dict[str, float]:
+    """Reward-hacking diagnostics of one evaluation (TANGO.md §9): is the verifier right for the right reasons?
+
+    - verifier accuracy per class: on the correct solutions (``verifier_acc_on_correct``) and on
+      the wrong ones (``verifier_acc_on_wrong``): a verifier that says CORRECT to everything scores
+      1 and 0;
+    - ``verifier_right_verdict_wrong_steps``: among solutions whose final verdict is right and whose
+      step verdicts are usable, the fraction whose step verdicts differ from the exact step labels;
+    - ``verifier_step_mismatch_frac``: verifications whose number of judged steps differs from K.
+    Response-length drift and solutions without steps are in the generator's metrics.
+    """
+    truth = eval_table["correct"].astype(bool)
+    verdict = eval_table["final_verdict"].map(lambda v: bool(v) if v is not None else False)
+    right = verdict == truth
+    usable = eval_table["step_verdicts"].map(lambda v: v is not None)
+    steps_wrong = [
+        sv is not None and lab is not None and list(sv) != list(lab)
+        for sv, lab in zip(eval_table["step_verdicts"], eval_table["step_labels"], strict=True)
+    ]
+    labelled = eval_table["step_labels"].map(lambda v: v is not None)
+    base = right & usable & labelled
+    nan = float("nan")
+    return {
+        "eval/verifier_acc_on_correct": float(right[truth].mean()) if truth.any() else nan,
+        "eval/verifier_acc_on_wrong": float(right[~truth].mean()) if (~truth).any() else nan,
+        "eval/verifier_right_verdict_wrong_steps": (
+            float(pd.Series(steps_wrong)[base.to_numpy()].mean()) if base.any() else nan
+        ),
+        "eval/verifier_step_mismatch_frac": float((~usable).mean()) if len(usable) else nan,
+    }
 
 
 def plan_dict(plan: RoundPlan) -> dict[str, Any]:

@@ -432,7 +432,11 @@ def rl_update(
             continue
         n_tokens = float(sum(len(batch.response_ids[i]) for i in mini)) or 1.0
         optimizer.zero_grad(set_to_none=True)
-        for mb in _micro_batches(mini, settings.micro_batch_size):
+        mbs = _micro_batches(mini, settings.micro_batch_size)
+        for mb_idx, mb in enumerate(mbs):
+            if log is not None and (mb_idx % max(1, len(mbs) // 10) == 0 or mb_idx == len(mbs) - 1):
+                rate = tokens_total / max(time.perf_counter() - t0, 1e-9)
+                log(f"update step {step_idx + 1}: micro-batch {mb_idx + 1}/{len(mbs)}, {rate:.0f} tokens/s so far")
             t = _pack(batch, mb, pad, accelerator.device)
             with accelerator.autocast():
                 logp, ent = sequence_logprobs(

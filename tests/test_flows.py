@@ -157,6 +157,55 @@ def test_two_round_run_trains_both_models_and_records_everything(baseline):
     assert str(ds.root) in models["verifier"]
 
 
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def test_cards_render_in_headless_chromium_without_script_errors(baseline, tmp_path):
+    """Every round step's card and TangoFlow's charts draw in a real browser (Debian chromium)."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    ds, final = baseline
+    out = tmp_path / "cards"
+    out.mkdir()
+    written = ds.query(
+        f"""
+        from metaflow.cards import get_cards
+        written = {{}}
+        pathspecs = [s.task.pathspec for s in Run({final["rounds"][1]!r})]
+        pathspecs += [s.task.pathspec for s in Run({final["run"]!r}) if s.id in ("round", "end")]
+        for ps in pathspecs:
+            for i, c in enumerate(get_cards(Task(ps))):
+                f = {str(out)!r} + "/" + ps.replace("/", "_") + f"_{{i}}.html"
+                open(f, "w").write(c.get())
+                written[ps.split("/")[0] + "/" + ps.split("/")[2]] = f
+        print(json.dumps(written))
+        """
+    )
+    for step in ("rollout", "judge", "reward", "verifier_update", "generator_update", "evaluate"):
+        assert f"TangoRoundFlow/{step}" in written, written
+    assert "TangoFlow/end" in written and "TangoFlow/round" in written
+    for name, html in written.items():
+        profile = tmp_path / f"profile-{name.replace('/', '_')}"
+        proc = subprocess.run(
+            [chromium, *CHROMIUM, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=8000", "--dump-dom", f"file://{html}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+        errors = [line for line in console if "Uncaught" in line or "Error" in line]
+        assert proc.returncode == 0 and not errors, (name, errors[:5])
+        dom = proc.stdout
+        assert len(dom) > 1000, (name, dom[:500])
+        if name in ("TangoRoundFlow/reward", "TangoFlow/end"):
+            assert "marks" in dom or "<canvas" in dom, f"{name}: no chart was drawn"
+        if name == "TangoRoundFlow/judge":
+            assert "Verdict browser" in dom and "verifier output" in dom
+
+
 def test_failure_then_resume_matches_uninterrupted_run(tmp_path, baseline):
     _, expected = baseline
     ds = Datastore(tmp_path / "mf")

@@ -180,3 +180,21 @@ def test_round_data_is_a_pure_function_of_seed_and_round():
     assert {p.id for p in round_problems(cfg, 4, 8)} != {p.id for p in a}
     held = {p.id for p in heldout_problems(cfg)}
     assert not held & {p.id for r in range(1, 6) for p in round_problems(cfg, r, 32)}
+
+
+def test_hacking_diagnostics_by_hand():
+    from tango_steps.round import hacking_diagnostics
+
+    table = pd.DataFrame(
+        {
+            "correct": [True, True, False, False],
+            "final_verdict": [True, False, False, None],
+            "step_verdicts": [[True, True], [True], [True, False], None],
+            "step_labels": [[True, True], [True, True], [False, False], [True]],
+        }
+    )
+    d = hacking_diagnostics(table)
+    assert d["eval/verifier_acc_on_correct"] == 0.5 and d["eval/verifier_acc_on_wrong"] == 1.0
+    # right verdicts with usable steps: rows 0 and 2; row 2's steps differ from the labels
+    assert d["eval/verifier_right_verdict_wrong_steps"] == 0.5
+    assert d["eval/verifier_step_mismatch_frac"] == 0.25  # row 3 unusable

@@ -78,7 +78,7 @@ def test_last_letters_labels_and_length_generalisation_split():
 @pytest.mark.parametrize(
     ("name", "params", "msg"),
     [
-        ("arith", {}, "unknown task 'arith'; known: arithmetic, last_letters"),
+        ("arith", {}, "unknown task 'arith'; known: arithmetic, dataset, last_letters"),
         ("arithmetic", {"max_ops": 9}, "max_ops <= 6"),
         ("arithmetic", {"ops": "+/"}, "ops must be"),
         ("arithmetic", {"min_value": 50, "max_value": 10}, "min_value < max_value"),

@@ -1,4 +1,5 @@
-"""Embedded tasks with exact step labels (TANGO.md §8): ``arithmetic`` (the default) and ``last_letters``."""
+"""Tasks (TANGO.md §8): embedded ``arithmetic`` (default) and ``last_letters`` with exact step labels, and
+``dataset`` (prompts from a benchmark-format file, graded by answer only)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ from typing import Any
 
 from tango_steps.tasks.arithmetic import ArithmeticTask
 from tango_steps.tasks.base import CheckResult, Problem, Task, split_of
+from tango_steps.tasks.dataset import DatasetTask
 from tango_steps.tasks.last_letters import LastLettersTask
 
-TASKS: dict[str, type[Task]] = {ArithmeticTask.name: ArithmeticTask, LastLettersTask.name: LastLettersTask}
+TASKS: dict[str, type[Task]] = {
+    ArithmeticTask.name: ArithmeticTask,
+    LastLettersTask.name: LastLettersTask,
+    DatasetTask.name: DatasetTask,
+}
 
 
 def get_task(name: str, **params: Any) -> Task:
@@ -23,4 +29,14 @@ def get_task(name: str, **params: Any) -> Task:
         raise ValueError(f"task '{name}': {e}") from None
 
 
-__all__ = ["TASKS", "ArithmeticTask", "CheckResult", "LastLettersTask", "Problem", "Task", "get_task", "split_of"]
+__all__ = [
+    "TASKS",
+    "ArithmeticTask",
+    "CheckResult",
+    "DatasetTask",
+    "LastLettersTask",
+    "Problem",
+    "Task",
+    "get_task",
+    "split_of",
+]

@@ -54,19 +54,20 @@ class CheckResult:
 
     Attributes:
         correct: the outcome label: the boxed answer equals the gold answer.
-        step_labels: one bool per candidate step (True = the step is right), in order.
+        step_labels: one bool per candidate step (True = the step is right), in order; None when
+            the task has no step labels (a dataset graded by answer only).
         first_error: index of the first wrong step, or -1 when no step is wrong.
         num_steps: K of the candidate.
     """
 
     correct: bool
-    step_labels: list[bool]
+    step_labels: list[bool] | None
     first_error: int
 
     @property
     def num_steps(self) -> int:
         """K, the number of candidate steps (TANGO.md §2)."""
-        return len(self.step_labels)
+        return len(self.step_labels) if self.step_labels is not None else 0
 
 
 def split_of(question: str, split_seed: int, heldout_percent: int) -> str:

@@ -1,0 +1,199 @@
+"""Card contents for the flows: sample solutions, the verdict browser, reward and update charts (TANGO.md §9).
+
+Each function turns a stage's tables and metrics into a list of Metaflow card components
+(``Markdown``, ``Table``, ``VegaChart``); the flows only append them to ``current.card``. Charts are
+Vega-Lite specifications with their data inline, so a card needs no service and no network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _mark(ok: Any) -> str:
+    return "-" if ok is None or (isinstance(ok, float) and math.isnan(ok)) else ("CORRECT" if ok else "INCORRECT")
+
+
+def metrics_table(metrics: dict[str, Any], prefix: str = "") -> Any:
+    """A two-column table of metrics whose names start with ``prefix`` (TANGO.md §9 inspection)."""
+    from metaflow.cards import Table
+
+    rows = [[k, _fmt(v)] for k, v in sorted(metrics.items()) if k.startswith(prefix)]
+    return Table(rows or [["(none)", "-"]], headers=["metric", "value"])
+
+
+def histogram(values: Sequence[float], title: str, field: str = "value") -> Any:
+    """A Vega-Lite histogram of ``values`` (TANGO.md §4-§5 reward and advantage distributions)."""
+    from metaflow.cards import VegaChart
+
+    data = [{field: float(v)} for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": title,
+        "width": 360,
+        "height": 160,
+        "data": {"values": data},
+        "mark": "bar",
+        "encoding": {
+            "x": {"field": field, "bin": {"maxbins": 30}, "type": "quantitative"},
+            "y": {"aggregate": "count", "type": "quantitative"},
+        },
+    }
+    return VegaChart(spec)
+
+
+def line_chart(history: Sequence[dict[str, Any]], keys: Sequence[str], title: str) -> Any:
+    """A Vega-Lite line chart of metrics across rounds (TANGO.md §8 curves); missing values are left out."""
+    from metaflow.cards import VegaChart
+
+    data = [
+        {"round": int(row["round"]), "metric": k, "value": float(row[k])}
+        for row in history
+        for k in keys
+        if row.get(k) is not None and not (isinstance(row[k], float) and math.isnan(row[k]))
+    ]
+    spec = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": title,
+        "width": 420,
+        "height": 180,
+        "data": {"values": data},
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "round", "type": "quantitative"},
+            "y": {"field": "value", "type": "quantitative"},
+            "color": {"field": "metric", "type": "nominal"},
+        },
+    }
+    return VegaChart(spec)
+
+
+def rollout_components(rollouts: pd.DataFrame, metrics: dict[str, Any], n: int = 6) -> list:
+    """Rollout card (TANGO.md §2-§3): summary and sample solutions with their steps numbered."""
+    from metaflow.cards import Markdown, Table
+
+    out = [Markdown(f"## Rollout: {len(rollouts)} solutions"), metrics_table(metrics, "rollout/")]
+    for _, r in rollouts.head(n).iterrows():
+        steps = [[str(k + 1), s, _mark(lab)] for k, (s, lab) in enumerate(zip(r["steps"], _labels(r), strict=False))]
+        out.append(
+            Markdown(
+                f"**{r['prompt_id']}** sample {r['sample']}: {r['question']}  \n"
+                f"answer `{r['answer']}` (gold `{r['gold']}`), exact outcome {_mark(r['label_correct'])}"
+                f"{' (truncated)' if r['truncated'] else ''}"
+            )
+        )
+        out.append(Table(steps or [["-", "(no steps)", "-"]], headers=["step", "text", "exact label"]))
+    return out
+
+
+def _labels(row) -> list:
+    labels = list(row.get("step_labels") or [])
+    return labels + [None] * (len(row["steps"]) - len(labels))
+
+
+def judge_components(rollouts: pd.DataFrame, judgments: pd.DataFrame, n: int = 8) -> list:
+    """Verdict browser (TANGO.md §2, §4-§5): each step beside the verifier's verdict and the exact label.
+
+    Shows, per solution, the final verdict against the true correctness, and the reward and
+    advantage the update actually used; then the raw verifier text.
+    """
+    from metaflow.cards import Markdown, Table
+
+    if judgments is None or len(judgments) == 0:
+        return [Markdown("## Judge\nNothing was judged this round (outcome reward only).")]
+    out = [Markdown(f"## Verdict browser: {len(judgments)} verifications of {len(rollouts)} solutions")]
+    for _, j in judgments.head(n).iterrows():
+        r = rollouts.iloc[int(j["solution"])]
+        verdicts = list(j["step_verdicts"]) if j["step_verdicts"] is not None else []
+        rows = []
+        for k, s in enumerate(r["steps"]):
+            v = verdicts[k] if k < len(verdicts) else None
+            lab = _labels(r)[k]
+            agree = "" if v is None or lab is None else ("agree" if v == lab else "DISAGREE")
+            rows.append([str(k + 1), s, _mark(v), _mark(lab), agree])
+        truth = r.get("correct", r.get("label_correct"))
+        used = []
+        if "outcome_reward" in r:
+            used.append(f"outcome reward {_fmt(r['outcome_reward'])}")
+        if "advantage_mean" in r:
+            used.append(f"mean token advantage {_fmt(r['advantage_mean'])}")
+        if "verifier_reward" in j:
+            used.append(f"verifier reward {_fmt(j['verifier_reward'])}, advantage {_fmt(j['advantage'])}")
+        out.append(
+            Markdown(
+                f"### Solution {int(j['solution'])} / verification {int(j['verification'])}\n"
+                f"{r['question']}  \nfinal verdict **{_mark(j['final_verdict'])}**, truth **{_mark(truth)}**; "
+                + "; ".join(used)
+            )
+        )
+        out.append(
+            Table(rows or [["-", "(no steps)", "-", "-", ""]], headers=["step", "generator", "verifier", "exact", ""])
+        )
+        out.append(Markdown("verifier output:\n\n```\n" + str(j["text"])[:1500] + "\n```"))
+    return out
+
+
+def reward_components(rollouts: pd.DataFrame, judgments: pd.DataFrame, metrics: dict[str, Any], alpha: Any) -> list:
+    """Reward card (TANGO.md §4-§5): distributions of rewards and advantages, alignment rate, alpha."""
+    from metaflow.cards import Markdown
+
+    out = [Markdown(f"## Rewards (alpha = {_fmt(alpha)})"), metrics_table(metrics)]
+    out.append(histogram(rollouts["outcome_reward"], "outcome reward r_out"))
+    if "step_rewards" in rollouts:
+        steps = [x for r in rollouts["step_rewards"] if r for x in r]
+        if steps:
+            out.append(histogram(steps, "step rewards y_k / K"))
+    if "advantage_mean" in rollouts:
+        out.append(histogram(rollouts["advantage_mean"], "generator advantage (mean over tokens)"))
+    if judgments is not None and "verifier_reward" in judgments:
+        out.append(histogram(judgments["verifier_reward"], "verifier reward r_v"))
+        out.append(histogram(judgments["advantage"], "verifier advantage"))
+    return out
+
+
+def update_components(role: str, metrics: dict[str, Any]) -> list:
+    """Update card (TANGO.md §6): loss, KL, entropy, clip fraction, gradient norm, or the skip reason."""
+    from metaflow.cards import Markdown
+
+    return [Markdown(f"## {role} update"), metrics_table(metrics)]
+
+
+def evaluate_components(eval_table: pd.DataFrame, metrics: dict[str, Any], n: int = 10) -> list:
+    """Evaluation card (TANGO.md §7-§8): metrics and the first held-out solutions with verdicts."""
+    from metaflow.cards import Markdown, Table
+
+    cols = ["question", "gold", "correct", "final_verdict", "first_error", "predicted_first_error", "length"]
+    sample = eval_table[[c for c in cols if c in eval_table]].head(n).astype(str)
+    return [Markdown("## Held-out evaluation"), metrics_table(metrics), Table.from_dataframe(sample)]
+
+
+ROUND_CHARTS = (
+    ("generator held-out accuracy", ("eval/generator_accuracy",)),
+    ("verifier F1 (outcome) and process F1", ("eval/verifier_f1", "eval/verifier_process_f1")),
+    ("rewards", ("reward/outcome_mean", "reward/verifier_reward_mean")),
+    ("alpha", ("reward/alpha",)),
+    ("KL to the reference", ("generator_update/kl", "verifier_update/kl")),
+    ("held-out response length", ("eval/generator_mean_length",)),
+)
+
+
+def history_components(history: Sequence[dict[str, Any]]) -> list:
+    """TangoFlow's charts across rounds (TANGO.md §8): accuracy, F1s, rewards, alpha, KL, length."""
+    from metaflow.cards import Markdown
+
+    last = history[-1] if history else {}
+    out = [Markdown(f"# Tango: round {last.get('round', 0)} of the run")]
+    out += [line_chart(history, keys, title) for title, keys in ROUND_CHARTS]
+    return out
