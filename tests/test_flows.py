@@ -178,7 +178,11 @@ def test_cards_render_in_headless_chromium_without_script_errors(baseline, tmp_p
         pathspecs = [s.task.pathspec for s in Run({final["rounds"][1]!r})]
         pathspecs += [s.task.pathspec for s in Run({final["run"]!r}) if s.id in ("round", "end")]
         for ps in pathspecs:
-            for i, c in enumerate(get_cards(Task(ps))):
+            try:
+                found = list(get_cards(Task(ps)))
+            except Exception:  # start / end of a round have no card
+                found = []
+            for i, c in enumerate(found):
                 f = {str(out)!r} + "/" + ps.replace("/", "_") + f"_{{i}}.html"
                 open(f, "w").write(c.get())
                 written[ps.split("/")[0] + "/" + ps.split("/")[2]] = f
