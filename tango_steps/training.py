@@ -335,6 +335,13 @@ def _micro_batches(indices: list[int], size: int) -> list[list[int]]:
     return [indices[s : s + size] for s in range(0, len(indices), size)]
 
 
+def _reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide state: each update is a single-process job with its own settings."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def rl_update(
     ckpt: str | Path,
     batch: RLBatch,
@@ -372,6 +379,7 @@ def rl_update(
         raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
     cuda = torch.cuda.is_available()
     bf16 = settings.dtype == "bfloat16" or (settings.dtype == "auto" and cuda)
+    _reset_accelerate_state()  # an earlier Accelerator in this process (a TRL trainer, say) must not leak in
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
     model, tok, optimizer, state = load_policy(ckpt, settings, accelerator.device, lora_base=lora_base)
     if reference_model is not None:

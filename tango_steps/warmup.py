@@ -126,6 +126,9 @@ def _sft(model, tokenizer, rows: list[dict], sft: SFTSettings, seed: int, callba
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from tango_steps.training import _reset_accelerate_state
+
+    _reset_accelerate_state()  # an earlier update's Accelerator in this process must not leak into the trainer
     out = tempfile.mkdtemp(prefix="tango-sft-")
     try:
         cfg = SFTConfig(

@@ -195,3 +195,14 @@ def test_reference_model_can_be_overridden(tmp_path, ckpt0, batch, tiny_model_di
     m_moved = rl_update(ckpt0, batch, SETTINGS, tmp_path / "moved", reference_model=str(tmp_path / "other/model"))
     assert m_moved["kl"] > 0.0
     assert read_state(tmp_path / "moved").reference_model == str(tmp_path / "other/model")
+
+
+def test_update_after_another_accelerator_in_the_same_process(tmp_path, ckpt0, batch):
+    """A TRL trainer (the warm-up) or a user's Accelerator created first must not break the update."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as in a fresh process
+    Accelerator(cpu=True, mixed_precision="bf16")
+    m = rl_update(ckpt0, batch, SETTINGS, tmp_path / "after")
+    assert m["updates"] == 1.0
