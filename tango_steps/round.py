@@ -118,6 +118,26 @@ def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
     return out
 
 
+def _sample(cfg: TangoConfig, ckpt: Path, prompts: list[str], scfg, n: int, round_idx: int, what: str, log: Log):
+    """Sample ``n`` completions per prompt from a checkpoint; return them with the prompt ids the engine used.
+
+    The ids come from the engine's own tokenizer and prompt-length policy, so the RL batch trains on
+    exactly the prompts that were sampled from, truncation included (TANGO.md §3, §6).
+    """
+    from tango_steps.rollout import SamplingSettings, prepare_prompts
+
+    seed = _seed(cfg, round_idx, what)
+    with _engine(cfg, ckpt / "model", seed) as engine:
+        sampling = SamplingSettings(
+            n=n, temperature=scfg.temperature, top_p=scfg.top_p, max_tokens=scfg.max_tokens, seed=seed
+        )
+        comps = _generate(engine, prompts, sampling, what, log)
+        prompt_ids, _ = prepare_prompts(
+            engine.tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt
+        )
+    return comps, prompt_ids
+
+
 def rollout(
     cfg: TangoConfig, plan: RoundPlan, generator_ckpt: Path, log: Log = print
 ) -> tuple[pd.DataFrame, StageResult]:
@@ -130,7 +150,6 @@ def rollout(
     embedded task's exact labels ``label_correct``, ``step_labels``, ``first_error``.
     """
     from tango_steps.formats import parse_solution
-    from tango_steps.rollout import SamplingSettings, prepare_prompts
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
 
@@ -142,19 +161,7 @@ def rollout(
     problems = round_problems(cfg, plan.round_idx, n_prompts)
     prompts = [template.generator_prompt(p.question) for p in problems]
     t0 = time.perf_counter()
-    engine = _engine(cfg, generator_ckpt / "model", _seed(cfg, plan.round_idx, "rollout"))
-    try:
-        gs = cfg.generator_sampling
-        sampling = SamplingSettings(
-            n=n, temperature=gs.temperature, top_p=gs.top_p, max_tokens=gs.max_tokens,
-            seed=_seed(cfg, plan.round_idx, "rollout"),
-        )  # fmt: skip
-        comps = _generate(engine, prompts, sampling, "rollout", log)
-        prompt_ids, _ = prepare_prompts(
-            engine.tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt
-        )
-    finally:
-        engine.close()
+    comps, prompt_ids = _sample(cfg, generator_ckpt, prompts, cfg.generator_sampling, n, plan.round_idx, "rollout", log)
     compute = time.perf_counter() - t0
     rows = []
     for i, (p, prompt, cs) in enumerate(zip(problems, prompts, comps, strict=True)):
@@ -225,7 +232,6 @@ def judge(
     ``format_score``, ``num_judged``.
     """
     from tango_steps.formats import parse_solution, parse_verification
-    from tango_steps.rollout import SamplingSettings, prepare_prompts
     from tango_steps.templates import get_template
 
     generator_round = _is_generator_slot(plan)
@@ -240,19 +246,7 @@ def judge(
         for q, s, t in zip(rollouts["question"], parsed, rollouts["text"], strict=True)
     ]
     t0 = time.perf_counter()
-    engine = _engine(cfg, verifier_ckpt / "model", _seed(cfg, plan.round_idx, "judge"))
-    try:
-        vs = cfg.verifier_sampling
-        sampling = SamplingSettings(
-            n=n, temperature=vs.temperature, top_p=vs.top_p, max_tokens=vs.max_tokens,
-            seed=_seed(cfg, plan.round_idx, "judge"),
-        )  # fmt: skip
-        comps = _generate(engine, prompts, sampling, "judge", log)
-        prompt_ids, _ = prepare_prompts(
-            engine.tokenizer, prompts, cfg.rollout.max_prompt_tokens * 4, cfg.rollout.on_long_prompt
-        )
-    finally:
-        engine.close()
+    comps, prompt_ids = _sample(cfg, verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log)
     compute = time.perf_counter() - t0
     rows = []
     for i, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
@@ -399,7 +393,6 @@ def reward(
         metrics["reward/alpha"] = alpha
         groups = rollouts.groupby("prompt_index")["outcome_reward"].agg(lambda s: s.nunique() > 1)
         metrics["reward/groups_with_signal_frac"] = float(groups.mean())
-        # Alignment of the verifier's final verdict with its own step verdicts (TANGO.md §5 diagnostics).
         out["alpha"] = alpha
         out["generator_batch"] = {
             "prompt_ids": [list(x) for x in rollouts["prompt_ids"]],
