@@ -72,11 +72,10 @@ class TangoRoundFlow(FlowSpec):
         """The generator samples the round's solutions (TANGO.md §3)."""
         from tango_steps import cards
         from tango_steps import round as stages
-        from tango_steps.schedule import RoundPlan
 
         self._check("rollout")
         cfg = self._cfg()
-        plan = RoundPlan(**{k: v for k, v in self.plan.items() if k != "slot"})
+        plan = stages.plan_from_dict(self.plan)
         ckpt = self._store().load(self.state_in["generator"])
         self.rollouts, res = stages.rollout(cfg, plan, ckpt)
         self.rollout_metrics, self.compute_seconds = res.metrics, res.compute_seconds
@@ -91,11 +90,10 @@ class TangoRoundFlow(FlowSpec):
         """The verifier judges every solution step by step (TANGO.md §2-§3)."""
         from tango_steps import cards
         from tango_steps import round as stages
-        from tango_steps.schedule import RoundPlan
 
         self._check("judge")
         cfg = self._cfg()
-        plan = RoundPlan(**{k: v for k, v in self.plan.items() if k != "slot"})
+        plan = stages.plan_from_dict(self.plan)
         ckpt = self._store().load(self.state_in["verifier"])
         self.judgments, res = stages.judge(cfg, plan, ckpt, self.rollouts)
         self.judge_metrics, self.compute_seconds = res.metrics, res.compute_seconds
@@ -109,11 +107,10 @@ class TangoRoundFlow(FlowSpec):
         """Outcome and step rewards, both models' advantages, the RL batches (TANGO.md §4-§5)."""
         from tango_steps import cards
         from tango_steps import round as stages
-        from tango_steps.schedule import RoundPlan
 
         self._check("reward")
         cfg = self._cfg()
-        plan = RoundPlan(**{k: v for k, v in self.plan.items() if k != "slot"})
+        plan = stages.plan_from_dict(self.plan)
         ckpt = self._store().load(self.state_in["generator"])
         out = stages.reward(cfg, plan, self.rollouts, self.judgments, ckpt / "model", self.state_in["reweighter"])
         self.rollouts, self.judgments = out["rollouts"], out["judgments"]

@@ -211,7 +211,7 @@ def rollout(
 
 
 def _is_generator_slot(plan: RoundPlan) -> bool:
-    return plan.skip_generator not in ("verifier warm-up round", "verifier round of the schedule")
+    return plan.slot == "generator"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -643,5 +643,10 @@ def hacking_diagnostics(eval_table: pd.DataFrame) -> dict[str, float]:
 
 
 def plan_dict(plan: RoundPlan) -> dict[str, Any]:
-    """The plan as a plain dict for artifacts, with its slot (TANGO.md §3)."""
-    return {**asdict(plan), "slot": "generator" if _is_generator_slot(plan) else "verifier"}
+    """The plan as a plain dict for artifacts (TANGO.md §3)."""
+    return asdict(plan)
+
+
+def plan_from_dict(plan: dict[str, Any]) -> RoundPlan:
+    """The plan back from its artifact dict (TANGO.md §3)."""
+    return RoundPlan(**plan)

@@ -21,6 +21,8 @@ class RoundPlan:
         update_generator / update_verifier: whether each model gets its optimizer step.
         generator_step: generator updates done BEFORE this round (s in alpha(s), TANGO.md §4).
         skip_generator / skip_verifier: why an update is skipped ("" when it runs).
+        slot: "generator" or "verifier", the model the schedule gives this round to (a frozen
+            model's slot keeps its sampling sizes; only the update is skipped).
     """
 
     round_idx: int
@@ -29,6 +31,7 @@ class RoundPlan:
     generator_step: int
     skip_generator: str = ""
     skip_verifier: str = ""
+    slot: str = "generator"
 
 
 def plan_round(
@@ -76,6 +79,7 @@ def plan_round(
         generator_step=gen_step,
         skip_generator=skip_g,
         skip_verifier=skip_v,
+        slot=slot,
     )
 
 
