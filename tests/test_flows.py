@@ -100,6 +100,11 @@ def _digest(model_dir: str) -> str:
     return h.hexdigest()
 
 
+def _origins(ds: Datastore, run: str) -> dict:
+    """Step name -> the pathspec each task was cloned from (None: it ran in this run)."""
+    return ds.query(f"print(json.dumps({{s.id: s.task.origin_pathspec for s in Run({run!r})}}))")
+
+
 def _eval_metrics(metrics: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if k.startswith(("eval/", "reward/", "round"))} for m in metrics]
 
@@ -231,12 +236,7 @@ def test_failure_then_resume_matches_uninterrupted_run(tmp_path, baseline):
 
     _ok(ds.flow("resume"))
     final = ds.query(FINAL)
-    reuse = ds.query(
-        f"""
-        r = Run({final["rounds"][1]!r})
-        print(json.dumps({{s.id: s.task.origin_pathspec for s in r}}))
-        """
-    )
+    reuse = _origins(ds, final["rounds"][1])
     # stages before the failed one were cloned from the failed run, the rest ran again
     for stage in ("start", "rollout", "judge"):
         assert reuse[stage] is not None and reuse[stage].split("/")[1] != final["rounds"][1].split("/")[1], reuse
@@ -275,12 +275,7 @@ def test_killed_driver_then_resume_matches_uninterrupted_run(tmp_path, baseline)
     assert killed, "never saw round 2's judge start"
     _ok(ds.flow("resume"))
     final = ds.query(FINAL)
-    reuse = ds.query(
-        f"""
-        r = Run({final["rounds"][1]!r})
-        print(json.dumps({{s.id: s.task.origin_pathspec for s in r}}))
-        """
-    )
+    reuse = _origins(ds, final["rounds"][1])
     assert reuse["rollout"] is not None and reuse["judge"] is None, reuse
     assert next(h for h in final["metrics"] if h["round"] == 2)["how"] == "resumed"
     assert _digest(final["gen"]) == _digest(expected["gen"])
