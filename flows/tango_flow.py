@@ -14,7 +14,6 @@ TangoRoundFlow run through Metaflow's Runner (adopting a finished one, resuming 
 """
 
 import os
-import tempfile
 from pathlib import Path
 
 from metaflow import Config, FlowSpec, Parameter, card, current, step
@@ -38,10 +37,9 @@ class TangoFlow(FlowSpec):
     @step
     def start(self):
         """Validate, build or load the initial models, evaluate round 0 (or take a forked round's state)."""
-        from tango_steps import round as stages
         from tango_steps.config import resolved
-        from tango_steps.driver import fork_source, initial_checkpoints, initial_state, validate_run_config
-        from tango_steps.model_store import ModelStore, task_key
+        from tango_steps.driver import begin, fork_source, validate_run_config
+        from tango_steps.model_store import ModelStore
 
         cfg = validate_run_config(self.config.to_dict(), self.rounds)
         self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
@@ -55,12 +53,8 @@ class TangoFlow(FlowSpec):
             self.eval_table = None
             print(f"forking from {self.start_from} (round {first}); running rounds {first + 1}..{cfg.rounds}")
         else:
-            with tempfile.TemporaryDirectory() as tmp:
-                dirs = initial_checkpoints(cfg, tmp)
-                refs = {r: store.save(d, task_key(r), meta={"role": r, "round": 0}) for r, d in dirs.items()}
-            self.state = initial_state(refs)
-            self.eval_table, res = stages.evaluate(cfg, store.load(refs["generator"]), store.load(refs["verifier"]))
-            self.history = [{"round": 0, **res.metrics}]
+            self.state, self.eval_table, first = begin(cfg, store)
+            self.history = [first]
         self.cfg = resolved(cfg)
         self.total_rounds = cfg.rounds
         self.round_idx = self.state["round"]

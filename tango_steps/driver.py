@@ -221,6 +221,22 @@ def initial_state(refs: dict[str, dict]) -> dict[str, Any]:
     }
 
 
+def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """Round 0 of a run (TANGO.md §3, §7): initial checkpoints saved in ``store``, evaluated.
+
+    Shared by TangoFlow's ``start`` and AblationFlow's ``init``, so every ablation branch starts
+    exactly as a TangoFlow run does. Returns ``(state, eval_table, first history row)``.
+    """
+    from tango_steps import round as stages
+    from tango_steps.model_store import task_key
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = initial_checkpoints(cfg, tmp, log=log)
+        refs = {r: store.save(d, task_key(r), meta={"role": r, "round": 0}) for r, d in dirs.items()}
+    eval_table, res = stages.evaluate(cfg, store.load(refs["generator"]), store.load(refs["verifier"]), log=log)
+    return initial_state(refs), eval_table, {"round": 0, **res.metrics}
+
+
 def fork_source(pathspec: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """State and metrics of a finished round run to fork from (TANGO.md §9): ``Flow/run`` or its end task."""
     from metaflow import Run, namespace

@@ -335,6 +335,20 @@ def _micro_batches(indices: list[int], size: int) -> list[list[int]]:
     return [indices[s : s + size] for s in range(0, len(indices), size)]
 
 
+def _stack_padded(per_sample: dict[int, torch.Tensor], idx: list[int], width: int) -> torch.Tensor:
+    """(len(idx), width) log-probs of the samples ``idx``, each cut or zero-padded to ``width``.
+
+    Old and reference log-probs are computed over other micro-batches than the training ones when
+    ``optimizer_steps > 1``, so their padded widths differ; the padding sits outside the response
+    mask and never enters the loss.
+    """
+    out = torch.zeros(len(idx), width, device=per_sample[idx[0]].device)
+    for r, i in enumerate(idx):
+        v = per_sample[i][:width]
+        out[r, : v.shape[0]] = v
+    return out
+
+
 def _reset_accelerate_state() -> None:
     """Forget accelerate's process-wide state: each update is a single-process job with its own settings."""
     from accelerate.state import AcceleratorState
@@ -451,8 +465,8 @@ def rl_update(
                     model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
                 )
             width = logp.shape[1]
-            old = torch.stack([old_lp[i][:width] for i in mb]) if need_old else logp.detach()
-            ref = torch.stack([ref_lp[i][:width] for i in mb]) if need_ref else None
+            old = _stack_padded(old_lp, mb, width) if need_old else logp.detach()
+            ref = _stack_padded(ref_lp, mb, width) if need_ref else None
             loss, m = loss_fn(
                 logp.float(),
                 old,

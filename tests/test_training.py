@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,15 @@ def test_multiple_optimizer_steps_and_gradient_accumulation(tmp_path, ckpt0, bat
     wb = load_file(tmp_path / "mb6/model/model.safetensors")
     # Adam's first step is g / (|g| + eps): parameters with |g| ~ 1e-9 may move differently (<= 1e-3 of lr)
     assert all(torch.allclose(wa[k], wb[k], atol=5e-6) for k in wa)
+
+
+def test_several_optimizer_steps_with_micro_batches_of_mixed_lengths(tmp_path, ckpt0, batch):
+    # old and reference log-probs are computed over other micro-batches than the training ones, so
+    # their padded widths differ (this raised "stack expects each tensor to be equal size" before)
+    s = UpdateSettings(learning_rate=5e-3, kl_coef=0.01, entropy_coef=0.0, optimizer_steps=2, micro_batch_size=2)
+    m = rl_update(ckpt0, batch, s, tmp_path / "two")
+    assert m["updates"] == 2
+    assert math.isfinite(m["loss"]) and m["kl"] >= 0.0
 
 
 def test_extra_state_survives_resume(tmp_path, ckpt0, batch):
