@@ -197,3 +197,28 @@ def history_components(history: Sequence[dict[str, Any]]) -> list:
     out = [Markdown(f"# Tango: round {last.get('round', 0)} of the run")]
     out += [line_chart(history, keys, title) for title, keys in ROUND_CHARTS]
     return out
+
+
+ABLATION_CURVES = {
+    "generator_accuracy": "generator held-out accuracy",
+    "verifier_f1": "verifier outcome F1",
+    "verifier_process_f1": "verifier process F1 (exact labels)",
+    "mean_outcome_reward": "mean outcome reward of the round's samples",
+    "alpha": "alpha (step-advantage weight)",
+}
+
+
+def ablation_components(table: pd.DataFrame) -> list:
+    """AblationFlow's card (TANGO.md §8): per task, each curve across rounds, one line per variant (seed mean)."""
+    from metaflow.cards import Markdown
+
+    out = []
+    for task, t in table.groupby("task", sort=False):
+        seeds = sorted(t["seed"].unique())
+        out.append(Markdown(f"## {task} (mean over seeds {', '.join(str(s) for s in seeds)})"))
+        variants = list(t["variant"].unique())
+        for col, title in ABLATION_CURVES.items():
+            wide = t.groupby(["round", "variant"])[col].mean().unstack("variant")
+            rows = [{"round": int(r), **{v: wide.at[r, v] for v in variants if v in wide}} for r in wide.index]
+            out.append(line_chart(rows, variants, f"{task}: {title}"))
+    return out

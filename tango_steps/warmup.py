@@ -20,6 +20,7 @@ part of a tiny run, ENVIRONMENT.md).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import random
@@ -330,5 +331,22 @@ def warmed_up_models(
     report_file = out / "report.json"
     if report_file.exists():
         return out, json.loads(report_file.read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    return out, warm_up(settings, out, log=log)
+    base.mkdir(parents=True, exist_ok=True)
+    # Two processes (AblationFlow's parallel branches) must not warm up into the same folder: the
+    # second waits for the first, then finds its result.
+    with open(base / f"{settings.key()}.lock", "w") as lock:
+        if not _try_lock(lock):
+            log(f"another process is warming up {out}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if report_file.exists():
+            return out, json.loads(report_file.read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        return out, warm_up(settings, out, log=log)
+
+
+def _try_lock(f) -> bool:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

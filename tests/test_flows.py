@@ -53,9 +53,11 @@ class Datastore:
         path.write_text(yaml.safe_dump(data))
         return path
 
-    def flow(self, *args: str, env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
+    def flow(
+        self, *args: str, env: dict | None = None, timeout: int = 1200, flow_file: Path = TANGO_FLOW
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, str(TANGO_FLOW), *args],
+            [sys.executable, str(flow_file), *args],
             env={**self.env, **(env or {})},
             cwd=self.root,
             capture_output=True,

@@ -1,0 +1,209 @@
+"""The ablation study of TANGO.md §8: Tango against vanilla GRPO and the two frozen variants.
+
+Every variant is a configuration switch of the normal pipeline (no separate code path), applied on
+top of one base recipe, so all variants start from the same warmed-up models and run the same
+schedule (TANGO.md §3): the same round numbers are generator rounds in every variant, and a
+switched-off model keeps its slots, only its update is skipped. That is "the same RL budget".
+
+- ``tango``: the full method (step rewards from the verifier, both models trained);
+- ``grpo``: outcome reward only, verifier out of the loop and never updated (TANGO.md §8 baseline);
+- ``frozen_verifier``: Tango with the verifier never updated after its warm-up;
+- ``frozen_generator``: Tango with the generator never updated (verifier learning only).
+
+The functions here are pure: AblationFlow builds the grid with :func:`branches`, joins the
+branches' per-round histories with :func:`study_table` and summarises with :func:`summarize`;
+``benchmarks/plot_ablation.py`` redraws the curves from the saved table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tango": {},
+    "grpo": {"algorithm.step_rewards": False, "schedule.train_verifier": False},
+    "frozen_verifier": {"schedule.train_verifier": False},
+    "frozen_generator": {"schedule.train_generator": False},
+}
+
+# study_table's columns: the branch, the round, and the curves of TANGO.md §8 (metric name in a
+# round's history -> column).
+CURVES = {
+    "generator_updates": "generator_updates",
+    "verifier_updates": "verifier_updates",
+    "eval/generator_accuracy": "generator_accuracy",
+    "eval/verifier_f1": "verifier_f1",
+    "eval/verifier_process_f1": "verifier_process_f1",
+    "eval/verifier_balanced_accuracy": "verifier_balanced_accuracy",
+    "reward/outcome_mean": "mean_outcome_reward",
+    "reward/alpha": "alpha",
+}
+
+
+def parse_variants(text: str) -> list[str]:
+    """``"tango,grpo"`` -> ``["tango", "grpo"]``; an unknown name is an error listing the known ones."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise ValueError("no variant given; known: " + ", ".join(VARIANTS))
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        raise ValueError(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(VARIANTS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant listed twice in '{text}'")
+    return names
+
+
+def parse_grid(text: str) -> list[tuple[str, int]]:
+    """``"arithmetic:0,1,2 last_letters:0"`` -> ``[("arithmetic", 0), ..., ("last_letters", 0)]``.
+
+    Each space-separated entry is ``task:seeds``; the task name is checked against the embedded tasks.
+    """
+    from tango_steps.tasks import get_task
+
+    out: list[tuple[str, int]] = []
+    for entry in text.split():
+        task, sep, seeds = entry.partition(":")
+        if not sep or not task or not seeds:
+            raise ValueError(f"grid entry '{entry}' is not task:seeds, e.g. arithmetic:0,1,2")
+        get_task(task)  # raises naming the known tasks
+        for s in seeds.split(","):
+            try:
+                seed = int(s)
+            except ValueError:
+                raise ValueError(f"grid entry '{entry}': seed '{s}' is not an integer") from None
+            if (task, seed) in out:
+                raise ValueError(f"grid entry '{entry}': {task} seed {seed} listed twice")
+            out.append((task, seed))
+    if not out:
+        raise ValueError("empty grid; give task:seeds entries, e.g. 'arithmetic:0,1,2 last_letters:0'")
+    return out
+
+
+def variant_config(base: dict[str, Any], variant: str, task: str, seed: int, rounds: int | None = None):
+    """The validated TangoConfig of one branch: ``base`` with the variant's switches, task and seed.
+
+    A task other than the base recipe's starts from that task's default parameters.
+    """
+    from tango_steps.config import TangoConfig, validate
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant '{variant}'; known: {', '.join(VARIANTS)}")
+    data = _deep_copy(base)
+    base_task = data.get("task") or {}
+    same_task = base_task.get("name") == task
+    data["task"] = {"name": task, "params": dict(base_task.get("params") or {}) if same_task else {}}
+    data["seed"] = seed
+    if rounds is not None:
+        data["rounds"] = rounds
+    for key, value in VARIANTS[variant].items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return validate(TangoConfig, data, source=f"ablation branch {task}/{variant}/seed {seed}")
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def branches(base: dict[str, Any], variants: list[str], grid: list[tuple[str, int]], rounds: int | None) -> list[dict]:
+    """One dict per (task, seed, variant): ``name``, ``task``, ``seed``, ``variant`` and the resolved ``config``.
+
+    Every branch's configuration is validated here, before anything trains.
+    """
+    from tango_steps.config import resolved
+
+    out = []
+    for task, seed in grid:
+        for variant in variants:
+            cfg = variant_config(base, variant, task, seed, rounds)
+            name = f"{task}/{variant}/seed{seed}"
+            out.append({"name": name, "task": task, "seed": seed, "variant": variant, "config": resolved(cfg)})
+    return out
+
+
+def study_table(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> pd.DataFrame:
+    """One row per (branch, round) with the TANGO.md §8 curves, from each branch's per-round history.
+
+    ``results``: ``(branch, history)`` pairs; ``history`` rows are TangoFlow's (round 0 first).
+    Metrics a round did not produce (alpha in a verifier round) are NaN.
+    """
+    rows = []
+    for branch, history in results:
+        for h in history:
+            row = {"task": branch["task"], "variant": branch["variant"], "seed": branch["seed"], "round": h["round"]}
+            for key, col in CURVES.items():
+                v = h.get(key)
+                row[col] = float(v) if isinstance(v, int | float) and v is not None else math.nan
+            row["run"] = h.get("run", "")
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table[["generator_updates", "verifier_updates"]] = table[["generator_updates", "verifier_updates"]].fillna(0)
+    return table
+
+
+def final_value(curve: pd.Series, window: int) -> float:
+    """Mean of the last ``window`` values of a per-round curve (less noisy than the last round alone)."""
+    values = curve.dropna()
+    return float(values.iloc[-window:].mean()) if len(values) else math.nan
+
+
+def rounds_to_reach(curve: pd.Series, target: float) -> int | None:
+    """First round (index of ``curve``) at which ``curve`` reaches ``target``; None if it never does."""
+    hit = curve[curve >= target - 1e-12]
+    return int(hit.index[0]) if len(hit) else None
+
+
+def summarize(table: pd.DataFrame, final_window: int = 3, baseline: str = "grpo") -> pd.DataFrame:
+    """The results table of TANGO.md §8 per (task, variant).
+
+    Columns: ``seeds``; ``final_accuracy_mean`` / ``final_accuracy_std`` (over seeds; a seed's final
+    accuracy is the mean of its last ``final_window`` rounds); ``start_accuracy``;
+    ``rounds_to_baseline_final`` and ``generator_updates_to_baseline_final`` (first round at which
+    the seed-mean accuracy curve reaches the baseline's final mean accuracy; NaN when it never does
+    or there is no baseline); verifier outcome and process F1 at the start (round 0) and end (mean of
+    the last ``final_window`` rounds), seed means.
+    """
+    rows = []
+    for task, t in table.groupby("task", sort=False):
+        means = {v: g.groupby("round").mean(numeric_only=True) for v, g in t.groupby("variant", sort=False)}
+        target = None
+        if baseline in means:
+            target = final_value(means[baseline]["generator_accuracy"], final_window)
+        for variant, g in t.groupby("variant", sort=False):
+            per_seed = [
+                final_value(s.sort_values("round")["generator_accuracy"], final_window) for _, s in g.groupby("seed")
+            ]
+            m = means[variant]
+            reach = rounds_to_reach(m["generator_accuracy"], target) if target is not None else None
+            first, last = m.iloc[0], m.iloc[-final_window:]
+            rows.append(
+                {
+                    "task": task,
+                    "variant": variant,
+                    "seeds": len(per_seed),
+                    "start_accuracy": float(first["generator_accuracy"]),
+                    "final_accuracy_mean": float(pd.Series(per_seed).mean()),
+                    "final_accuracy_std": float(pd.Series(per_seed).std(ddof=1)) if len(per_seed) > 1 else math.nan,
+                    "best_accuracy": float(m["generator_accuracy"].max()),
+                    "rounds_to_baseline_final": reach if reach is not None else math.nan,
+                    "generator_updates_to_baseline_final": (
+                        float(m.loc[reach, "generator_updates"]) if reach is not None else math.nan
+                    ),
+                    "verifier_f1_start": float(first["verifier_f1"]),
+                    "verifier_f1_end": float(last["verifier_f1"].mean()),
+                    "process_f1_start": float(first["verifier_process_f1"]),
+                    "process_f1_end": float(last["verifier_process_f1"].mean()),
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,123 @@
+"""Tests of the ablation grid and its summary (tango_steps.ablation, TANGO.md §8)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from tango_steps.ablation import (
+    VARIANTS,
+    branches,
+    parse_grid,
+    parse_variants,
+    rounds_to_reach,
+    study_table,
+    summarize,
+    variant_config,
+)
+from tango_steps.config import load_yaml
+from tango_steps.schedule import plan_round
+
+BASE = {"task": {"name": "arithmetic", "params": {"max_ops": 2}}, "rounds": 5}
+
+
+def test_variants_are_configuration_switches_of_one_schedule():
+    cfgs = {v: variant_config(BASE, v, "arithmetic", 3) for v in VARIANTS}
+    assert {c.seed for c in cfgs.values()} == {3}
+    assert cfgs["tango"].algorithm.step_rewards and cfgs["tango"].schedule.train_verifier
+    assert not cfgs["grpo"].algorithm.step_rewards and not cfgs["grpo"].schedule.train_verifier
+    assert cfgs["grpo"].schedule.train_generator
+    assert cfgs["frozen_verifier"].algorithm.step_rewards and not cfgs["frozen_verifier"].schedule.train_verifier
+    assert not cfgs["frozen_generator"].schedule.train_generator and cfgs["frozen_generator"].schedule.train_verifier
+    # the same round numbers are generator rounds in every variant (same RL budget)
+    for r in range(1, 12):
+        slots = {plan_round(r, c.schedule.verifier_warmup_rounds, c.schedule.generator_per_verifier).slot
+                 for c in cfgs.values()}  # fmt: skip
+        assert len(slots) == 1
+    # everything else is the base recipe's
+    assert cfgs["grpo"].task.params == {"max_ops": 2} and cfgs["grpo"].rounds == 5
+
+
+def test_another_task_starts_from_its_default_parameters():
+    cfg = variant_config(BASE, "tango", "last_letters", 0, rounds=7)
+    assert cfg.task.name == "last_letters" and cfg.task.params == {} and cfg.rounds == 7
+
+
+def test_the_study_recipe_validates_for_every_branch():
+    base = load_yaml("configs/ablation.yaml")
+    out = branches(base, list(VARIANTS), parse_grid("arithmetic:0,1,2 last_letters:0"), None)
+    assert len(out) == 16 and len({b["name"] for b in out}) == 16
+    assert {b["config"]["rounds"] for b in out} == {base["rounds"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "msg"),
+    [
+        ("", "empty grid"),
+        ("arithmetic", "not task:seeds"),
+        ("arith:0", "unknown task 'arith'"),
+        ("arithmetic:x", "seed 'x' is not an integer"),
+        ("arithmetic:0,0", "listed twice"),
+    ],
+)
+def test_bad_grids_are_named(text, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_grid(text)
+
+
+def test_grid_and_variants_parse():
+    assert parse_grid("arithmetic:0,1 last_letters:2") == [("arithmetic", 0), ("arithmetic", 1), ("last_letters", 2)]
+    assert parse_variants(" tango, grpo ") == ["tango", "grpo"]
+    with pytest.raises(ValueError, match=r"unknown variant.*ppo.*known: tango"):
+        parse_variants("tango,ppo")
+    with pytest.raises(ValueError, match="twice"):
+        parse_variants("grpo,grpo")
+
+
+def _history(accs, f1s=None):
+    f1s = f1s or [0.5] * len(accs)
+    return [
+        {"round": r, "generator_updates": r, "eval/generator_accuracy": a, "eval/verifier_f1": f,
+         "eval/verifier_process_f1": f / 2, "reward/outcome_mean": a, "run": f"R/{r}"}
+        for r, (a, f) in enumerate(zip(accs, f1s, strict=True))
+    ]  # fmt: skip
+
+
+def test_study_table_and_summary_by_hand():
+    b = lambda v, s: {"task": "arithmetic", "variant": v, "seed": s}  # noqa: E731
+    results = [
+        (b("grpo", 0), _history([0.30, 0.32, 0.34, 0.36, 0.36])),
+        (b("grpo", 1), _history([0.30, 0.30, 0.32, 0.34, 0.34])),
+        (b("tango", 0), _history([0.30, 0.36, 0.38, 0.40, 0.42], [0.5, 0.6, 0.7, 0.8, 0.9])),
+        (b("tango", 1), _history([0.30, 0.34, 0.36, 0.38, 0.40], [0.5, 0.6, 0.7, 0.8, 0.9])),
+    ]
+    table = study_table(results)
+    assert len(table) == 20 and math.isnan(table["alpha"].iloc[0]) and table["verifier_updates"].eq(0).all()
+    s = summarize(table, final_window=2).set_index("variant")
+    # grpo finals: seed 0 mean(0.36, 0.36) = 0.36, seed 1 mean(0.34, 0.34) = 0.34
+    assert s.loc["grpo", "final_accuracy_mean"] == pytest.approx(0.35)
+    assert s.loc["grpo", "final_accuracy_std"] == pytest.approx(pd.Series([0.36, 0.34]).std())
+    assert s.loc["tango", "final_accuracy_mean"] == pytest.approx((0.41 + 0.39) / 2)
+    # seed-mean tango curve 0.30, 0.35, 0.37, ...: reaches grpo's final 0.35 at round 1
+    assert s.loc["tango", "rounds_to_baseline_final"] == 1
+    assert s.loc["tango", "generator_updates_to_baseline_final"] == 1
+    assert s.loc["grpo", "rounds_to_baseline_final"] == 3  # grpo's own curve 0.30 0.31 0.33 0.35
+    assert s.loc["tango", "verifier_f1_start"] == pytest.approx(0.5)
+    assert s.loc["tango", "verifier_f1_end"] == pytest.approx(0.85)
+    assert s.loc["tango", "process_f1_end"] == pytest.approx(0.425)
+    assert s.loc["tango", "seeds"] == 2
+
+
+def test_without_a_baseline_there_is_no_target():
+    table = study_table([({"task": "t", "variant": "tango", "seed": 0}, _history([0.1, 0.2]))])
+    s = summarize(table)
+    assert math.isnan(s["rounds_to_baseline_final"].iloc[0]) and math.isnan(s["final_accuracy_std"].iloc[0])
+
+
+def test_rounds_to_reach():
+    curve = pd.Series([0.1, 0.3, 0.2, 0.5], index=[0, 1, 2, 3])
+    assert rounds_to_reach(curve, 0.3) == 1
+    assert rounds_to_reach(curve, 0.45) == 3
+    assert rounds_to_reach(curve, 0.6) is None

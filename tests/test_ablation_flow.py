@@ -1,0 +1,104 @@
+"""The CI smoke version of AblationFlow (TANGO.md §8): 2 rounds, 1 seed, 2 variants, a real Metaflow run.
+
+The full study is in docs/results.md; this checks that the variants really are what they claim on
+real runs, that the branches are ordinary round runs, and that the plots can be redrawn.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from test_flows import REPO, SMALL, Datastore, _ok
+
+pytestmark = pytest.mark.slow
+
+ABLATION_FLOW = REPO / "flows" / "ablation_flow.py"
+
+RESULT = """
+r = Flow("AblationFlow").latest_successful_run
+j = r["join"].task
+out = {"run": r.pathspec, "metrics": json.loads(j["metrics"].data.to_json(orient="records")),
+       "summary": json.loads(j["summary"].data.to_json(orient="records")),
+       "branch_runs": j["branch_runs"].data}
+br = out["branch_runs"].items()
+out["tags"] = {name: [sorted(Run(p).user_tags) for p in runs] for name, runs in br}
+out["children"] = {name: Run(runs[-1])["end"].task["metrics"].data for name, runs in br}
+print(json.dumps(out, default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, warmed):
+    ds = Datastore(tmp_path_factory.mktemp("ablation"))
+    proc = ds.flow(
+        "--config", "config", str(ds.config(SMALL)),
+        "run", "--rounds", "2", "--grid", "arithmetic:0", "--variants", "tango,grpo",
+        flow_file=ABLATION_FLOW,
+    )  # fmt: skip
+    _ok(proc)
+    return ds, ds.query(RESULT), proc.stdout + proc.stderr
+
+
+def test_smoke_study_table_and_variants(study):
+    _, res, log = study
+    rows = {(m["variant"], m["round"]): m for m in res["metrics"]}
+    assert sorted(rows) == [(v, r) for v in ("grpo", "tango") for r in (0, 1, 2)]
+    # both variants start from the same warmed-up models with the same seed: identical round 0
+    keys = ("generator_accuracy", "verifier_f1", "verifier_process_f1")
+    assert all(rows["tango", 0][k] == rows["grpo", 0][k] for k in keys)
+    # round 1 is a verifier round: tango updates its verifier; grpo's verifier is frozen, so nothing
+    # changed and its greedy evaluation repeats round 0 exactly
+    assert rows["tango", 1]["verifier_updates"] == 1 and rows["grpo", 1]["verifier_updates"] == 0
+    assert all(rows["grpo", 1][k] == rows["grpo", 0][k] for k in keys)
+    # round 2 is a generator round for both: tango mixes in step rewards (alpha > 0), grpo does not
+    assert rows["tango", 2]["generator_updates"] == rows["grpo", 2]["generator_updates"] == 1
+    assert rows["tango", 2]["alpha"] > 0 and rows["grpo", 2]["alpha"] == 0
+    assert rows["tango", 1]["alpha"] is None  # a verifier round has no alpha (NaN in the table)
+    assert "judge: skipped (algorithm.step_rewards is false" in log
+    summary = {s["variant"]: s for s in res["summary"]}
+    assert set(summary) == {"tango", "grpo"} and summary["grpo"]["seeds"] == 1
+
+
+def test_branches_are_ordinary_round_runs(study):
+    _, res, _ = study
+    assert set(res["branch_runs"]) == {"arithmetic/tango/seed0", "arithmetic/grpo/seed0"}
+    for name, runs in res["branch_runs"].items():
+        assert len(runs) == 2 and all(r.startswith("TangoRoundFlow/") for r in runs)
+        variant = name.split("/")[1]
+        for k, tags in enumerate(res["tags"][name], start=1):
+            assert f"tango_round:{k}" in tags
+            assert any(t.startswith("tango_root:") and t.endswith(f".arithmetic.{variant}.s0") for t in tags)
+        child = res["children"][name]
+        assert child["round"] == 2 and child["generator_updates"] == 1
+    assert res["children"]["arithmetic/grpo/seed0"]["judge/skipped"] == 1
+
+
+def test_plots_are_redrawn_from_the_run_and_from_the_saved_table(study, tmp_path):
+    ds, res, _ = study
+    script = str(REPO / "benchmarks" / "plot_ablation.py")
+    run = subprocess.run(
+        [sys.executable, script, "--run", res["run"], "--out", str(tmp_path)],
+        env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    png = tmp_path / "arithmetic.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert "| task | variant |" in run.stdout and "| arithmetic | tango |" in run.stdout
+    png.unlink()
+    again = subprocess.run(
+        [sys.executable, script, "--csv", str(tmp_path / "ablation_metrics.csv"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert png.exists() and again.stdout.splitlines()[-2:] == run.stdout.splitlines()[-2:]
+
+
+def test_bad_grid_fails_in_start_naming_it(tmp_path):
+    ds = Datastore(tmp_path / "bad")
+    proc = ds.flow("run", "--grid", "arithmetic:0 sudoku:1", flow_file=ABLATION_FLOW, timeout=300)
+    assert proc.returncode != 0
+    assert "unknown task 'sudoku'" in proc.stdout + proc.stderr
+    proc = ds.flow("run", "--variants", "tango,ppo", flow_file=ABLATION_FLOW, timeout=300)
+    assert proc.returncode != 0 and "unknown variant(s) ppo" in proc.stdout + proc.stderr
