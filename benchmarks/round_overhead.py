@@ -51,8 +51,9 @@ def step_times(run) -> list[dict]:
     out, prev = [], run.created_at
     for t in tasks:
         compute = t["compute_seconds"].data if "compute_seconds" in t else 0.0
+        rss = t["peak_rss_mb"].data if "peak_rss_mb" in t else float("nan")
         wall = (t.finished_at - prev).total_seconds()
-        out.append({"step": t.parent.id, "wall": wall, "compute": compute})
+        out.append({"step": t.parent.id, "wall": wall, "compute": compute, "rss": rss})
         prev = t.finished_at
     return out
 
@@ -76,8 +77,9 @@ def main() -> None:
     rounds = top["end"].task["round_runs"].data
     rows = [r for rp in rounds for r in step_times(Run(rp))]
     print(f"\n{len(rounds)} round runs of {pathspec}\n")
-    print("| step | tasks | wall s (mean) | compute s (mean) | overhead s (mean) | overhead s (max) |")
-    print("|---|---|---|---|---|---|")
+    cols = ["step", "tasks", "wall s (mean)", "compute s (mean)", "overhead s (mean)", "overhead s (max)", "peak MiB"]
+    print("| " + " | ".join(cols) + " |")
+    print("|---|---|---|---|---|---|---|")
     for step in STEPS:
         rs = [r for r in rows if r["step"] == step]
         if not rs:
@@ -85,7 +87,9 @@ def main() -> None:
         over = [r["wall"] - r["compute"] for r in rs]
         wall = sum(r["wall"] for r in rs) / len(rs)
         comp = sum(r["compute"] for r in rs) / len(rs)
-        print(f"| {step} | {len(rs)} | {wall:.2f} | {comp:.2f} | {sum(over) / len(over):.2f} | {max(over):.2f} |")
+        rss = max(r["rss"] for r in rs)
+        mean_over = sum(over) / len(over)
+        print(f"| {step} | {len(rs)} | {wall:.2f} | {comp:.2f} | {mean_over:.2f} | {max(over):.2f} | {rss:.0f} |")
     walls = [sum(r["wall"] for r in step_times(Run(rp))) for rp in rounds]
     print(f"\nround wall time: mean {sum(walls) / len(walls):.1f} s, min {min(walls):.1f}, max {max(walls):.1f}")
     start = top["start"].task

@@ -67,6 +67,15 @@ def heldout_problems(cfg: TangoConfig):
     return task.problems(cfg.evaluation.heldout_problems, "heldout", seed=HELDOUT_SEED_OFFSET + cfg.seed)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (each Metaflow step is its own process)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
 def progress_bar(done: int, total: int, width: int = 20) -> str:
     """``[#####-----] 128/256``: a one-line progress bar for task logs (TANGO.md §3 long steps)."""
     filled = int(width * done / total) if total else width

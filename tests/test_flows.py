@@ -136,6 +136,7 @@ def test_two_round_run_trains_both_models_and_records_everything(baseline):
             "lineage2": e2["lineage"].data, "state1": e1["state"].data, "state2": e2["state"].data,
             "cols": sorted(ro.columns), "jcols": sorted(ju.columns), "n": len(ro), "nj": len(ju),
             "gb": len(e2["generator_batch"].data["response_ids"]),
+            "rss": {{s.id: s.task["peak_rss_mb"].data for s in r2}},
         }}))
         """
     )
@@ -153,6 +154,10 @@ def test_two_round_run_trains_both_models_and_records_everything(baseline):
     for col in ("step_verdicts", "final_verdict", "format_score", "text", "solution_correct"):
         assert col in info["jcols"]
     assert info["n"] == 4 * 2 and info["nj"] == 8 and info["gb"] == 8
+    # every step records its process's peak memory (benchmarks/round_overhead.py reports it)
+    assert set(info["rss"]) == {"start", "rollout", "judge", "reward", "verifier_update", "generator_update",
+                                "evaluate", "end"}  # fmt: skip
+    assert all(50 < v < 20_000 for v in info["rss"].values()), info["rss"]
     # weights live in the datastore, not in artifacts; a notebook helper loads any round's models
     models = ds.query(
         f"""

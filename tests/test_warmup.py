@@ -6,6 +6,8 @@ takes minutes on 2 cores: it is the slowest part of the suite, shared with the f
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tango_steps.formats import format_solution
@@ -58,3 +60,35 @@ def test_verifier_warmup_rows_read_outcome_labels_only():
     assert any("\\boxed{INCORRECT}</step>" in w for w in wrong)  # the last step of a wrong solution
     with pytest.raises(RuntimeError, match="needs both correct and wrong generator samples"):
         verifier_warmup_rows(Spy(), get_template("compact"), probs[:2], texts[:2], seed=0)
+
+
+def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch):
+    """AblationFlow's parallel branches share one warm-up: the second caller waits, then reuses it."""
+    import threading
+    import time
+
+    from tango_steps import warmup
+
+    calls = []
+
+    def slow_warm_up(settings, out, log=print):
+        calls.append(out)
+        time.sleep(0.5)
+        report = {"built_by": len(calls)}
+        (out / "report.json").write_text(json.dumps(report))
+        return report
+
+    monkeypatch.setattr(warmup, "warm_up", slow_warm_up)
+    results, logs = [], []
+    threads = [
+        threading.Thread(target=lambda: results.append(warmup.warmed_up_models(root=tmp_path, log=logs.append)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert [r[1] for r in results] == [{"built_by": 1}] * 2 and results[0][0] == results[1][0]
+    assert any("waiting for it" in m for m in logs)
