@@ -1,0 +1,90 @@
+"""Quick hyperparameter scans: Tango rounds in ONE process, without Metaflow (a diagnostic, not the pipeline).
+
+    python benchmarks/quick_rounds.py --rounds 12 --set algorithm.step_rewards=false \
+        --set schedule.train_verifier=false --set schedule.verifier_warmup_rounds=0 \
+        --set schedule.generator_per_verifier=0 --set generator_update.learning_rate=2e-4
+
+Calls the same ``tango_steps.round`` stage functions as TangoRoundFlow's steps, in the same order,
+with checkpoints in a temporary folder: about 11 s per tiny round instead of ~41 s, because no step
+starts a process, stores artifacts or renders a card. There is no resume, no lineage and nothing
+to browse; use it to decide what to run, then run that with TangoFlow / AblationFlow. The figures in
+docs/results.md "What was tried" came from this script. ``--set`` values are parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tango_steps import round as stages
+from tango_steps.config import load_config
+from tango_steps.driver import initial_checkpoints
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET = lambda s: None  # noqa: E731
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    args = ap.parse_args()
+    overrides = {}
+    for kv in args.set:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            sys.exit(f"--set '{kv}' is not KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    cfg = load_config(args.config, {**overrides, "rounds": args.rounds})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        dirs = initial_checkpoints(cfg, work / "r0", log=QUIET)
+        gen, ver = dirs["generator"], dirs["verifier"]
+        gen0, ver0 = gen, ver
+        _, res = stages.evaluate(cfg, gen, ver, log=QUIET)
+        print("| round | slot | updated | gen acc | verifier F1 | process F1 | mean outcome reward | alpha | s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        m = res.metrics
+        print(f"| 0 | - | - | {m['eval/generator_accuracy']:.3f} | {m['eval/verifier_f1']:.3f} | "
+              f"{m['eval/verifier_process_f1']:.3f} | - | - | - |", flush=True)  # fmt: skip
+        reweighter = None
+        for k in range(1, cfg.rounds + 1):
+            t0 = time.perf_counter()
+            plan = stages.round_plan(cfg, k)
+            rollouts, _ = stages.rollout(cfg, plan, gen, log=QUIET)
+            judgments, _ = stages.judge(cfg, plan, ver, rollouts, log=QUIET)
+            out = stages.reward(cfg, plan, rollouts, judgments, gen / "model", reweighter, log=QUIET)
+            reweighter = out["reweighter"]
+            if plan.update_verifier:
+                new = work / f"r{k}" / "verifier"
+                extra = {"reweighter": reweighter}
+                stages.update(cfg, "verifier", ver, ver0, out["verifier_batch"], new, extra_state=extra, log=QUIET)
+                ver = new
+            if plan.update_generator:
+                new = work / f"r{k}" / "generator"
+                stages.update(cfg, "generator", gen, gen0, out["generator_batch"], new, log=QUIET)
+                gen = new
+            _, res = stages.evaluate(cfg, gen, ver, log=QUIET)
+            m, rm = res.metrics, out["metrics"]
+            alpha = out["alpha"] if out["alpha"] is not None else math.nan
+            updated = "+".join(r for r, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
+            print(
+                f"| {k} | {plan.slot} | {updated or '-'} | {m['eval/generator_accuracy']:.3f} | "
+                f"{m['eval/verifier_f1']:.3f} | {m['eval/verifier_process_f1']:.3f} | "
+                f"{rm['reward/outcome_mean']:.3f} | {alpha:.4f} | {time.perf_counter() - t0:.1f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
