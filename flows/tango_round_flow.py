@@ -45,12 +45,11 @@ class TangoRoundFlow(FlowSpec):
 
         maybe_fail(self.round_idx, stage)
 
-    def _next(self, step):
-        """``self.next`` after recording this step's peak resident memory (benchmarks/round_overhead.py)."""
+    def _record_peak(self):
+        """This step's peak resident memory (each step is its own process; benchmarks/round_overhead.py)."""
         from tango_steps.round import peak_rss_mb
 
         self.peak_rss_mb = peak_rss_mb()
-        self.next(step)
 
     @resources(cpu=config.resources.start.cpu, memory=config.resources.start.memory)
     @step
@@ -67,7 +66,8 @@ class TangoRoundFlow(FlowSpec):
         self.plan = plan_dict(round_plan(cfg, self.round_idx))
         self.compute_seconds = 0.0
         print(f"round {self.round_idx}: {self.plan['slot']} round; plan {self.plan}")
-        self._next(self.rollout)
+        self._record_peak()
+        self.next(self.rollout)
 
     @retry(times=1, minutes_between_retries=0)
     @resources(
@@ -87,7 +87,8 @@ class TangoRoundFlow(FlowSpec):
         self.rollouts, res = stages.rollout(cfg, plan, ckpt)
         self.rollout_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
-        self._next(self.judge)
+        self._record_peak()
+        self.next(self.judge)
 
     @retry(times=1, minutes_between_retries=0)
     @resources(cpu=config.resources.judge.cpu, memory=config.resources.judge.memory, gpu=config.resources.judge.gpu)
@@ -105,7 +106,8 @@ class TangoRoundFlow(FlowSpec):
         self.judgments, res = stages.judge(cfg, plan, ckpt, self.rollouts)
         self.judge_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.judge_components(self.rollouts, self.judgments))
-        self._next(self.reward)
+        self._record_peak()
+        self.next(self.reward)
 
     @resources(cpu=config.resources.reward.cpu, memory=config.resources.reward.memory)
     @card(type="blank")
@@ -125,7 +127,8 @@ class TangoRoundFlow(FlowSpec):
         self.reweighter, self.alpha = out["reweighter"], out["alpha"]
         self.reward_metrics, self.compute_seconds = out["metrics"], out["compute_seconds"]
         self._card(cards.reward_components(self.rollouts, self.judgments, self.reward_metrics, self.alpha))
-        self._next(self.verifier_update)
+        self._record_peak()
+        self.next(self.verifier_update)
 
     def _update(self, role, batch, update, reason):
         """Shared body of the two update steps: one RL update, or a recorded skip."""
@@ -166,7 +169,8 @@ class TangoRoundFlow(FlowSpec):
             "verifier", self.verifier_batch, self.plan["update_verifier"], self.plan["skip_verifier"]
         )
         self._card(cards.update_components("verifier", self.verifier_update_metrics))
-        self._next(self.generator_update)
+        self._record_peak()
+        self.next(self.generator_update)
 
     @resources(
         cpu=config.resources.generator_update.cpu,
@@ -184,7 +188,8 @@ class TangoRoundFlow(FlowSpec):
             "generator", self.generator_batch, self.plan["update_generator"], self.plan["skip_generator"]
         )
         self._card(cards.update_components("generator", self.generator_update_metrics))
-        self._next(self.evaluate)
+        self._record_peak()
+        self.next(self.evaluate)
 
     @resources(
         cpu=config.resources.evaluate.cpu, memory=config.resources.evaluate.memory, gpu=config.resources.evaluate.gpu
@@ -202,7 +207,8 @@ class TangoRoundFlow(FlowSpec):
         self.eval_table, res = stages.evaluate(cfg, store.load(self.generator_out), store.load(self.verifier_out))
         self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
-        self._next(self.end)
+        self._record_peak()
+        self.next(self.end)
 
     @step
     def end(self):
