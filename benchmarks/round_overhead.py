@@ -64,14 +64,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the launched run")
     ap.add_argument("--config", help="recipe of the launched run (default: configs/tiny.yaml)")
     args = ap.parse_args()
-    from metaflow import Run, namespace
-
     total = None
     if args.run is None:
+        # launch() points METAFLOW_DATASTORE_SYSROOT_LOCAL at a new folder: metaflow must not be
+        # imported before it (its configuration is read once, at import)
         pathspec, total, root = launch(args.rounds, args.config)
         print(f"launched {pathspec} in {root}: {total:.1f} s wall (process included)")
     else:
         pathspec = args.run
+    from metaflow import Run, namespace
+
     namespace(None)
     top = Run(pathspec)
     rounds = top["end"].task["round_runs"].data
