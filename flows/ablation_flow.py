@@ -78,7 +78,7 @@ class AblationFlow(FlowSpec):
             child = run_round(ROUND_FLOW_FILE, self.root_id, k, self.state_task, cfg)
             self.state, self.state_task = child["state"], child["state_task"]
             self.round_runs.append(child["pathspec"])
-            self.history.append(history_row(child, self.history[0]))
+            self.history = [*self.history, history_row(child, self.history[0])]
             acc = child["metrics"].get("eval/generator_accuracy")
             print(f"{self.branch['name']}: round {k}/{cfg['rounds']} done ({child['how']}), generator accuracy {acc}")
         self.next(self.join)

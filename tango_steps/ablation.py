@@ -44,7 +44,7 @@ CURVES = {
 
 
 def parse_variants(text: str) -> list[str]:
-    """``"tango,grpo"`` -> ``["tango", "grpo"]``; an unknown name is an error listing the known ones."""
+    """``"tango,grpo"`` -> ``["tango", "grpo"]`` (TANGO.md §8 variants); unknown names are listed with the known."""
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
         raise ValueError("no variant given; known: " + ", ".join(VARIANTS))
@@ -57,7 +57,7 @@ def parse_variants(text: str) -> list[str]:
 
 
 def parse_grid(text: str) -> list[tuple[str, int]]:
-    """``"arithmetic:0,1,2 last_letters:0"`` -> ``[("arithmetic", 0), ..., ("last_letters", 0)]``.
+    """``"arithmetic:0,1,2 last_letters:0"`` -> ``[("arithmetic", 0), ..., ("last_letters", 0)]`` (TANGO.md §8).
 
     Each space-separated entry is ``task:seeds``; the task name is checked against the embedded tasks.
     """
@@ -83,7 +83,7 @@ def parse_grid(text: str) -> list[tuple[str, int]]:
 
 
 def variant_config(base: dict[str, Any], variant: str, task: str, seed: int, rounds: int | None = None):
-    """The validated TangoConfig of one branch: ``base`` with the variant's switches, task and seed.
+    """The validated TangoConfig of one branch (TANGO.md §8): ``base`` with the variant's switches, task, seed.
 
     A task other than the base recipe's starts from that task's default parameters.
     """
@@ -116,7 +116,7 @@ def _deep_copy(d: Any) -> Any:
 
 
 def branches(base: dict[str, Any], variants: list[str], grid: list[tuple[str, int]], rounds: int | None) -> list[dict]:
-    """One dict per (task, seed, variant): ``name``, ``task``, ``seed``, ``variant`` and the resolved ``config``.
+    """One dict per (task, seed, variant) of the TANGO.md §8 grid: name, task, seed, variant, resolved config.
 
     Every branch's configuration is validated here, before anything trains.
     """
@@ -153,13 +153,13 @@ def study_table(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> p
 
 
 def final_value(curve: pd.Series, window: int) -> float:
-    """Mean of the last ``window`` values of a per-round curve (less noisy than the last round alone)."""
+    """Mean of the last ``window`` values of a per-round curve (TANGO.md §8 final accuracy, less noisy)."""
     values = curve.dropna()
     return float(values.iloc[-window:].mean()) if len(values) else math.nan
 
 
 def rounds_to_reach(curve: pd.Series, target: float) -> int | None:
-    """First round (index of ``curve``) at which ``curve`` reaches ``target``; None if it never does."""
+    """First round at which ``curve`` reaches ``target`` (TANGO.md §8 "updates to match GRPO"); None if never."""
     hit = curve[curve >= target - 1e-12]
     return int(hit.index[0]) if len(hit) else None
 

@@ -68,7 +68,7 @@ def heldout_problems(cfg: TangoConfig):
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (each Metaflow step is its own process)."""
+    """Peak resident memory of this process so far, in MiB (TANGO.md §9; each Metaflow step is its own process)."""
     import resource
     import sys
 
