@@ -1,14 +1,17 @@
-"""Atomic directory writes: build a directory beside its target, then rename it into place (TANGO.md §9).
+"""Atomic directory writes and exclusive file locks (TANGO.md §9).
 
-Used for every model and checkpoint Tango writes, so that a crash or a failed step (a NaN loss, a
-full disk) never leaves a half-written directory where a reader expects a complete one.
+``atomic_directory`` is used for every model and checkpoint Tango writes, so that a crash or a
+failed step (a NaN loss, a full disk) never leaves a half-written directory where a reader expects
+a complete one. ``exclusive_lock`` keeps two processes on one host from doing the same work at once
+(driving the same round, warming up the same models).
 """
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,3 +44,18 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def exclusive_lock(path: str | Path, waiting: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (TANGO.md §9); if another process holds it, log ``waiting`` and wait."""
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(waiting)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

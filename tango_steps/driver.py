@@ -14,12 +14,10 @@ parent's orphan and its resumed successor) from running the same round twice on 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +49,12 @@ def read_task_state(pathspec: str) -> dict[str, Any]:
     return task["state"].data
 
 
-@contextmanager
 def root_lock(root_id: str, log: Callable[[str], None] = print):
     """Exclusive per-root-run lock for the duration of one round (TANGO.md §9 resume; single host, see module doc)."""
+    from tango_steps.atomic import exclusive_lock
+
     path = Path(tempfile.gettempdir()) / f"tango-{os.environ.get('USERNAME', 'user')}-{root_id}.lock"
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"another driver holds {path}; waiting for it to finish its round")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return exclusive_lock(path, f"another driver holds {path}; waiting for it to finish its round", log)
 
 
 def find_round_runs(root_id: str, round_idx: int) -> list:

@@ -20,7 +20,6 @@ part of a tiny run, ENVIRONMENT.md).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import random
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tango_steps.atomic import exclusive_lock
 from tango_steps.formats import format_verification, parse_solution, parse_verification
 from tango_steps.tasks import get_task
 from tango_steps.tasks.base import Problem, Task
@@ -334,19 +334,8 @@ def warmed_up_models(
     base.mkdir(parents=True, exist_ok=True)
     # Two processes (AblationFlow's parallel branches) must not warm up into the same folder: the
     # second waits for the first, then finds its result.
-    with open(base / f"{settings.key()}.lock", "w") as lock:
-        if not _try_lock(lock):
-            log(f"another process is warming up {out}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(base / f"{settings.key()}.lock", f"another process is warming up {out}; waiting for it", log):
         if report_file.exists():
             return out, json.loads(report_file.read_text())
         out.mkdir(parents=True, exist_ok=True)
         return out, warm_up(settings, out, log=log)
-
-
-def _try_lock(f) -> bool:
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
