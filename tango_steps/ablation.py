@@ -17,6 +17,7 @@ branches' per-round histories with :func:`study_table` and summarises with :func
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -87,32 +88,19 @@ def variant_config(base: dict[str, Any], variant: str, task: str, seed: int, rou
 
     A task other than the base recipe's starts from that task's default parameters.
     """
-    from tango_steps.config import TangoConfig, validate
+    from tango_steps.config import TangoConfig, apply_overrides, validate
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant '{variant}'; known: {', '.join(VARIANTS)}")
-    data = _deep_copy(base)
+    data = copy.deepcopy(base)
     base_task = data.get("task") or {}
     same_task = base_task.get("name") == task
     data["task"] = {"name": task, "params": dict(base_task.get("params") or {}) if same_task else {}}
     data["seed"] = seed
     if rounds is not None:
         data["rounds"] = rounds
-    for key, value in VARIANTS[variant].items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    apply_overrides(data, VARIANTS[variant])
     return validate(TangoConfig, data, source=f"ablation branch {task}/{variant}/seed {seed}")
-
-
-def _deep_copy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deep_copy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deep_copy(v) for v in d]
-    return d
 
 
 def branches(base: dict[str, Any], variants: list[str], grid: list[tuple[str, int]], rounds: int | None) -> list[dict]:
@@ -143,7 +131,7 @@ def study_table(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> p
             row = {"task": branch["task"], "variant": branch["variant"], "seed": branch["seed"], "round": h["round"]}
             for key, col in CURVES.items():
                 v = h.get(key)
-                row[col] = float(v) if isinstance(v, int | float) and v is not None else math.nan
+                row[col] = float(v) if isinstance(v, int | float) else math.nan
             row["run"] = h.get("run", "")
             rows.append(row)
     table = pd.DataFrame(rows)

@@ -262,8 +262,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
     Every error names the field by its dotted path and the file it came from.
     """
-    data = load_yaml(path) if path is not None else {}
-    for key, value in (overrides or {}).items():
+    data = apply_overrides(load_yaml(path) if path is not None else {}, overrides or {})
+    return validate(TangoConfig, data, source=str(path) if path is not None else "configuration")
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``"schedule.train_verifier": False``) in a recipe dict, in place (TANGO.md §3)."""
+    for key, value in overrides.items():
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
@@ -271,7 +276,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{key}': '{p}' is not a section")
         node[parts[-1]] = value
-    return validate(TangoConfig, data, source=str(path) if path is not None else "configuration")
+    return data
 
 
 def parse_recipe(text: str) -> dict[str, Any]:
