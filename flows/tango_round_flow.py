@@ -213,8 +213,6 @@ class TangoRoundFlow(FlowSpec):
     @step
     def end(self):
         """The state the next round starts from, the round's metrics and its lineage."""
-        from tango_steps.round import peak_rss_mb
-
         self._check("end")
         self.compute_seconds = 0.0  # (inherited from evaluate otherwise)
         s = self.state_in
@@ -248,7 +246,7 @@ class TangoRoundFlow(FlowSpec):
             **self.generator_update_metrics,
             **self.eval_metrics,
         }
-        self.peak_rss_mb = peak_rss_mb()
+        self._record_peak()
         print(f"round {self.round_idx} done: " + ", ".join(f"{k}={v}" for k, v in self.metrics.items() if "eval/" in k))
 
 
