@@ -1,9 +1,10 @@
 """Plots and the summary table of an AblationFlow run (TANGO.md §8), for docs/results.md.
 
-    python benchmarks/plot_ablation.py --run AblationFlow/<run id> --out docs/results
+    python benchmarks/plot_ablation.py --run AblationFlow/<run id> [--run AblationFlow/<other id>] --out docs/results
     python benchmarks/plot_ablation.py --csv docs/results/ablation_metrics.csv --out docs/results
 
-Reads the run's ``metrics`` table (or a CSV saved by an earlier call), writes
+Reads the run's ``metrics`` table (several runs' tables joined, e.g. one grid per task, each branch from
+one run only; or a CSV saved by an earlier call), writes
 ``<out>/ablation_metrics.csv`` (from a run), one PNG of curves per task (``<out>/<task>.png``: held-out
 generator accuracy by round and by generator update, verifier outcome F1, process F1, mean outcome
 reward, alpha; seed mean with a band of +-1 standard deviation over seeds) and prints the summary
@@ -20,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps.ablation import summarize
+from tango_steps.ablation import merge_tables, summarize
 
 COLORS = {"tango": "tab:red", "grpo": "tab:blue", "frozen_verifier": "tab:orange", "frozen_generator": "tab:green"}
 PANELS = [
@@ -33,14 +34,14 @@ PANELS = [
 ]
 
 
-def load_table(run: str | None, csv: str | None) -> pd.DataFrame:
-    """The study table from an AblationFlow run (client API) or a CSV file."""
+def load_table(runs: list[str] | None, csv: str | None) -> pd.DataFrame:
+    """The study table from AblationFlow runs (client API; joined by ``merge_tables``) or a CSV file."""
     if csv:
         return pd.read_csv(csv)
     from metaflow import Run, namespace
 
     namespace(None)
-    return Run(run)["join"].task["metrics"].data
+    return merge_tables([Run(run)["join"].task["metrics"].data for run in runs])
 
 
 def plot_task(table: pd.DataFrame, task: str, path: Path) -> None:
@@ -90,7 +91,7 @@ def markdown(df: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="AblationFlow/<run id>")
+    src.add_argument("--run", action="append", help="AblationFlow/<run id>; repeat to join several runs")
     src.add_argument("--csv", help="a table saved by an earlier call")
     ap.add_argument("--out", default="docs/results", help="folder for the PNGs (and the CSV, from a run)")
     ap.add_argument("--final-window", type=int, default=3, help="final accuracy = mean of the last N rounds")

@@ -140,6 +140,22 @@ def study_table(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> p
     return table
 
 
+def merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Several studies' tables as one (e.g. the arithmetic grid and the last_letters grid run apart).
+
+    A (task, variant, seed) branch may come from one table only: the same branch in two runs is two
+    different experiments, and silently averaging them would mix them, so it is an error naming it.
+    """
+    keys = ["task", "variant", "seed"]
+    seen: dict[tuple, int] = {}
+    for i, t in enumerate(tables):
+        for key in t[keys].drop_duplicates().itertuples(index=False, name=None):
+            if key in seen:
+                raise ValueError(f"branch {'/'.join(map(str, key))} is in tables {seen[key]} and {i}; keep one")
+            seen[key] = i
+    return pd.concat(tables, ignore_index=True)
+
+
 def final_value(curve: pd.Series, window: int) -> float:
     """Mean of the last ``window`` values of a per-round curve (TANGO.md §8 final accuracy, less noisy)."""
     values = curve.dropna()

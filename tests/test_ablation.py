@@ -10,6 +10,7 @@ import pytest
 from tango_steps.ablation import (
     VARIANTS,
     branches,
+    merge_tables,
     parse_grid,
     parse_variants,
     rounds_to_reach,
@@ -121,3 +122,17 @@ def test_rounds_to_reach():
     assert rounds_to_reach(curve, 0.3) == 1
     assert rounds_to_reach(curve, 0.45) == 3
     assert rounds_to_reach(curve, 0.6) is None
+
+
+def test_merge_tables_joins_runs_and_refuses_a_branch_twice():
+    def table(task, variants, seed=0):
+        rows = [{"task": task, "variant": v, "seed": seed, "round": r} for v in variants for r in (0, 1)]
+        return pd.DataFrame(rows)
+
+    merged = merge_tables([table("arithmetic", ["tango", "grpo"]), table("last_letters", ["tango"])])
+    assert len(merged) == 6 and list(merged.index) == list(range(6))
+    assert sorted(merged["task"].unique()) == ["arithmetic", "last_letters"]
+    # another seed of the same task and variant is a different branch: fine
+    assert len(merge_tables([table("arithmetic", ["tango"]), table("arithmetic", ["tango"], seed=1)])) == 4
+    with pytest.raises(ValueError, match="arithmetic/grpo/0 is in tables 0 and 1"):
+        merge_tables([table("arithmetic", ["tango", "grpo"]), table("arithmetic", ["grpo"])])
