@@ -141,7 +141,7 @@ def study_table(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> p
 
 
 def merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """Several studies' tables as one (e.g. the arithmetic grid and the last_letters grid run apart).
+    """Several studies' tables as one (TANGO.md §8; e.g. the arithmetic and last_letters grids run apart).
 
     A (task, variant, seed) branch may come from one table only: the same branch in two runs is two
     different experiments, and silently averaging them would mix them, so it is an error naming it.
