@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tango_steps.atomic import exclusive_lock
+
 ROUND_FLOW = "TangoRoundFlow"
 ROOT_TAG = "tango_root:{}"
 ROUND_TAG = "tango_round:{}"
@@ -51,8 +53,6 @@ def read_task_state(pathspec: str) -> dict[str, Any]:
 
 def root_lock(root_id: str, log: Callable[[str], None] = print):
     """Exclusive per-root-run lock for the duration of one round (TANGO.md §9 resume; single host, see module doc)."""
-    from tango_steps.atomic import exclusive_lock
-
     path = Path(tempfile.gettempdir()) / f"tango-{os.environ.get('USERNAME', 'user')}-{root_id}.lock"
     return exclusive_lock(path, f"another driver holds {path}; waiting for it to finish its round", log)
 
