@@ -59,6 +59,7 @@ class TangoFlow(FlowSpec):
         self.total_rounds = cfg.rounds
         self.round_idx = self.state["round"]
         self.round_runs = []
+        self.stopped = None  # why the run ended before --rounds (evaluation.stop_on_collapse), if it did
         self.state_task = current.pathspec
         self.more = "more" if self.round_idx < self.total_rounds else "done"
         self.next({"more": self.round, "done": self.end}, condition="more")
@@ -83,10 +84,15 @@ class TangoFlow(FlowSpec):
         self.history = [*self.history, history_row(child, self.history[0])]
         self.round_idx = k
         print(f"round {k}/{self.total_rounds} done ({child['how']}): {child['pathspec']}")
+        alarm = child["metrics"].get("eval/verifier_alarm")
+        if alarm:
+            print(f"!!! ALARM after round {k}: {alarm}")
+            if self.cfg["evaluation"]["stop_on_collapse"]:
+                self.stopped = f"stopped after round {k} (evaluation.stop_on_collapse): {alarm}"
         current.card["progress"].clear()
         for c in history_components(self.history):
             current.card["progress"].append(c)
-        self.more = "more" if k < self.total_rounds else "done"
+        self.more = "more" if k < self.total_rounds and not self.stopped else "done"
         self.next({"more": self.round, "done": self.end}, condition="more")
 
     @card(type="blank")
@@ -103,15 +109,24 @@ class TangoFlow(FlowSpec):
         self.final_verifier = self.state["verifier"]
         cols = [
             c
-            for c in ("round", "eval/generator_accuracy", "eval/verifier_f1", "eval/verifier_process_f1")
+            for c in (
+                "round", "eval/generator_accuracy", "eval/verifier_f1", "eval/verifier_balanced_accuracy",
+                "eval/verifier_process_f1", "eval/verifier_format_ok_frac", "eval/verifier_alarm",
+            )
             if c in self.metrics
-        ]
+        ]  # fmt: skip
+        if "eval/verifier_alarm" in self.metrics:  # a prominent column: empty unless the verifier collapsed
+            self.metrics["eval/verifier_alarm"] = self.metrics["eval/verifier_alarm"].fillna("")
         print(self.metrics[cols].to_string(index=False))
+        if self.stopped:
+            print(f"!!! {self.stopped}")
         print(f"final generator: {self.final_generator['uri']}\nfinal verifier: {self.final_verifier['uri']}")
         for c in history_components(self.history):
             current.card.append(c)
         current.card.append(Markdown(f"final generator `{self.final_generator['uri']}`  \n"
                                      f"final verifier `{self.final_verifier['uri']}`"))  # fmt: skip
+        if self.stopped:
+            current.card.append(Markdown(f"# {self.stopped}"))
         current.card.append(Table.from_dataframe(self.metrics[cols].round(4)))
 
 

@@ -162,6 +162,18 @@ def final_value(curve: pd.Series, window: int) -> float:
     return float(values.iloc[-window:].mean()) if len(values) else math.nan
 
 
+def final_accuracy(seed_rows: pd.DataFrame, window: int) -> float:
+    """A seed's final generator accuracy: mean over its last ``window`` DISTINCT generator checkpoints (TANGO.md §8).
+
+    A verifier round leaves the generator unchanged, so its evaluation repeats the previous round's
+    checkpoint; averaging rounds would count that checkpoint twice. Rows are keyed by
+    ``generator_updates`` (the checkpoint's identity) and the last row of each is kept. A variant
+    whose generator never trains has one checkpoint: its final accuracy is that checkpoint's.
+    """
+    rows = seed_rows.sort_values("round").drop_duplicates("generator_updates", keep="last")
+    return final_value(rows["generator_accuracy"], window)
+
+
 def rounds_to_reach(curve: pd.Series, target: float) -> int | None:
     """First round at which ``curve`` reaches ``target`` (TANGO.md §8 "updates to match GRPO"); None if never."""
     hit = curve[curve >= target - 1e-12]
@@ -172,7 +184,8 @@ def summarize(table: pd.DataFrame, final_window: int = 3, baseline: str = "grpo"
     """The results table of TANGO.md §8 per (task, variant).
 
     Columns: ``seeds``; ``final_accuracy_mean`` / ``final_accuracy_std`` (over seeds; a seed's final
-    accuracy is the mean of its last ``final_window`` rounds); ``start_accuracy``;
+    accuracy is the mean over its last ``final_window`` distinct generator checkpoints, see
+    :func:`final_accuracy`); ``start_accuracy``;
     ``rounds_to_baseline_final`` and ``generator_updates_to_baseline_final`` (first round at which
     the seed-mean accuracy curve reaches the baseline's final mean accuracy; NaN when it never does
     or there is no baseline); verifier outcome and process F1 at the start (round 0) and end (mean of
@@ -183,11 +196,9 @@ def summarize(table: pd.DataFrame, final_window: int = 3, baseline: str = "grpo"
         means = {v: g.groupby("round").mean(numeric_only=True) for v, g in t.groupby("variant", sort=False)}
         target = None
         if baseline in means:
-            target = final_value(means[baseline]["generator_accuracy"], final_window)
+            target = final_accuracy(means[baseline].reset_index(), final_window)
         for variant, g in t.groupby("variant", sort=False):
-            per_seed = [
-                final_value(s.sort_values("round")["generator_accuracy"], final_window) for _, s in g.groupby("seed")
-            ]
+            per_seed = [final_accuracy(s, final_window) for _, s in g.groupby("seed")]
             m = means[variant]
             reach = rounds_to_reach(m["generator_accuracy"], target) if target is not None else None
             first, last = m.iloc[0], m.iloc[-final_window:]

@@ -3,13 +3,18 @@
 Generator (TANGO.md §4): the outcome part and the step part are normalised SEPARATELY, then blended
 per token:
 
-    A(i, t) = (1 - alpha) * A_out(i) + alpha * A_step(i, t)
+    A(i, t) = (1 - alpha) * A_out(i, t) + alpha * A_step(i, t)
 
-- ``A_out``: an outcome estimator (``grpo``, ``rloo``, ``reinforce_pp``) over r_out;
-- ``A_step``: the step rewards y_k/K of all aligned responses of a group are pooled and normalised
-  with a step estimator of the same name, placed on the last token of their step, and summed
-  backwards (undiscounted reverse cumulative sum): the token t gets the normalised rewards of the
-  step containing t and of every later step; tokens after the last step get 0.
+Two kinds of estimator, one list of names (:func:`generator_estimator_names`):
+
+- response-level (``grpo``, ``rloo``): ``A_out(i)`` is an outcome estimator over the r_out of the
+  prompt's group (the same value at every token of response i); for ``A_step`` the step rewards
+  y_k/K of all aligned responses of a group are pooled and normalised with the step estimator of the
+  same name, placed on the last token of their step, and summed backwards (undiscounted reverse
+  cumulative sum): the token t gets the normalised rewards of the step containing t and of every
+  later step; tokens after the last step get 0.
+- token-level (``reinforce_pp``): REINFORCE++ forms the per-token RETURNS first (from the raw
+  rewards) and whitens the returns over the tokens of the whole batch (:func:`reinforce_pp_advantages`).
 
 Estimators are pure tensor functions in registries (as veRL's ``core_algos``); configs pick them by
 name. Shapes: B responses, T tokens, K (padded) steps; ``group_index`` (B,) says which prompt's
@@ -31,8 +36,14 @@ EPS = 1e-6  # TANGO.md §4: A_out = (r - mean) / (std + 1e-6)
 
 OutcomeEstimator = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 StepEstimator = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
-OUTCOME_ESTIMATORS: dict[str, OutcomeEstimator] = {}
+# (r_out, step_rewards, step_mask, step_token_index, response_mask, group_index, eps) -> (A_out, A_step), both (B, T)
+TokenEstimator = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+    tuple[torch.Tensor, torch.Tensor],
+]
+OUTCOME_ESTIMATORS: dict[str, OutcomeEstimator] = {}  # response-level, with STEP_ESTIMATORS of the same name
 STEP_ESTIMATORS: dict[str, StepEstimator] = {}
+TOKEN_ESTIMATORS: dict[str, TokenEstimator] = {}  # token-level: both parts at once
 
 
 def register_outcome_estimator(name: str) -> Callable[[OutcomeEstimator], OutcomeEstimator]:
@@ -55,11 +66,26 @@ def register_step_estimator(name: str) -> Callable[[StepEstimator], StepEstimato
     return deco
 
 
-def _lookup(registry: dict, name: str, what: str):
+def register_token_estimator(name: str) -> Callable[[TokenEstimator], TokenEstimator]:
+    """Register a token-level estimator returning (A_out (B, T), A_step (B, T)) by name (TANGO.md §4)."""
+
+    def deco(fn: TokenEstimator) -> TokenEstimator:
+        TOKEN_ESTIMATORS[name] = fn
+        return fn
+
+    return deco
+
+
+def generator_estimator_names() -> list[str]:
+    """Every name ``compute_generator_advantages`` accepts: response- and token-level (TANGO.md §4)."""
+    return sorted({*OUTCOME_ESTIMATORS, *TOKEN_ESTIMATORS})
+
+
+def _lookup(registry: dict, name: str, what: str, known: Sequence[str] | None = None):
     try:
         return registry[name]
     except KeyError:
-        raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(registry))}") from None
+        raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(known or registry))}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,16 +147,6 @@ def rloo_outcome(r_out: torch.Tensor, group_index: torch.Tensor, eps: float = EP
     return _leave_one_out(r_out, group_index, "zero")
 
 
-@register_outcome_estimator("reinforce_pp")
-def reinforce_pp_outcome(r_out: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """REINFORCE++: returns whitened over the whole batch, A_out(i) = (r(i) - mean_B) / (std_B + eps) (TANGO.md §4).
-
-    With the KL term in the loss (TANGO.md §6) and gamma = 1, each response's return is its r_out at
-    every token, so whitening responses is whitening returns. ``group_index`` is not used.
-    """
-    return _whiten(r_out, torch.zeros_like(group_index), eps, "zero")
-
-
 # ----------------------------------------------------------------------------------------------
 # Step estimators: (step rewards (S,), group of each (S,), eps, rloo_step_scale) -> normalised (S,)
 # S = all aligned steps of the batch, flattened.
@@ -158,18 +174,6 @@ def rloo_step(
     this part by a hard-coded 10; here it is the named setting ``rloo_step_scale`` (default 1.0).
     """
     return rloo_step_scale * _leave_one_out(rewards, group, "identity")
-
-
-@register_step_estimator("reinforce_pp")
-def reinforce_pp_step(
-    rewards: torch.Tensor, group: torch.Tensor, eps: float = EPS, rloo_step_scale: float = 1.0
-) -> torch.Tensor:
-    """REINFORCE++ step part: step rewards whitened over the whole batch's pool (TANGO.md §4).
-
-    The reverse cumulative sum is taken afterwards over each response's own tokens (the released
-    code's step-return loop runs over the wrong dimension; not copied).
-    """
-    return _whiten(rewards, torch.zeros_like(group), eps, "identity")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,6 +238,84 @@ def step_advantages(
     return reverse_cumsum(dense) * response_mask.to(dense.dtype)
 
 
+# ----------------------------------------------------------------------------------------------
+# Token-level estimators: REINFORCE++
+# ----------------------------------------------------------------------------------------------
+
+
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, eps: float = EPS, small_pool_value: str = "zero"
+) -> torch.Tensor:
+    """Whiten ``values`` over the entries where ``mask`` is set, 0 elsewhere (TANGO.md §4, REINFORCE++).
+
+    out = (v - mean) / (std + eps) with the masked mean and the masked UNBIASED std (TANGO.md §4's
+    normalisation; veRL's ``masked_whiten`` uses rsqrt(var + 1e-8) instead). A pool of <= 1 entries
+    gives 0 (``"zero"``) or keeps v (``"identity"``: mean 0, std 1, as the step pools of §4).
+
+    Args:
+        values: (B, T) float.
+        mask: (B, T) bool or 0/1, the pool.
+
+    Returns:
+        (B, T), 0 outside the mask.
+    """
+    m = mask.to(values.dtype)
+    n = m.sum()
+    mean = (values * m).sum() / n.clamp(min=1)
+    var = ((values - mean) ** 2 * m).sum() / (n - 1).clamp(min=1)
+    out = (values - mean) / (var.sqrt() + eps)
+    fallback = torch.zeros_like(values) if small_pool_value == "zero" else values
+    return torch.where(n <= 1, fallback, out) * m
+
+
+@register_token_estimator("reinforce_pp")
+def reinforce_pp_advantages(
+    r_out: torch.Tensor,
+    step_rewards: torch.Tensor,
+    step_mask: torch.Tensor,
+    step_token_index: torch.Tensor,
+    response_mask: torch.Tensor,
+    group_index: torch.Tensor,
+    eps: float = EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++: per-token returns, whitened over the tokens of the whole batch (TANGO.md §4).
+
+    gamma = 1 and no KL in the reward (the KL term is in the loss, TANGO.md §6), so:
+
+    - outcome: R_out(i, t) = r_out(i) at every response token of i; A_out = R_out whitened with the
+      mean and unbiased std over ALL response tokens of the batch (``response_mask``). A response of
+      n tokens counts n times, so longer responses weigh more than under GRPO's per-response
+      normalisation. Fewer than 2 tokens in the batch: 0.
+    - step: R_step(i, t) = sum of the RAW step rewards y_k/K of the steps of i whose last token is at
+      or after t (undiscounted reverse cumulative sum, the placement of :func:`step_advantages`).
+      The returns are whitened (not the rewards before the sum) over the batch's "step tokens":
+      token t of response i is one when i has at least one aligned step (``step_mask``, with a last
+      token inside the T slots), ``response_mask[i, t]`` is set, and t <= the last token of i's last
+      aligned step. Every other token (after the last step, padding, responses without aligned
+      steps) gets A_step = 0. A pool of <= 1 step token keeps its raw return (as §4's pool of one).
+
+    ``group_index`` is not used: REINFORCE++ whitens over the batch, not per prompt. The released
+    code's step-return loop runs over the wrong tensor dimension; here the sum runs over each
+    response's own tokens.
+
+    Returns:
+        ``A_out`` (B, T) and ``A_step`` (B, T), both 0 on padding.
+    """
+    b, t = response_mask.shape
+    dtype = torch.promote_types(r_out.dtype, step_rewards.dtype)
+    tokens = response_mask.to(torch.bool)
+    a_out = masked_whiten(r_out.to(dtype)[:, None].expand(b, t), tokens, eps, "zero")  # (B, T)
+
+    returns = step_advantages(step_rewards.to(dtype), step_mask, step_token_index, response_mask)  # raw (B, T)
+    keep = step_mask & (step_token_index >= 0) & (step_token_index < t)
+    ends = torch.where(keep, step_token_index, -1)
+    last = torch.cat([ends, ends.new_full((b, 1), -1)], dim=1).max(dim=1).values  # (B,), -1: no aligned step
+    positions = torch.arange(t, device=response_mask.device)
+    step_tokens = tokens & (positions[None, :] <= last[:, None])  # (B, T)
+    a_step = masked_whiten(returns, step_tokens, eps, "identity")  # (B, T)
+    return a_out, a_step
+
+
 def compute_generator_advantages(
     r_out: torch.Tensor,
     step_rewards: torch.Tensor,
@@ -246,7 +328,10 @@ def compute_generator_advantages(
     rloo_step_scale: float = 1.0,
     eps: float = EPS,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-token generator advantages A(i, t) = (1 - alpha) A_out(i) + alpha A_step(i, t) (TANGO.md §4).
+    """Per-token generator advantages A(i, t) = (1 - alpha) A_out(i, t) + alpha A_step(i, t) (TANGO.md §4).
+
+    ``grpo`` and ``rloo`` normalise per prompt group and per response (A_out(i) the same at every
+    token); ``reinforce_pp`` whitens per-token returns over the batch (:func:`reinforce_pp_advantages`).
 
     Args:
         r_out: (B,) outcome rewards.
@@ -256,7 +341,8 @@ def compute_generator_advantages(
         response_mask: (B, T) 1 for response tokens.
         group_index: (B,) long, the prompt group of each response.
         alpha: step weight, from :func:`alpha_schedule`.
-        estimator: ``grpo``, ``rloo`` or ``reinforce_pp`` (used for both parts).
+        estimator: ``grpo``, ``rloo`` or ``reinforce_pp`` (used for both parts); see
+            :func:`generator_estimator_names`.
         rloo_step_scale: factor on the RLOO step part (reference code: 10; ours: 1.0 by default).
         eps: std guard, 1e-6.
 
@@ -265,25 +351,32 @@ def compute_generator_advantages(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    outcome_fn = _lookup(OUTCOME_ESTIMATORS, estimator, "advantage estimator")
-    step_fn = _lookup(STEP_ESTIMATORS, estimator, "advantage estimator")
     r_out = r_out.to(torch.float32) if not r_out.is_floating_point() else r_out
-    a_out = outcome_fn(r_out, group_index, eps)  # (B,)
+    if estimator in TOKEN_ESTIMATORS:
+        token_fn = TOKEN_ESTIMATORS[estimator]
+        a_out_tok, a_step = token_fn(r_out, step_rewards, step_mask, step_token_index, response_mask, group_index, eps)
+        mask = response_mask.to(a_step.dtype)
+    else:
+        names = generator_estimator_names()
+        outcome_fn = _lookup(OUTCOME_ESTIMATORS, estimator, "advantage estimator", names)
+        step_fn = _lookup(STEP_ESTIMATORS, estimator, "advantage estimator", names)
+        a_out = outcome_fn(r_out, group_index, eps)  # (B,)
 
-    flat_group = group_index[:, None].expand_as(step_mask)[step_mask]  # (S,)
-    normed = torch.zeros_like(step_rewards)
-    normed[step_mask] = step_fn(step_rewards[step_mask], flat_group, eps, rloo_step_scale)  # (B, K)
-    a_step = step_advantages(normed, step_mask, step_token_index, response_mask)  # (B, T)
+        flat_group = group_index[:, None].expand_as(step_mask)[step_mask]  # (S,)
+        normed = torch.zeros_like(step_rewards)
+        normed[step_mask] = step_fn(step_rewards[step_mask], flat_group, eps, rloo_step_scale)  # (B, K)
+        a_step = step_advantages(normed, step_mask, step_token_index, response_mask)  # (B, T)
+        mask = response_mask.to(a_step.dtype)
+        a_out_tok = a_out[:, None].to(a_step.dtype) * mask  # (B, T)
 
-    mask = response_mask.to(a_step.dtype)
-    advantages = (1.0 - alpha) * a_out[:, None].to(a_step.dtype) * mask + alpha * a_step  # (B, T)
+    advantages = (1.0 - alpha) * a_out_tok + alpha * a_step  # (B, T)
     aligned = step_mask.any(dim=1)
     tokens = mask.sum().clamp(min=1)
     metrics = {
         "generator/alpha": float(alpha),
         "generator/outcome_reward_mean": float(r_out.float().mean()) if r_out.numel() else 0.0,
         "generator/step_aligned_frac": float(aligned.float().mean()) if aligned.numel() else 0.0,
-        "generator/adv_outcome_abs_mean": float(a_out.abs().mean()) if a_out.numel() else 0.0,
+        "generator/adv_outcome_abs_mean": float((a_out_tok.abs() * mask).sum() / tokens),
         "generator/adv_step_abs_mean": float((a_step.abs() * mask).sum() / tokens),
         "generator/adv_mean": float((advantages * mask).sum() / tokens),
     }

@@ -176,12 +176,19 @@ def evaluate_components(eval_table: pd.DataFrame, metrics: dict[str, Any], n: in
 
     cols = ["question", "gold", "correct", "final_verdict", "first_error", "predicted_first_error", "length"]
     sample = eval_table[[c for c in cols if c in eval_table]].head(n).astype(str)
-    return [Markdown("## Held-out evaluation"), metrics_table(metrics), Table.from_dataframe(sample)]
+    out = [Markdown("## Held-out evaluation"), metrics_table(metrics), Table.from_dataframe(sample)]
+    if metrics.get("eval/verifier_alarm"):
+        out.insert(0, Markdown(f"# ALARM: {metrics['eval/verifier_alarm']}"))
+    return out
 
 
 ROUND_CHARTS = (
     ("generator held-out accuracy", ("eval/generator_accuracy",)),
     ("verifier F1 (outcome) and process F1", ("eval/verifier_f1", "eval/verifier_process_f1")),
+    (
+        "verifier health: balanced accuracy, format rate, share of the majority verdict",
+        ("eval/verifier_balanced_accuracy", "eval/verifier_format_ok_frac", "eval/verifier_majority_frac"),
+    ),
     ("rewards", ("reward/outcome_mean", "reward/verifier_reward_mean")),
     ("alpha", ("reward/alpha",)),
     ("KL to the reference", ("generator_update/kl", "verifier_update/kl")),
@@ -195,6 +202,10 @@ def history_components(history: Sequence[dict[str, Any]]) -> list:
 
     last = history[-1] if history else {}
     out = [Markdown(f"# Tango: round {last.get('round', 0)} of the run")]
+    alarms = [(row.get("round"), row["eval/verifier_alarm"]) for row in history if row.get("eval/verifier_alarm")]
+    if alarms:
+        lines = "\n".join(f"- round {r}: {a}" for r, a in alarms)
+        out.append(Markdown(f"## ALARM: the verifier collapsed in {len(alarms)} round(s)\n{lines}"))
     out += [line_chart(history, keys, title) for title, keys in ROUND_CHARTS]
     return out
 

@@ -193,8 +193,17 @@ class UpdateConfig(_Section):
 class EvaluationConfig(_Section):
     """Held-out evaluation each round (TANGO.md §7: greedy pass@1)."""
 
-    heldout_problems: int = Field(200, ge=1, description="held-out problems (200 gives a ~3.4-point standard error)")
+    heldout_problems: int = Field(
+        500, ge=1, description="held-out problems, the same set for every seed (500: ~2.2-point standard error)"
+    )
     max_tokens: int = Field(256, ge=1, description="generation limit while evaluating")
+    collapse_majority: float = Field(
+        0.95, gt=0.5, le=1, description="alarm when this share of held-out verdicts or more is one class"
+    )
+    collapse_min_format: float = Field(
+        0.5, ge=0, le=1, description="alarm when the verifier's held-out format rate falls below this"
+    )
+    stop_on_collapse: bool = Field(False, description="end the run after the first round that raises the alarm")
 
 
 class StepResources(_Section):

@@ -179,15 +179,14 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
     """
     from tango_steps.modeling import resolve_model_ref
     from tango_steps.training import init_checkpoint
-    from tango_steps.warmup import WarmupSettings, warmed_up_models
+    from tango_steps.warmup import warmed_up_models, warmup_settings
 
     out = Path(out_dir)
     dirs = {}
     for role in ("generator", "verifier"):
         mcfg = getattr(cfg, role)
         if mcfg.path == "tiny":
-            settings = WarmupSettings(task=cfg.task.name, task_params=dict(cfg.task.params), template=cfg.template)
-            warm, _ = warmed_up_models(settings, log=log)
+            warm, _ = warmed_up_models(warmup_settings(cfg), log=log)
             src = str(warm / role)
         else:
             src = resolve_model_ref(mcfg.path)
@@ -218,8 +217,11 @@ def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any
     exactly as a TangoFlow run does. Returns ``(state, eval_table, first history row)``.
     """
     from tango_steps import round as stages
+    from tango_steps.budgets import check_budgets
     from tango_steps.model_store import task_key
 
+    lengths = check_budgets(cfg)  # before any warm-up or training: the limits must hold the task
+    log(f"token budgets hold (99th percentiles of the task's gold data: {lengths})")
     with tempfile.TemporaryDirectory() as tmp:
         dirs = initial_checkpoints(cfg, tmp, log=log)
         refs = {r: store.save(d, task_key(r), meta={"role": r, "round": 0}) for r, d in dirs.items()}

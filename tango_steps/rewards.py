@@ -135,36 +135,37 @@ def place_step_rewards(rewards: Sequence[float], token_indices: Sequence[int], n
 
 
 def outcome_rewards(
-    texts: Sequence[str],
+    correct: Sequence[bool],
     truncated: Sequence[bool],
-    golds: Sequence,
-    grader,
+    answered: Sequence[bool],
+    format_scores: Sequence[float] | None = None,
     format_weight: float = 0.0,
 ) -> tuple[list[float], dict[str, int]]:
     """Generator outcome rewards r_out of a batch (TANGO.md §4), with truncation handled.
 
-    Every completion is parsed (so it can be inspected), but one that hit the token limit gets
-    reward 0 whatever it says and is counted as truncated. Answers are graded with ``grader``
-    (a :class:`~tango_steps.grading.Grader`), gold first.
+    ``correct`` is the task's own verdict on each completion (``Task.check``, computed once in the
+    rollout): exact match for the embedded tasks, Math-Verify only for maths datasets. There is one
+    correctness oracle per task, shared by this reward, the verifier's RL target, the warm-up and the
+    evaluation; Math-Verify would read ``yae`` as the product ``y*a*e`` and so equal to ``eay``
+    (ENVIRONMENT.md "Answer grading"). A completion that hit the token limit gets reward 0 whatever it
+    says and is counted as truncated.
 
     Returns:
-        rewards, and counts ``{"truncated", "no_answer", "correct"}``.
+        rewards, and counts ``{"truncated", "no_answer", "correct"}`` (``correct`` counts rewarded ones).
     """
-    from tango_steps.formats import parse_solution
-
-    if not len(texts) == len(truncated) == len(golds):
-        raise ValueError(f"got {len(texts)} texts, {len(truncated)} truncation flags and {len(golds)} golds")
-    parsed = [parse_solution(t) for t in texts]
-    to_grade = [i for i, p in enumerate(parsed) if not truncated[i] and p.answer is not None]
-    graded = grader.grade([f"\\boxed{{{parsed[i].answer}}}" for i in to_grade], [golds[i] for i in to_grade])
-    correct = dict(zip(to_grade, graded, strict=True))
+    if not len(correct) == len(truncated) == len(answered):
+        raise ValueError(
+            f"got {len(correct)} verdicts, {len(truncated)} truncation flags and {len(answered)} answer flags"
+        )
+    if format_scores is None:
+        format_scores = [0.0] * len(correct)
     rewards = [
-        0.0 if truncated[i] else outcome_reward(correct.get(i, False), p.format_score, format_weight)
-        for i, p in enumerate(parsed)
+        0.0 if t else outcome_reward(bool(c), f, format_weight)
+        for c, t, f in zip(correct, truncated, format_scores, strict=True)
     ]
     counts = {
         "truncated": sum(bool(t) for t in truncated),
-        "no_answer": sum(p.answer is None for p in parsed),
-        "correct": sum(correct.values()),
+        "no_answer": sum(not a for a in answered),
+        "correct": sum(bool(c) and not t for c, t in zip(correct, truncated, strict=True)),
     }
     return rewards, counts

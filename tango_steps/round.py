@@ -60,11 +60,15 @@ def round_problems(cfg: TangoConfig, round_idx: int, n: int):
 
 
 def heldout_problems(cfg: TangoConfig):
-    """The held-out evaluation problems (TANGO.md §7), the same in every round of a run."""
+    """The held-out evaluation problems (TANGO.md §7): the same in every round, seed and variant of a task.
+
+    They depend on the task and ``evaluation.heldout_problems`` only, never on ``seed``, so runs with
+    different seeds (and every arm of a study) are scored on the same problems, paired per problem.
+    """
     from tango_steps.tasks import get_task
 
     task = get_task(cfg.task.name, **cfg.task.params)
-    return task.problems(cfg.evaluation.heldout_problems, "heldout", seed=HELDOUT_SEED_OFFSET + cfg.seed)
+    return task.problems(cfg.evaluation.heldout_problems, "heldout", seed=HELDOUT_SEED_OFFSET)
 
 
 def peak_rss_mb() -> float:
@@ -241,19 +245,15 @@ def judge(
     ``format_score``, ``num_judged``.
     """
     from tango_steps.formats import parse_solution, parse_verification
-    from tango_steps.templates import get_template
 
     generator_round = _is_generator_slot(plan)
     if generator_round and not cfg.algorithm.step_rewards:
         log("judge: skipped (algorithm.step_rewards is false: outcome reward only)")
         return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({"judge/skipped": 1}, 0.0)
     n = 1 if generator_round else cfg.verifier_sampling.n
-    template = get_template(cfg.template)
     parsed = [parse_solution(t) for t in rollouts["text"]]
-    prompts = [
-        template.verifier_prompt(q, s, t)
-        for q, s, t in zip(rollouts["question"], parsed, rollouts["text"], strict=True)
-    ]
+    questions, texts = list(rollouts["question"]), list(rollouts["text"])
+    prompts, cut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
     t0 = time.perf_counter()
     comps, prompt_ids = _sample(cfg, verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log)
     compute = time.perf_counter() - t0
@@ -266,6 +266,7 @@ def judge(
                     "solution": i,
                     "verification": j,
                     "prompt": prompt,
+                    "prompt_cut": cut[i],
                     "text": c.text,
                     "prompt_ids": list(prompt_ids[i]),
                     "response_ids": list(c.token_ids),
@@ -287,15 +288,65 @@ def judge(
         "judge/step_count_mismatch_frac": float(df["step_verdicts"].isna().mean()),
         "judge/no_final_verdict_frac": float(df["final_verdict"].isna().mean()),
         "judge/truncated_frac": float(df["truncated"].mean()),
+        "judge/prompt_cut": int(sum(cut)),
+        **step_verdict_histogram(list(df["step_verdicts"])),
     }
+    if any(cut):
+        log(f"judge: {sum(cut)} of {len(cut)} verifier prompts over rollout.max_prompt_tokens: solution tail cut")
     log(f"judge: {len(df)} verifications, {tokens} tokens in {compute:.1f} s")
     return df, StageResult(metrics, compute)
 
 
 _JUDGE_COLUMNS = [
-    "solution", "verification", "prompt", "text", "prompt_ids", "response_ids", "truncated", "num_steps",
+    "solution", "verification", "prompt", "prompt_cut", "text", "prompt_ids", "response_ids", "truncated", "num_steps",
     "step_verdicts", "final_verdict", "format_score", "num_judged",
 ]  # fmt: skip
+
+
+def verifier_prompts(
+    cfg: TangoConfig, verifier_model: Path, questions: list[str], parsed: list, texts: list[str]
+) -> tuple[list[str], list[bool]]:
+    """The verifier's prompts, fitted to ``rollout.max_prompt_tokens`` by cutting the solution's tail (TANGO.md §2).
+
+    Counted with the verifier's own tokenizer, so the engine never has to cut the prompt's start
+    (the problem statement). Returns the prompts and a flag per prompt that was cut.
+    """
+    from tango_steps.modeling import load_tokenizer
+    from tango_steps.templates import get_template
+
+    template = get_template(cfg.template)
+    tok = load_tokenizer(str(verifier_model))
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    fitted = [
+        template.fit_verifier_prompt(q, s, t, count, cfg.rollout.max_prompt_tokens)
+        for q, s, t in zip(questions, parsed, texts, strict=True)
+    ]
+    return [p for p, _ in fitted], [c for _, c in fitted]
+
+
+def step_verdict_histogram(step_verdicts: list[list[bool] | None]) -> dict[str, float]:
+    """Where the verifier puts the first INCORRECT step, as fractions of verifications (TANGO.md §4 step rewards).
+
+    Keys ``judge/first_incorrect_none`` (every step CORRECT), ``judge/first_incorrect_0`` ..
+    ``_3``, ``judge/first_incorrect_4plus`` and ``judge/step_verdicts_unusable`` (count != K:
+    no step reward). A verifier that only ever flags the last step, or never any, shows here.
+    """
+    keys = ["none", "0", "1", "2", "3", "4plus", "unusable"]
+    counts = dict.fromkeys(keys, 0)
+    for v in step_verdicts:
+        if v is None:
+            counts["unusable"] += 1
+            continue
+        first = next((k for k, ok in enumerate(v) if not ok), None)
+        counts["none" if first is None else str(first) if first < 4 else "4plus"] += 1
+    n = max(len(step_verdicts), 1)
+    return {
+        f"judge/{'step_verdicts_unusable' if k == 'unusable' else 'first_incorrect_' + k}": c / n
+        for k, c in counts.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,17 +379,16 @@ def reward(
         compute_verifier_advantages,
     )
     from tango_steps.formats import parse_solution
-    from tango_steps.grading import Grader
     from tango_steps.modeling import load_tokenizer
     from tango_steps.rewards import outcome_rewards, sampled_step_end_tokens, step_rewards, verifier_reward
 
     t0 = time.perf_counter()
     rollouts = rollouts.copy()
     judgments = judgments.copy()
-    with Grader() as grader:
-        r_out, counts = outcome_rewards(
-            list(rollouts["text"]), list(rollouts["truncated"]), list(rollouts["gold"]), grader
-        )
+    # The task's own verdict from the rollout (Task.check): one correctness oracle per task.
+    r_out, counts = outcome_rewards(
+        list(rollouts["label_correct"]), list(rollouts["truncated"]), list(rollouts["answer"].notna())
+    )
     rollouts["outcome_reward"] = r_out
     rollouts["correct"] = [r > 0 for r in r_out]
     metrics: dict[str, Any] = {f"reward/{k}": v for k, v in counts.items()}
@@ -542,6 +592,40 @@ def process_f1(predicted_first_error: list[int], true_first_error: list[int]) ->
     return {"process_acc_erroneous": acc_err, "process_acc_correct": acc_cor, "process_f1": f1}
 
 
+NO_PREDICTION = -2  # unusable step verdicts (count != K): matches neither a step index nor "none" (-1)
+
+
+def predicted_first_error(step_verdicts: list[bool] | None) -> int:
+    """The verifier's predicted first wrong step (ProcessBench protocol, TANGO.md §8).
+
+    The index of its first INCORRECT step verdict, -1 when every step is CORRECT, and
+    :data:`NO_PREDICTION` when the verdicts are unusable (missing, or their count differs from K):
+    an unusable verification predicts nothing, so it is wrong on every solution, correct ones included.
+    """
+    if step_verdicts is None:
+        return NO_PREDICTION
+    return next((k for k, ok in enumerate(step_verdicts) if not ok), -1)
+
+
+def process_metrics(eval_table: pd.DataFrame) -> dict[str, Any]:
+    """Process-level F1 of one evaluation table (TANGO.md §8, ProcessBench protocol), prefixed ``eval/verifier_``.
+
+    Scored on the solutions with exact step labels whose error is a step (correct ones, and wrong
+    ones with a first wrong step); a wrong solution whose steps are all right (it stopped early) and
+    a task without step labels are left out, counted in ``eval/process_excluded``.
+    """
+    usable = [
+        (pf, fe)
+        for pf, fe, c, lab in zip(
+            eval_table["predicted_first_error"], eval_table["first_error"], eval_table["correct"],
+            eval_table["step_labels"], strict=True,
+        )
+        if lab is not None and (c or fe >= 0)
+    ]  # fmt: skip
+    pm = process_f1([u[0] for u in usable], [u[1] for u in usable])
+    return {**{f"eval/verifier_{k}": v for k, v in pm.items()}, "eval/process_excluded": len(eval_table) - len(usable)}
+
+
 def evaluate(
     cfg: TangoConfig, generator_ckpt: Path, verifier_ckpt: Path, log: Log = print
 ) -> tuple[pd.DataFrame, StageResult]:
@@ -570,16 +654,13 @@ def evaluate(
     parsed = [parse_solution(t) for t in texts]
     checks = [task.check(p, t) for p, t in zip(problems, texts, strict=True)]
     vgreedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.verifier_sampling.max_tokens)
-    vprompts = [template.verifier_prompt(p.question, s, t) for p, s, t in zip(problems, parsed, texts, strict=True)]
+    vprompts, vcut = verifier_prompts(cfg, verifier_ckpt / "model", [p.question for p in problems], parsed, texts)
     with _engine(cfg, verifier_ckpt / "model", cfg.seed) as engine:
         vcomps = _generate(engine, vprompts, vgreedy, "evaluate verifier", log)
     compute = time.perf_counter() - t0
     verdicts = [parse_verification(c[0].text, s.num_steps, s.well_formed) for c, s in zip(vcomps, parsed, strict=True)]
     rows = []
     for p, t, s, ch, c, v in zip(problems, texts, parsed, checks, comps, verdicts, strict=True):
-        pred_first = -1
-        if v.step_verdicts is not None:
-            pred_first = next((k for k, ok in enumerate(v.step_verdicts) if not ok), -1)
         rows.append(
             {
                 "prompt_id": p.id, "question": p.question, "gold": p.answer, "text": t,
@@ -587,7 +668,8 @@ def evaluate(
                 "correct": ch.correct, "first_error": ch.first_error,
                 "step_labels": None if ch.step_labels is None else list(ch.step_labels),
                 "final_verdict": v.final_verdict, "step_verdicts": v.step_verdicts,
-                "predicted_first_error": pred_first, "verifier_format_score": v.format_score,
+                "predicted_first_error": predicted_first_error(v.step_verdicts),
+                "verifier_format_score": v.format_score,
             }
         )  # fmt: skip
     df = pd.DataFrame(rows)
@@ -600,23 +682,42 @@ def evaluate(
     }
     metrics.update(binary_metrics(list(df["final_verdict"]), truth, "eval/verifier_"))
     metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
-    usable = [
-        (pf, fe)
-        for pf, fe, c, lab in zip(df["predicted_first_error"], df["first_error"], truth, df["step_labels"], strict=True)
-        if lab is not None and (c or fe >= 0)
-    ]
-    pm = process_f1([u[0] for u in usable], [u[1] for u in usable])
-    metrics.update({f"eval/verifier_{k}": v for k, v in pm.items()})
-    metrics["eval/process_excluded"] = len(df) - len(usable)
+    says_correct = float(df["final_verdict"].map(lambda v: v is True).mean())
+    metrics["eval/verifier_says_correct_frac"] = says_correct
+    metrics["eval/verifier_majority_frac"] = max(says_correct, 1.0 - says_correct)
+    metrics["eval/verifier_prompt_cut"] = int(sum(vcut))
+    metrics.update(process_metrics(df))
     metrics.update(hacking_diagnostics(df))
     for k, v in list(metrics.items()):
         if isinstance(v, float) and math.isnan(v):
             metrics[k] = None
+    metrics["eval/verifier_alarm"] = verifier_alarm(
+        metrics, cfg.evaluation.collapse_majority, cfg.evaluation.collapse_min_format
+    )
+    if metrics["eval/verifier_alarm"]:
+        log(f"evaluate: !!! VERIFIER ALARM: {metrics['eval/verifier_alarm']}")
     log(
         f"evaluate: generator accuracy {metrics['eval/generator_accuracy']:.3f}, verifier F1 "
         f"{metrics['eval/verifier_f1']:.3f}, process F1 {metrics['eval/verifier_process_f1']:.3f} ({compute:.1f} s)"
     )
     return df, StageResult(metrics, compute)
+
+
+def verifier_alarm(metrics: dict[str, Any], majority: float = 0.95, min_format: float = 0.5) -> str | None:
+    """A degenerate verifier, in words, or None (TANGO.md §5: without reweighting it collapses to INCORRECT).
+
+    Raised when ``majority`` or more of its held-out final verdicts are one class (an unparseable
+    verdict counts as INCORRECT, TANGO.md §2) or its held-out format rate falls below ``min_format``.
+    """
+    problems = []
+    says_correct = metrics.get("eval/verifier_says_correct_frac")
+    if says_correct is not None and max(says_correct, 1 - says_correct) >= majority:
+        cls = "CORRECT" if says_correct >= 0.5 else "INCORRECT (or unparseable)"
+        problems.append(f"{max(says_correct, 1 - says_correct):.0%} of held-out verdicts are {cls}")
+    fmt = metrics.get("eval/verifier_format_ok_frac")
+    if fmt is not None and fmt < min_format:
+        problems.append(f"only {fmt:.0%} of its held-out verifications are well-formed")
+    return "verifier collapse: " + "; ".join(problems) if problems else None
 
 
 def hacking_diagnostics(eval_table: pd.DataFrame) -> dict[str, float]:

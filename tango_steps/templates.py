@@ -15,6 +15,7 @@ strings; both are validated.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tango_steps.formats import ParsedSolution
@@ -65,14 +66,45 @@ class PromptTemplate:
 
     def verifier_prompt(self, problem: str, solution: ParsedSolution, raw_solution: str = "") -> str:
         """The verifier's prompt for one solution; K is ``solution.num_steps`` (TANGO.md §2)."""
+        return self._verifier_text(problem, render_solution(solution, raw_solution), solution.num_steps)
+
+    def _verifier_text(self, problem: str, rendered_solution: str, num_steps: int) -> str:
         return _substitute(
-            self.verifier,
-            {
-                "problem": problem,
-                "solution": render_solution(solution, raw_solution),
-                "num_steps": str(solution.num_steps),
-            },
+            self.verifier, {"problem": problem, "solution": rendered_solution, "num_steps": str(num_steps)}
         )
+
+    def fit_verifier_prompt(
+        self,
+        problem: str,
+        solution: ParsedSolution,
+        raw_solution: str,
+        count_tokens: Callable[[str], int],
+        max_tokens: int,
+    ) -> tuple[str, bool]:
+        """The verifier's prompt cut to ``max_tokens`` at the SOLUTION's tail, never the problem (TANGO.md §2).
+
+        An engine keeps the last tokens of an over-long prompt, which for a verifier prompt drops the
+        problem statement first: the verifier would judge a solution to a problem it cannot see.
+        Here the rendered solution loses its end instead (marked with :data:`CUT_MARK`) until the
+        prompt fits. Returns ``(prompt, cut)``; ``cut`` is True when anything was removed, for the
+        caller to count. A prompt still too long with the whole solution removed is returned as
+        that (its problem alone is over the limit) and also flagged.
+        """
+        prompt = self.verifier_prompt(problem, solution, raw_solution)
+        if count_tokens(prompt) <= max_tokens:
+            return prompt, False
+        rendered = render_solution(solution, raw_solution)
+        lo, hi = 0, len(rendered)  # longest prefix of the rendered solution that fits, by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if count_tokens(self._verifier_text(problem, rendered[:mid] + CUT_MARK, solution.num_steps)) <= max_tokens:
+                lo = mid
+            else:
+                hi = mid - 1
+        return self._verifier_text(problem, rendered[:lo] + CUT_MARK, solution.num_steps), True
+
+
+CUT_MARK = "\n(solution cut: too long)"  # marks a verifier prompt whose solution lost its tail
 
 
 def render_solution(solution: ParsedSolution, raw_solution: str = "") -> str:

@@ -316,6 +316,15 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     return report
 
 
+def warmup_settings(cfg) -> WarmupSettings:
+    """The warm-up of a run's tiny models (TANGO.md §7 analogue): its task, template and seed.
+
+    The warm-up seed is the run's ``seed``, so runs with different seeds start from their own
+    warm-ups (seed variance then includes the warm-up's, as it would across machines).
+    """
+    return WarmupSettings(task=cfg.task.name, task_params=dict(cfg.task.params), template=cfg.template, seed=cfg.seed)
+
+
 def warmed_up_models(
     settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
 ) -> tuple[Path, dict]:

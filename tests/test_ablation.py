@@ -10,6 +10,7 @@ import pytest
 from tango_steps.ablation import (
     VARIANTS,
     branches,
+    final_accuracy,
     merge_tables,
     parse_grid,
     parse_variants,
@@ -109,6 +110,21 @@ def test_study_table_and_summary_by_hand():
     assert s.loc["tango", "verifier_f1_end"] == pytest.approx(0.85)
     assert s.loc["tango", "process_f1_end"] == pytest.approx(0.425)
     assert s.loc["tango", "seeds"] == 2
+
+
+def test_final_accuracy_averages_distinct_generator_checkpoints():
+    """A verifier round re-evaluates the same generator: it must not count twice (issue #12, fix 5)."""
+    # rounds 8-10 of a 3:1 schedule: round 9 is a verifier round (generator_updates unchanged)
+    rows = pd.DataFrame(
+        {
+            "round": [6, 7, 8, 9, 10],
+            "generator_updates": [4, 5, 6, 6, 7],
+            "generator_accuracy": [0.1, 0.2, 0.3, 0.3, 0.6],
+        }
+    )
+    assert final_accuracy(rows, 3) == pytest.approx((0.2 + 0.3 + 0.6) / 3)  # not (0.3 + 0.3 + 0.6) / 3
+    frozen = pd.DataFrame({"round": [0, 1, 2], "generator_updates": [0, 0, 0], "generator_accuracy": [0.4] * 3})
+    assert final_accuracy(frozen, 3) == pytest.approx(0.4)
 
 
 def test_without_a_baseline_there_is_no_target():

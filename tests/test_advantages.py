@@ -19,6 +19,8 @@ from tango_steps.advantages import (
     collate_steps,
     compute_generator_advantages,
     compute_verifier_advantages,
+    generator_estimator_names,
+    masked_whiten,
     reverse_cumsum,
     step_advantages,
 )
@@ -115,22 +117,105 @@ def test_rloo_step_scale_is_a_named_setting():
     assert adv_out[1, 0].item() == pytest.approx(-0.5)  # 0 - mean(1, 0)
 
 
-def test_reinforce_pp_step_signal_follows_each_response():
-    """The released code's step-return loop ran over the wrong dimension; ours sums per response."""
+def reinforce_pp_example():
+    """Two responses of one prompt, T = 3 token slots (REINFORCE++, TANGO.md §4).
+
+    A: correct (r_out 1), 1 token, 1 aligned step [CORRECT] -> y/K = [+1], ending on token 0.
+    B: wrong (r_out 0), 3 tokens, 2 aligned steps [INCORRECT, CORRECT] -> [-1/2, +1/2], ending on
+       tokens 0 and 1; token 2 (the answer) is after B's last step.
+    """
+    rewards, mask, index = collate_steps([step_rewards([True]), step_rewards([False, True])], [[0], [0, 1]])
+    response_mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    return torch.tensor([1.0, 0.0]), rewards, mask, index, response_mask, torch.tensor([0, 0])
+
+
+def test_reinforce_pp_whitens_outcome_per_token():
+    """REINFORCE++ whitens RETURNS per token over the batch: A's single token counts once, B's three.
+
+    Replaces the old per-response test: the old code whitened r_out over responses (each counted
+    once), giving A_out = +-1/sqrt(1/2) = +-0.7071 here, which is not REINFORCE++.
+    """
+    r_out, rewards, mask, index, response_mask, group = reinforce_pp_example()
+    adv, metrics = compute_generator_advantages(
+        r_out, rewards, mask, index, response_mask, group, alpha=0.0, estimator="reinforce_pp"
+    )
+    # Token pool of returns: A = [1], B = [0, 0, 0]. mean = 1/4;
+    # squared deviations (3/4)^2 + 3 (1/4)^2 = 12/16, unbiased var = (12/16) / 3 = 1/4, std = 1/2.
+    # A_out(A) = (3/4) / (1/2) = +1.5; A_out(B) = (-1/4) / (1/2) = -0.5 at each of its tokens.
+    expected = torch.tensor([[1.5, 0.0, 0.0], [-0.5, -0.5, -0.5]])
+    torch.testing.assert_close(adv, expected, atol=1e-5, rtol=0)
+    assert adv.sum().item() == pytest.approx(0.0, abs=1e-5)  # zero mean per TOKEN, not per response
+    old_per_response = (1 / 2) / math.sqrt(1 / 2)  # mean 1/2, unbiased std sqrt(1/2) over the 2 responses
+    assert abs(adv[0, 0].item() - old_per_response) > 0.5
+    assert metrics["generator/adv_outcome_abs_mean"] == pytest.approx((1.5 + 3 * 0.5) / 4, abs=1e-5)
+
+
+def test_reinforce_pp_whitens_step_returns_not_step_rewards():
+    """REINFORCE++ sums the RAW step rewards backwards, then whitens the returns over the batch's step tokens.
+
+    Replaces the old test, which whitened the step rewards over the batch's pool BEFORE the reverse
+    cumulative sum (so it matched GRPO's step part on a one-prompt batch); TANGO.md §4 whitens the
+    returns. The released code's step-return loop ran over the wrong dimension; ours sums per response.
+    """
+    r_out, rewards, mask, index, response_mask, group = reinforce_pp_example()
+    adv, _ = compute_generator_advantages(
+        r_out, rewards, mask, index, response_mask, group, alpha=1.0, estimator="reinforce_pp"
+    )
+    # Raw returns: A token 0: +1; B token 0: -1/2 + 1/2 = 0, B token 1: +1/2; B token 2 is after B's
+    # last step (not a step token). Step-token pool {1, 0, 1/2}: mean 1/2, unbiased var
+    # ((1/2)^2 + (1/2)^2 + 0) / 2 = 1/4, std 1/2 -> A: (1 - 1/2)/(1/2) = +1; B: (0 - 1/2)/(1/2) = -1, 0; then 0.
+    expected = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    torch.testing.assert_close(adv, expected, atol=1e-5, rtol=0)
+
+    # Whitening BEFORE the sum (the old code) gives something else: step pool {+1, -1/2, +1/2}, mean
+    # 1/3, squared deviations (2/3)^2 + (5/6)^2 + (1/6)^2 = 7/6, unbiased var 7/12, std 0.76376:
+    # normalised +0.8729 (A), -1.0911, +0.2182 (B); reverse sums A = [0.8729], B = [-0.8729, 0.2182, 0].
+    s = math.sqrt(7 / 12) + EPS
+    normed = torch.tensor([[(2 / 3) / s, 0.0], [(-5 / 6) / s, (1 / 6) / s]])
+    before = step_advantages(normed, mask, index, response_mask)
+    torch.testing.assert_close(before, torch.tensor([[0.8729, 0.0, 0.0], [-0.8729, 0.2182, 0.0]]), atol=1e-4, rtol=0)
+    assert (adv - before).abs().max().item() > 0.2  # B's token 1: 0 (returns) vs +0.2182 (rewards)
+
+
+def test_reinforce_pp_blend_with_paper_alpha():
+    """A = (1 - alpha) A_out + alpha A_step with REINFORCE++'s alpha0 = 0.5 (TANGO.md §4) on the example."""
+    r_out, rewards, mask, index, response_mask, group = reinforce_pp_example()
+    adv, _ = compute_generator_advantages(
+        r_out, rewards, mask, index, response_mask, group, alpha=0.5, estimator="reinforce_pp"
+    )
+    # 0.5 * [1.5 | -0.5, -0.5, -0.5] + 0.5 * [1 | -1, 0, 0]
+    torch.testing.assert_close(adv, torch.tensor([[1.25, 0.0, 0.0], [-0.75, -0.25, -0.25]]), atol=1e-5, rtol=0)
+
+
+def test_reinforce_pp_step_part_zero_after_last_step_and_unaligned():
     r_out, rewards, mask, index, response_mask, group = hand_example()
     adv, _ = compute_generator_advantages(
         r_out, rewards, mask, index, response_mask, group, alpha=1.0, estimator="reinforce_pp"
     )
-    # Batch pool equals the group pool here (one prompt), so it matches GRPO's step part.
-    ref, _ = compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=1.0)
-    torch.testing.assert_close(adv, ref)
+    assert adv[0, 5] == 0 and torch.all(adv[0, 6:] == 0)  # A's answer token (after its last step), padding
+    assert torch.all(adv[1, 6:] == 0)  # B's tokens after its last step (token 5)
+    assert torch.all(adv[2] == 0)  # C: no aligned steps
+    # the step tokens (A 0-4, B 0-5) have zero mean
+    assert (adv[0, :5].sum() + adv[1, :6].sum()).item() == pytest.approx(0.0, abs=1e-5)
     assert adv[1, 0] < 0 < adv[0, 0]
+
+
+def test_masked_whiten_pools():
+    v = torch.tensor([[1.0, 2.0, 3.0], [9.0, 9.0, 9.0]])
+    m = torch.tensor([[True, True, True], [False, False, False]])
+    # mean 2, unbiased std 1 over the three masked entries; the masked-out row gives 0
+    expected = torch.tensor([[-1 / (1 + EPS), 0.0, 1 / (1 + EPS)], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(masked_whiten(v, m), expected)
+    one = torch.tensor([[True, False, False], [False, False, False]])
+    assert masked_whiten(v, one).tolist() == [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    assert masked_whiten(v, one, small_pool_value="identity").tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
 
 
 def test_unknown_estimator_and_bad_alpha():
     r_out, rewards, mask, index, response_mask, group = hand_example()
     with pytest.raises(ValueError, match="unknown advantage estimator 'grop'; known: grpo, reinforce_pp, rloo"):
         compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=0.1, estimator="grop")
+    assert generator_estimator_names() == ["grpo", "reinforce_pp", "rloo"]
     with pytest.raises(ValueError, match="alpha must be in"):
         compute_generator_advantages(r_out, rewards, mask, index, response_mask, group, alpha=1.5)
 
@@ -168,12 +253,9 @@ _groups = st.lists(st.lists(st.sampled_from([0.0, 1.0, 0.5]), min_size=1, max_si
 def test_outcome_advantages_have_zero_mean_per_group(groups, name):
     r = torch.tensor([x for g in groups for x in g], dtype=torch.float64)
     gi = torch.tensor([i for i, g in enumerate(groups) for _ in g])
-    a = OUTCOME_ESTIMATORS[name](r, gi, EPS)
-    if name == "reinforce_pp":  # whitened over the batch
-        assert abs(a.sum().item()) < 1e-6
-    else:
-        for i in range(len(groups)):
-            assert abs(a[gi == i].sum().item()) < 1e-6
+    a = OUTCOME_ESTIMATORS[name](r, gi, EPS)  # response-level estimators (REINFORCE++ is token-level)
+    for i in range(len(groups)):
+        assert abs(a[gi == i].sum().item()) < 1e-6
 
 
 @settings(max_examples=200, deadline=None)
@@ -245,6 +327,48 @@ def test_vectorised_equals_naive_loops(batch):
         torch.tensor(groups), alpha=alpha,
     )  # fmt: skip
     expected = naive_generator_advantages(r_out, verdicts, ends, lengths, groups, alpha, t)
+    torch.testing.assert_close(adv, torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
+
+
+def naive_reinforce_pp(r_out, verdicts, ends, lengths, alpha, t):
+    """Loop-by-loop REINFORCE++ of TANGO.md §4 (per-token returns whitened over the batch), for equivalence."""
+
+    def whiten(pool, small):  # unbiased std; pool of <= 1: 0 ("zero") or unchanged ("identity")
+        if len(pool) <= 1:
+            return {key: (0.0 if small == "zero" else v) for key, v in pool.items()}
+        mean, std = sum(pool.values()) / len(pool), statistics.stdev(pool.values())
+        return {key: (v - mean) / (std + EPS) for key, v in pool.items()}
+
+    a_out = whiten({(i, tok): r_out[i] for i in range(len(r_out)) for tok in range(lengths[i])}, "zero")
+    returns = {
+        (i, tok): sum((1 if v else -1) / len(verdicts[i]) for k, v in enumerate(verdicts[i]) if ends[i][k] >= tok)
+        for i in range(len(r_out))
+        if verdicts[i]
+        for tok in range(max(ends[i]) + 1)
+    }
+    a_step = whiten(returns, "identity")
+    return [
+        [
+            (1 - alpha) * a_out[(i, tok)] + alpha * a_step.get((i, tok), 0.0) if tok < lengths[i] else 0.0
+            for tok in range(t)
+        ]
+        for i in range(len(r_out))
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_batches())
+def test_reinforce_pp_equals_naive_loops(batch):
+    r_out, verdicts, ends, lengths, groups, alpha, t = batch
+    rewards, mask, index = collate_steps(
+        [step_rewards(v) for v in verdicts], [e if v else None for v, e in zip(verdicts, ends, strict=True)]
+    )
+    response_mask = torch.tensor([[1.0 if j < n else 0.0 for j in range(t)] for n in lengths])
+    adv, _ = compute_generator_advantages(
+        torch.tensor(r_out, dtype=torch.float64), rewards.double(), mask, index, response_mask.double(),
+        torch.tensor(groups), alpha=alpha, estimator="reinforce_pp",
+    )  # fmt: skip
+    expected = naive_reinforce_pp(r_out, verdicts, ends, lengths, alpha, t)
     torch.testing.assert_close(adv, torch.tensor(expected, dtype=torch.float64), atol=1e-6, rtol=1e-6)
 
 

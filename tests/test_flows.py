@@ -312,6 +312,7 @@ BAD = [
     ({"generator_sampling": {"top_p": 1.5}}, [], "generator_sampling.top_p"),
     ({}, ["--rounds", "0"], "rounds"),
     ({"generator": {"path": "/nonexistent/model"}}, [], "generator.path"),
+    ({"generator_sampling": {"n": 2, "max_tokens": 8}}, [], "generator_sampling.max_tokens"),  # token budget
 ]
 
 
@@ -325,3 +326,18 @@ def test_bad_input_fails_in_start_naming_the_field(tmp_path, override, args, fie
     assert f"{field}:" in log, log[-3000:]
     assert "[" in log and "/start/" in log, "must fail inside TangoFlow's start step"
     assert "/round/" not in log, "no round may start after a bad configuration"
+
+
+def test_verifier_alarm_is_shown_and_can_stop_the_run(tmp_path, warmed):
+    """A collapse alarm (here forced: any majority share >= 50.1% raises it) is in the round's
+    metrics, the end table and card, and with ``stop_on_collapse`` the run ends after that round."""
+    ds = Datastore(tmp_path / "mf")
+    evaluation = {**SMALL["evaluation"], "collapse_majority": 0.501, "stop_on_collapse": True}
+    proc = ds.flow("--config", "config", str(ds.config({**SMALL, "evaluation": evaluation})), "run")
+    _ok(proc)
+    assert "!!! ALARM after round 1: verifier collapse" in proc.stdout + proc.stderr
+    final = ds.query(FINAL)
+    assert [m["round"] for m in final["metrics"]] == [0, 1]  # round 2 of 2 never ran
+    assert all(m["eval/verifier_alarm"].startswith("verifier collapse: ") for m in final["metrics"])
+    stopped = ds.query('print(json.dumps(Flow("TangoFlow").latest_run["end"].task["stopped"].data))')
+    assert stopped.startswith("stopped after round 1 (evaluation.stop_on_collapse): verifier collapse")

@@ -133,16 +133,13 @@ def test_place_step_rewards():
 
 
 def test_outcome_rewards_truncated_completions_get_zero_and_are_counted():
-    from tango_steps.grading import Grader
-
-    good = format_solution(["1 + 2 = 3"], "3")
-    texts = [good, good, format_solution(["1 + 2 = 4"], "4"), "<think><step>1 + 2 = 3</step>", ""]
+    correct = [True, True, False, False, False]
     truncated = [False, True, False, True, False]
-    with Grader(timeout=5.0) as g:
-        rewards, counts = outcome_rewards(texts, truncated, ["3"] * 5, g)
-        assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0]  # the truncated copy of the right answer gets 0
-        assert counts == {"truncated": 2, "no_answer": 2, "correct": 1}  # truncated ones are not graded
-        r, _ = outcome_rewards([good], [False], ["3"], g, format_weight=0.5)
-        assert r == [1.5]
-        with pytest.raises(ValueError, match="got 1 texts, 2 truncation flags"):
-            outcome_rewards([good], [False, False], ["3"], g)
+    answered = [True, True, True, False, False]
+    rewards, counts = outcome_rewards(correct, truncated, answered)
+    assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0]  # the truncated copy of the right answer gets 0
+    assert counts == {"truncated": 2, "no_answer": 2, "correct": 1}  # a truncated right answer is not rewarded
+    r, _ = outcome_rewards([True], [False], [True], format_scores=[1.0], format_weight=0.5)
+    assert r == [1.5]
+    with pytest.raises(ValueError, match="got 1 verdicts, 2 truncation flags"):
+        outcome_rewards([True], [False, False], [True])

@@ -54,18 +54,55 @@ def _cfg(**kw) -> TangoConfig:
     return TangoConfig.model_validate(base)
 
 
-def _rollouts(tok, texts_by_prompt, golds):
+def _rollouts(tok, texts_by_prompt, golds, problems=None, task=None):
+    """Rollout rows as ``rollout`` makes them; ``label_correct`` from ``task.check`` when given, else exact match."""
     rows = []
     for i, (texts, gold) in enumerate(zip(texts_by_prompt, golds, strict=True)):
         for j, t in enumerate(texts):
+            answer = parse_solution(t).answer
+            correct = task.check(problems[i], t).correct if task is not None else answer == gold
             rows.append(
                 {
                     "prompt_index": i, "sample": j, "gold": gold, "question": f"q{i}", "text": t,
-                    "truncated": False, "prompt_ids": [1, 2, 3],
+                    "truncated": False, "prompt_ids": [1, 2, 3], "answer": answer, "label_correct": correct,
                     "response_ids": tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
                 }
             )  # fmt: skip
     return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("task_name", "params", "wrong_answers"),
+    [
+        # math-verify reads letters as a product of symbols: yae == eay, cab == abc, ba == ab
+        ("last_letters", ["apple", "banana", "cherry"], ["yae", "aey", "eya", "ea", "eayy", "eax", "EAY"]),
+        ("arithmetic", (12, [("+", 7), ("*", 3), ("-", 5)]), ["25", "53", "51", "5 2", "52 + 0", "x"]),
+    ],
+)
+def test_outcome_reward_is_the_tasks_own_checker(tiny_model_dir, tiny_tokenizer, task_name, params, wrong_answers):
+    """Permuted and near-miss answers get reward 0 and count as wrong for the verifier (issue #12, fix 1)."""
+    from tango_steps.tasks import get_task
+
+    task = get_task(task_name)
+    problem = task.make_problem(*params) if task_name == "arithmetic" else task.make_problem(params)
+    texts = [problem.gold_solution] + [format_solution(problem.steps, a) for a in wrong_answers]
+    ro = _rollouts(tiny_tokenizer, [texts], [problem.answer], [problem], task)
+    cfg = _cfg(task={"name": task_name}, algorithm={"step_rewards": False})
+    out = reward(cfg, round_plan(cfg, 2), ro, pd.DataFrame(columns=["solution"]), tiny_model_dir, None, log=print)
+    assert out["rollouts"]["outcome_reward"].tolist() == [1.0] + [0.0] * len(wrong_answers)
+    assert out["rollouts"]["correct"].tolist() == [True] + [False] * len(wrong_answers)
+    # the verifier's RL target is the same oracle: in a verifier round, "correct" marks the truth
+    vcfg = _cfg(task={"name": task_name})
+    ju = pd.DataFrame(
+        {
+            "solution": list(range(len(texts))), "verification": [0] * len(texts), "prompt_ids": [[5]] * len(texts),
+            "response_ids": [[6]] * len(texts), "final_verdict": [True] * len(texts),
+            "format_score": [1.0] * len(texts), "truncated": [False] * len(texts),
+            "step_verdicts": [None] * len(texts),
+        }
+    )  # fmt: skip
+    vout = reward(vcfg, round_plan(vcfg, 1), ro, ju, tiny_model_dir, None, log=print)
+    assert vout["judgments"]["solution_correct"].tolist() == [True] + [False] * len(wrong_answers)
 
 
 def test_generator_round_rewards_and_batch(tiny_model_dir, tiny_tokenizer):
@@ -180,6 +217,65 @@ def test_round_data_is_a_pure_function_of_seed_and_round():
     assert {p.id for p in round_problems(cfg, 4, 8)} != {p.id for p in a}
     held = {p.id for p in heldout_problems(cfg)}
     assert not held & {p.id for r in range(1, 6) for p in round_problems(cfg, r, 32)}
+
+
+def test_unusable_step_verdicts_are_wrong_in_process_f1():
+    """ProcessBench protocol (TANGO.md §8): no usable prediction is right on no solution (issue #12, fix 3)."""
+    from tango_steps.round import NO_PREDICTION, predicted_first_error, process_metrics
+
+    assert predicted_first_error([True, False, False]) == 1
+    assert predicted_first_error([True, True]) == -1
+    assert predicted_first_error(None) == NO_PREDICTION
+    table = pd.DataFrame(
+        {
+            "correct": [True, True, False, False, False],
+            "first_error": [-1, -1, 1, 0, -1],  # the last one stopped early: left out
+            "step_labels": [[True, True], [True, True], [True, False], [False], [True]],
+            # row 1: count != K (unusable) on a CORRECT solution must not count as "no error"
+            "step_verdicts": [[True, True], None, [True, False], None, [True]],
+        }
+    )
+    table["predicted_first_error"] = table["step_verdicts"].map(predicted_first_error)
+    m = process_metrics(table)
+    assert m["eval/verifier_process_acc_correct"] == 0.5  # it was 1.0 when unusable counted as "none"
+    assert m["eval/verifier_process_acc_erroneous"] == 0.5
+    assert m["eval/verifier_process_f1"] == pytest.approx(0.5)
+    assert m["eval/process_excluded"] == 1
+
+
+def test_verifier_alarm():
+    from tango_steps.round import verifier_alarm
+
+    healthy = {"eval/verifier_says_correct_frac": 0.4, "eval/verifier_format_ok_frac": 0.97}
+    assert verifier_alarm(healthy) is None
+    assert "100% of held-out verdicts are INCORRECT" in verifier_alarm(
+        {**healthy, "eval/verifier_says_correct_frac": 0.0}
+    )
+    assert "96% of held-out verdicts are CORRECT" in verifier_alarm(
+        {**healthy, "eval/verifier_says_correct_frac": 0.96}
+    )
+    assert "17% of its held-out verifications are well-formed" in verifier_alarm(
+        {**healthy, "eval/verifier_format_ok_frac": 0.17}
+    )
+    assert verifier_alarm({**healthy, "eval/verifier_says_correct_frac": 0.9}, majority=0.9) is not None
+
+
+def test_step_verdict_histogram():
+    from tango_steps.round import step_verdict_histogram
+
+    h = step_verdict_histogram([[True, True], [False, True], [True, True, False], None, [True] * 4 + [False]])
+    assert h == {
+        "judge/first_incorrect_none": 0.2, "judge/first_incorrect_0": 0.2, "judge/first_incorrect_1": 0.0,
+        "judge/first_incorrect_2": 0.2, "judge/first_incorrect_3": 0.0, "judge/first_incorrect_4plus": 0.2,
+        "judge/step_verdicts_unusable": 0.2,
+    }  # fmt: skip
+
+
+def test_heldout_set_is_shared_by_every_seed():
+    """One fixed held-out set per task, the same for every seed and variant (paired comparisons)."""
+    a, b = heldout_problems(_cfg(seed=0)), heldout_problems(_cfg(seed=7))
+    assert len(a) == 500 and [p.id for p in a] == [p.id for p in b]
+    assert {p.id for p in round_problems(_cfg(seed=0), 1, 8)} != {p.id for p in round_problems(_cfg(seed=7), 1, 8)}
 
 
 def test_hacking_diagnostics_by_hand():
