@@ -35,7 +35,9 @@ class AblationFlow(FlowSpec):
     )
     grid = Parameter("grid", default="arithmetic:0,1,2 last_letters:0", help="space-separated task:seeds entries")
     rounds = Parameter("rounds", type=int, default=None, help="rounds per branch (default: the recipe's)")
-    final_window = Parameter("final-window", type=int, default=3, help="final accuracy = mean of the last N rounds")
+    final_window = Parameter(
+        "final-window", type=int, default=3, help="final accuracy = mean over the last N distinct generator checkpoints"
+    )
 
     @step
     def start(self):

@@ -8,7 +8,10 @@ switched-off model keeps its slots, only its update is skipped. That is "the sam
 - ``tango``: the full method (step rewards from the verifier, both models trained);
 - ``grpo``: outcome reward only, verifier out of the loop and never updated (TANGO.md §8 baseline);
 - ``frozen_verifier``: Tango with the verifier never updated after its warm-up;
-- ``frozen_generator``: Tango with the generator never updated (verifier learning only).
+- ``frozen_generator``: Tango with the generator never updated (verifier learning only);
+- ``oracle``: the task's exact step labels as the step verdicts (the ceiling of what any verifier
+  can add); ``noisy_oracle``: the same labels, each flipped with probability
+  ``algorithm.oracle_flip_prob`` (0.25). Their verifier is never updated (it is not in the loop).
 
 The functions here are pure: AblationFlow builds the grid with :func:`branches`, joins the
 branches' per-round histories with :func:`study_table` and summarises with :func:`summarize`;
@@ -28,6 +31,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grpo": {"algorithm.step_rewards": False, "schedule.train_verifier": False},
     "frozen_verifier": {"schedule.train_verifier": False},
     "frozen_generator": {"schedule.train_generator": False},
+    # the ceiling and a verifier of known step accuracy: the task's exact step labels as step verdicts
+    "oracle": {"algorithm.step_verdicts": "oracle", "schedule.train_verifier": False},
+    "noisy_oracle": {"algorithm.step_verdicts": "noisy_oracle", "schedule.train_verifier": False},
 }
 
 # study_table's columns: the branch, the round, and the curves of TANGO.md §8 (metric name in a

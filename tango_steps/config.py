@@ -146,6 +146,13 @@ class AlgorithmConfig(_Section):
     rloo_step_scale: float = Field(1.0, gt=0, description="factor on the RLOO step part (released code: 10)")
     reweight_decay: float = Field(0.8, ge=0, lt=1, description="EMA decay of the verifier's class counts (TANGO.md §5)")
     step_rewards: bool = Field(True, description="False: outcome reward only, no verifier in the loop (ablation grpo)")
+    step_verdicts: Literal["verifier", "oracle", "noisy_oracle"] = Field(
+        "verifier",
+        description="source of the generator's step verdicts: the verifier (Tango), or the task's exact step "
+        "labels (oracle: the ceiling of what a verifier can add; noisy_oracle: each label flipped with "
+        "probability oracle_flip_prob). Oracles need a task with step labels",
+    )
+    oracle_flip_prob: float = Field(0.25, ge=0, le=1, description="noisy_oracle: chance of flipping each step label")
 
     @model_validator(mode="after")
     def _alpha_range(self) -> AlgorithmConfig:
@@ -264,6 +271,15 @@ class TangoConfig(_Section):
 
         get_task(v.name, **v.params)  # raises naming the bad task or parameter
         return v
+
+    @model_validator(mode="after")
+    def _oracle_needs_step_labels(self) -> TangoConfig:
+        if self.algorithm.step_verdicts != "verifier" and self.task.name == "dataset":
+            raise ValueError(
+                f"algorithm.step_verdicts '{self.algorithm.step_verdicts}' needs exact step labels; "
+                "the dataset task has none"
+            )
+        return self
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TangoConfig:

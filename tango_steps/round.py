@@ -250,6 +250,12 @@ def judge(
     if generator_round and not cfg.algorithm.step_rewards:
         log("judge: skipped (algorithm.step_rewards is false: outcome reward only)")
         return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({"judge/skipped": 1}, 0.0)
+    if generator_round and cfg.algorithm.step_verdicts != "verifier":
+        df = oracle_judgments(rollouts, cfg.algorithm.step_verdicts, cfg.algorithm.oracle_flip_prob,
+                              _seed(cfg, plan.round_idx, "oracle"))  # fmt: skip
+        log(f"judge: {cfg.algorithm.step_verdicts} step verdicts from the task's exact labels (no verifier)")
+        metrics = {"judge/oracle": 1, **step_verdict_histogram(list(df["step_verdicts"]))}
+        return df, StageResult(metrics, 0.0)
     n = 1 if generator_round else cfg.verifier_sampling.n
     parsed = [parse_solution(t) for t in rollouts["text"]]
     questions, texts = list(rollouts["question"]), list(rollouts["text"])
@@ -301,6 +307,36 @@ _JUDGE_COLUMNS = [
     "solution", "verification", "prompt", "prompt_cut", "text", "prompt_ids", "response_ids", "truncated", "num_steps",
     "step_verdicts", "final_verdict", "format_score", "num_judged",
 ]  # fmt: skip
+
+
+def oracle_judgments(rollouts: pd.DataFrame, kind: str, flip_prob: float, seed: int) -> pd.DataFrame:
+    """Step verdicts from the task's exact step labels instead of a verifier (TANGO.md §8 study arms).
+
+    ``oracle``: the labels themselves, the ceiling of what any verifier's step rewards can add;
+    ``noisy_oracle``: each label flipped independently with probability ``flip_prob`` (seeded), a
+    verifier of known step accuracy. The final verdict is the exact outcome. One row per solution,
+    with the judge table's columns (no prompt or tokens: nothing was sampled).
+    """
+    import random
+
+    if kind not in ("oracle", "noisy_oracle"):
+        raise ValueError(f"unknown oracle kind '{kind}'; known: oracle, noisy_oracle")
+    rng = random.Random(seed)
+    rows = []
+    for i, (labels, correct) in enumerate(zip(rollouts["step_labels"], rollouts["label_correct"], strict=True)):
+        verdicts = None
+        if labels is not None:
+            verdicts = [bool(x) != (kind == "noisy_oracle" and rng.random() < flip_prob) for x in labels]
+        rows.append(
+            {
+                "solution": i, "verification": 0, "prompt": "", "prompt_cut": False, "text": "",
+                "prompt_ids": [], "response_ids": [], "truncated": False,
+                "num_steps": 0 if labels is None else len(labels), "step_verdicts": verdicts,
+                "final_verdict": bool(correct), "format_score": 1.0,
+                "num_judged": 0 if labels is None else len(labels),
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=_JUDGE_COLUMNS)
 
 
 def verifier_prompts(

@@ -33,6 +33,9 @@ def test_variants_are_configuration_switches_of_one_schedule():
     assert cfgs["grpo"].schedule.train_generator
     assert cfgs["frozen_verifier"].algorithm.step_rewards and not cfgs["frozen_verifier"].schedule.train_verifier
     assert not cfgs["frozen_generator"].schedule.train_generator and cfgs["frozen_generator"].schedule.train_verifier
+    for v in ("oracle", "noisy_oracle"):  # exact labels as step verdicts; the verifier is out of the loop
+        assert cfgs[v].algorithm.step_verdicts == v and cfgs[v].algorithm.step_rewards
+        assert not cfgs[v].schedule.train_verifier and cfgs[v].schedule.train_generator
     # the same round numbers are generator rounds in every variant (same RL budget)
     for r in range(1, 12):
         slots = {plan_round(r, c.schedule.verifier_warmup_rounds, c.schedule.generator_per_verifier).slot
@@ -50,7 +53,7 @@ def test_another_task_starts_from_its_default_parameters():
 def test_the_study_recipe_validates_for_every_branch():
     base = load_yaml("configs/ablation.yaml")
     out = branches(base, list(VARIANTS), parse_grid("arithmetic:0,1,2 last_letters:0"), None)
-    assert len(out) == 16 and len({b["name"] for b in out}) == 16
+    assert len(out) == 4 * len(VARIANTS) and len({b["name"] for b in out}) == 4 * len(VARIANTS)
     assert {b["config"]["rounds"] for b in out} == {base["rounds"]}
 
 

@@ -243,6 +243,40 @@ def test_unusable_step_verdicts_are_wrong_in_process_f1():
     assert m["eval/process_excluded"] == 1
 
 
+def test_oracle_step_verdicts_are_the_exact_labels(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """The study's ceiling arm: step rewards from the task's exact labels, and a noisy copy of them."""
+    from tango_steps.round import judge, oracle_judgments
+    from tango_steps.tasks import get_task
+
+    task = get_task("arithmetic")
+    p = task.make_problem(12, [("+", 7), ("*", 3), ("-", 5)])
+    texts = [p.gold_solution, format_solution(["12 + 7 = 19", "19 * 3 = 56", "56 - 5 = 51"], "51")]
+    ro = _rollouts(tiny_tokenizer, [texts], [p.answer], [p], task)
+    ro["step_labels"] = [task.check(p, t).step_labels for t in texts]
+    cfg = _cfg(algorithm={"step_verdicts": "oracle"})
+    plan = round_plan(cfg, 2)
+    ju, res = judge(cfg, plan, tiny_model_dir.parent, ro, log=print)  # no verifier is loaded
+    assert ju["step_verdicts"].tolist() == [[True, True, True], [True, False, False]]
+    assert ju["final_verdict"].tolist() == [True, False] and res.metrics["judge/first_incorrect_1"] == 0.5
+    out = reward(cfg, plan, ro, ju, tiny_model_dir, None, log=print)
+    assert out["rollouts"]["step_rewards"].tolist() == [[1 / 3] * 3, [1 / 3, -1 / 3, -1 / 3]]
+    # noisy: each label flipped with the given probability, seeded
+    many = pd.DataFrame({"step_labels": [[True] * 10] * 400, "label_correct": [True] * 400})
+    noisy = oracle_judgments(many, "noisy_oracle", 0.25, seed=1)
+    flipped = sum(not v for vs in noisy["step_verdicts"] for v in vs) / 4000
+    assert 0.23 < flipped < 0.27
+    assert (
+        noisy["step_verdicts"].tolist()
+        == oracle_judgments(many, "noisy_oracle", 0.25, seed=1)["step_verdicts"].tolist()
+    )
+    assert oracle_judgments(many, "oracle", 0.25, seed=1)["step_verdicts"].tolist() == [[True] * 10] * 400
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text('{"question": "1 + 2?", "answer": "1 + 2 = 3\\n#### 3"}\n')
+    dataset = {"name": "dataset", "params": {"benchmark": "gsm8k", "path": str(data)}}
+    with pytest.raises(ValueError, match="needs exact step labels"):
+        TangoConfig.model_validate({"task": dataset, "algorithm": {"step_verdicts": "oracle"}})
+
+
 def test_verifier_alarm():
     from tango_steps.round import verifier_alarm
 
