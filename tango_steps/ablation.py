@@ -11,7 +11,10 @@ switched-off model keeps its slots, only its update is skipped. That is "the sam
 - ``frozen_generator``: Tango with the generator never updated (verifier learning only);
 - ``oracle``: the task's exact step labels as the step verdicts (the ceiling of what any verifier
   can add); ``noisy_oracle``: the same labels, each flipped with probability
-  ``algorithm.oracle_flip_prob`` (0.25). Their verifier is never updated (it is not in the loop).
+  ``algorithm.oracle_flip_prob`` (0.25). Their verifier is never updated (it is not in the loop);
+- ``sft``: each generator update continues SFT on the round's gold solutions instead of RL
+  (``algorithm.generator_objective``), the floor at equal compute: the study recipe sets
+  ``algorithm.sft_sequences`` / ``generator_update.optimizer_steps`` to ``tango``'s measured seconds.
 
 The functions here are pure: AblationFlow builds the grid with :func:`branches`, joins the
 branches' per-round histories with :func:`study_table` and summarises with :func:`summarize`;
@@ -34,6 +37,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the ceiling and a verifier of known step accuracy: the task's exact step labels as step verdicts
     "oracle": {"algorithm.step_verdicts": "oracle", "schedule.train_verifier": False},
     "noisy_oracle": {"algorithm.step_verdicts": "noisy_oracle", "schedule.train_verifier": False},
+    # the floor at equal compute: generator updates continue SFT on gold solutions (no verifier, no RL)
+    "sft": {
+        "algorithm.generator_objective": "sft",
+        "algorithm.step_rewards": False,
+        "schedule.train_verifier": False,
+        "generator_update.kl_coef": 0.0,
+        "generator_update.entropy_coef": 0.0,
+    },
 }
 
 # study_table's columns: the branch, the round, and the curves of TANGO.md §8 (metric name in a

@@ -153,6 +153,12 @@ class AlgorithmConfig(_Section):
         "probability oracle_flip_prob). Oracles need a task with step labels",
     )
     oracle_flip_prob: float = Field(0.25, ge=0, le=1, description="noisy_oracle: chance of flipping each step label")
+    generator_objective: Literal["rl", "sft"] = Field(
+        "rl",
+        description="rl (the method) or sft: each generator update continues SFT on the round's gold solutions "
+        "(the study's equal-compute floor; set generator_update.kl_coef and entropy_coef to 0)",
+    )
+    sft_sequences: int = Field(256, ge=1, description="sft objective: gold solutions per generator round")
 
     @model_validator(mode="after")
     def _alpha_range(self) -> AlgorithmConfig:
@@ -271,6 +277,16 @@ class TangoConfig(_Section):
 
         get_task(v.name, **v.params)  # raises naming the bad task or parameter
         return v
+
+    @model_validator(mode="after")
+    def _sft_is_plain_sft(self) -> TangoConfig:
+        u = self.generator_update
+        if self.algorithm.generator_objective == "sft" and (u.kl_coef or u.entropy_coef):
+            raise ValueError(
+                "algorithm.generator_objective 'sft' needs generator_update.kl_coef and entropy_coef 0 "
+                f"(got {u.kl_coef} and {u.entropy_coef}): otherwise the update is not SFT"
+            )
+        return self
 
     @model_validator(mode="after")
     def _oracle_needs_step_labels(self) -> TangoConfig:

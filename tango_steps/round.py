@@ -495,6 +495,9 @@ def reward(
             "advantages": [adv[i, :n].tolist() for i, n in enumerate(lengths)],
             "sample_weights": None,
         }
+        if cfg.algorithm.generator_objective == "sft":
+            out["generator_batch"] = sft_batch(cfg, plan.round_idx, tok)
+            metrics["reward/sft_sequences"] = len(out["generator_batch"]["response_ids"])
     else:
         out["alpha"] = None
         truth = torch.tensor(list(judgments["solution_correct"]), dtype=torch.bool)
@@ -535,6 +538,34 @@ def reward(
     out["compute_seconds"] = compute
     log(f"reward: outcome mean {metrics['reward/outcome_mean']:.3f}, alpha {out['alpha']}, {compute:.1f} s")
     return out
+
+
+def sft_batch(cfg: TangoConfig, round_idx: int, tokenizer) -> dict[str, Any]:
+    """The ``sft`` study arm's generator batch: gold solutions of the round's fresh problems, advantage 1 (TANGO.md §7).
+
+    With one policy per optimizer step, the PPO-clip surrogate's gradient at ratio 1 is
+    -A * grad log p (TANGO.md §6), so advantage 1 on every gold token with ``kl_coef`` and
+    ``entropy_coef`` 0 is exactly the SFT (token-mean negative log-likelihood) gradient: continued SFT
+    runs through the same update code, checkpoints and RNG handling as RL. ``algorithm.sft_sequences``
+    gold solutions are split over ``generator_update.optimizer_steps`` optimizer steps; the study sets
+    both so that the arm uses the CPU seconds of ``tango``'s RL.
+    """
+    from tango_steps.rollout import prepare_prompts
+    from tango_steps.templates import get_template
+
+    template = get_template(cfg.template)
+    problems = round_problems(cfg, round_idx, cfg.algorithm.sft_sequences)
+    prompts = [template.generator_prompt(p.question) for p in problems]
+    prompt_ids, _ = prepare_prompts(tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt)
+    responses = [
+        tokenizer(p.gold_solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for p in problems
+    ]
+    return {
+        "prompt_ids": [list(x) for x in prompt_ids],
+        "response_ids": responses,
+        "advantages": [[1.0] * len(r) for r in responses],
+        "sample_weights": None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------

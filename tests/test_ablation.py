@@ -33,6 +33,7 @@ def test_variants_are_configuration_switches_of_one_schedule():
     assert cfgs["grpo"].schedule.train_generator
     assert cfgs["frozen_verifier"].algorithm.step_rewards and not cfgs["frozen_verifier"].schedule.train_verifier
     assert not cfgs["frozen_generator"].schedule.train_generator and cfgs["frozen_generator"].schedule.train_verifier
+    assert cfgs["sft"].algorithm.generator_objective == "sft" and not cfgs["sft"].schedule.train_verifier
     for v in ("oracle", "noisy_oracle"):  # exact labels as step verdicts; the verifier is out of the loop
         assert cfgs[v].algorithm.step_verdicts == v and cfgs[v].algorithm.step_rewards
         assert not cfgs[v].schedule.train_verifier and cfgs[v].schedule.train_generator

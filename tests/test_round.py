@@ -328,3 +328,41 @@ def test_hacking_diagnostics_by_hand():
     # right verdicts with usable steps: rows 0 and 2; row 2's steps differ from the labels
     assert d["eval/verifier_right_verdict_wrong_steps"] == 0.5
     assert d["eval/verifier_step_mismatch_frac"] == 0.25  # row 3 unusable
+
+
+def test_sft_arm_batch_is_gold_and_its_update_is_the_sft_gradient(tiny_model_dir, tiny_tokenizer):
+    """The study's floor: advantage 1 on gold tokens through PPO-clip at ratio 1 is the NLL gradient."""
+    from tango_steps.loss import ppo_clip_loss
+    from tango_steps.modeling import load_model
+    from tango_steps.round import sft_batch
+
+    cfg = _cfg(
+        algorithm={"generator_objective": "sft", "step_rewards": False, "sft_sequences": 6},
+        generator_update={"kl_coef": 0.0, "entropy_coef": 0.0},
+    )
+    batch = sft_batch(cfg, 2, tiny_tokenizer)
+    golds = [p.gold_solution for p in round_problems(cfg, 2, 6)]
+    assert [tiny_tokenizer.decode(r, skip_special_tokens=True) for r in batch["response_ids"]] == golds
+    assert all(a == [1.0] * len(r) for a, r in zip(batch["advantages"], batch["response_ids"], strict=True))
+
+    model = load_model(str(tiny_model_dir), "float32")
+    seqs = [p + r for p, r in zip(batch["prompt_ids"], batch["response_ids"], strict=True)]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [tiny_tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    resp = torch.zeros(len(seqs), width - 1)
+    for i, p in enumerate(batch["prompt_ids"]):
+        resp[i, len(p) - 1 : len(seqs[i]) - 1] = 1
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits[:, :-1], -1)
+    logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    loss, _ = ppo_clip_loss(logp, logp.detach(), resp, resp, kl_coef=0.0, entropy_coef=0.0)
+    nll = -(logp * resp).sum() / resp.sum()
+    assert torch.allclose(grads(loss), grads(nll), atol=1e-6)
+    with pytest.raises(ValueError, match=r"needs generator_update\.kl_coef and entropy_coef 0"):
+        _cfg(algorithm={"generator_objective": "sft"})
