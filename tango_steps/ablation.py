@@ -58,6 +58,11 @@ CURVES = {
     "eval/verifier_balanced_accuracy": "verifier_balanced_accuracy",
     "reward/outcome_mean": "mean_outcome_reward",
     "reward/alpha": "alpha",
+    "reward/groups_with_signal_frac": "mixed_outcome_groups",
+    "generator/adv_step_abs_mean": "adv_step_abs_mean",
+    "judge/first_incorrect_none": "verdicts_all_steps_correct",
+    "judge/step_verdicts_unusable": "verdicts_unusable",
+    "eval/verifier_format_ok_frac": "verifier_format_rate",
 }
 
 
@@ -239,3 +244,35 @@ def summarize(table: pd.DataFrame, final_window: int = 3, baseline: str = "grpo"
                 }
             )
     return pd.DataFrame(rows)
+
+
+def paired_bootstrap(
+    a: Any, b: Any, resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``a - b`` with a paired per-problem bootstrap interval pooled over seeds (TANGO.md §8 comparisons).
+
+    Args:
+        a, b: (seeds, problems) scores of two arms on the SAME held-out problems (every seed and arm
+            shares one held-out set), e.g. each problem's correctness averaged over an arm's final
+            checkpoints. Column j is the same problem in every row.
+        resamples: bootstrap resamples; problems are drawn with replacement and the same draw is used
+            for every seed (problems are the unit that varies; seeds are kept, pooled).
+        level: interval coverage.
+
+    Returns:
+        ``(mean difference, low, high)``.
+    """
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim == 1:
+        a, b = a[None, :], b[None, :]
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired scores need the same non-empty (seeds, problems) shape, got {a.shape} and {b.shape}")
+    diff = a - b
+    per_problem = diff.mean(axis=0)  # pooled over seeds: the same problem in every seed
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, per_problem.size, size=(resamples, per_problem.size))
+    means = per_problem[idx].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(per_problem.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))

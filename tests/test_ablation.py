@@ -12,6 +12,7 @@ from tango_steps.ablation import (
     branches,
     final_accuracy,
     merge_tables,
+    paired_bootstrap,
     parse_grid,
     parse_variants,
     rounds_to_reach,
@@ -156,3 +157,24 @@ def test_merge_tables_joins_runs_and_refuses_a_branch_twice():
     assert len(merge_tables([table("arithmetic", ["tango"]), table("arithmetic", ["tango"], seed=1)])) == 4
     with pytest.raises(ValueError, match="arithmetic/grpo/0 is in tables 0 and 1"):
         merge_tables([table("arithmetic", ["tango", "grpo"]), table("arithmetic", ["grpo"])])
+
+
+def test_paired_bootstrap():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    b = (rng.random((3, 500)) < 0.4).astype(float)
+    a = b.copy()
+    flip = rng.random((3, 500)) < 0.1  # arm a fixes 10% of problems b gets wrong... and breaks none
+    a[flip] = 1.0
+    mean, lo, hi = paired_bootstrap(a, b, resamples=2000)
+    assert mean == pytest.approx((a - b).mean())
+    assert 0 < lo < mean < hi  # a real paired gain: the interval excludes 0
+    same, lo0, hi0 = paired_bootstrap(b, b, resamples=500)
+    assert same == lo0 == hi0 == 0.0
+    noise = (rng.random((3, 500)) < 0.4).astype(float)  # an unrelated arm of the same accuracy
+    _, lo1, hi1 = paired_bootstrap(noise, b, resamples=2000)
+    assert lo1 < 0 < hi1
+    assert paired_bootstrap(a, b, resamples=500, seed=3) == paired_bootstrap(a, b, resamples=500, seed=3)
+    with pytest.raises(ValueError, match="same non-empty"):
+        paired_bootstrap(a, b[:, :10])
