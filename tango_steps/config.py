@@ -38,6 +38,12 @@ class ModelConfig(_Section):
         "a hub name, or a builtin ('smollm2-135m')",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="bf16 on GPU, fp32 on CPU when auto")
+    warmup: Literal["outcome", "self_check"] = Field(
+        "outcome",
+        description="tiny verifier only: how it learns the output format (outcome: from scratch, step verdicts "
+        "derived from the outcome; self_check: initialised from the generator, step verdicts from the "
+        "generator redoing each step). See tango_steps.warmup",
+    )
 
 
 class RolloutConfig(_Section):

@@ -26,7 +26,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,10 @@ from tango_steps.templates import PromptTemplate, get_template
 from tango_steps.tiny import TinyModelSpec
 
 WARMUP_VERSION = 1  # bump when the warm-up procedure changes: cached models are then rebuilt
+# How the tiny verifier learns its output format (module doc): "outcome" (scratch model; step verdicts
+# derived from the outcome) or "self_check" (initialised from the warmed-up generator; each step's
+# verdict says whether the GENERATOR, redoing that step's claim, agrees with it).
+VERIFIER_RECIPES = ("outcome", "self_check")
 
 
 @dataclass(frozen=True)
@@ -94,15 +98,24 @@ class WarmupSettings:
     verifier_solutions: int = 1024
     max_new_tokens: int = 96
     seed: int = 0
+    verifier_recipe: str = "outcome"
+
+    def __post_init__(self) -> None:
+        if self.verifier_recipe not in VERIFIER_RECIPES:
+            raise ValueError(f"unknown verifier warm-up '{self.verifier_recipe}'; known: {', '.join(VERIFIER_RECIPES)}")
 
     def key(self) -> str:
         """Cache key: a hash of every setting (TANGO.md §9 reproducibility).
 
         The task's RESOLVED parameters are hashed (so a change of a task default is a new key), and
-        so is :data:`WARMUP_VERSION`, bumped whenever the warm-up procedure itself changes.
+        so is :data:`WARMUP_VERSION`, bumped whenever the warm-up procedure itself changes. The
+        default verifier recipe is left out of the hash, so caches made before it existed stay valid.
         """
         task = get_task(self.task, **self.task_params)
-        payload = {"version": WARMUP_VERSION, "settings": asdict(self), "task": sorted(vars(task).items())}
+        settings = asdict(self)
+        if settings["verifier_recipe"] == "outcome":
+            del settings["verifier_recipe"]
+        payload = {"version": WARMUP_VERSION, "settings": settings, "task": sorted(vars(task).items())}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -215,6 +228,78 @@ def verifier_warmup_rows(
     return rows, {"correct": len(by_class[True]), "wrong": len(by_class[False]), "used_per_class": n}
 
 
+def self_check_rows(
+    task: Task,
+    template: PromptTemplate,
+    engine,
+    problems: list[Problem],
+    texts: list[str],
+    seed: int,
+    max_new_tokens: int = 16,
+) -> tuple[list[dict], dict]:
+    """Rows for the ``self_check`` verifier warm-up: outcome labels plus the generator's own re-check of each step.
+
+    For step k of a sampled solution, split as ``(start, claim)`` by :meth:`Task.split_step` (e.g.
+    ``"19 * 3 ="`` / ``"57"``), the GENERATOR is given the solution up to that step's start and its greedy
+    continuation is read up to ``</step>``: the target's analysis for step k is what it wrote
+    (``"19 * 3 = 57"``) and the step verdict is CORRECT when that agrees with the claim. The final
+    verdict is the outcome label (TANGO.md §5). No step label is read: the verdicts are a model's
+    opinion, which misses errors the model itself makes and any error carried over from an earlier
+    step (a step computed right from a wrong running value is judged CORRECT). Classes are balanced by
+    subsampling as in :func:`verifier_warmup_rows`. TANGO.md §1, §2.
+    """
+    from tango_steps.rollout.base import SamplingSettings
+
+    parsed = [parse_solution(t) for t in texts]
+    queries: list[tuple[int, int, str]] = []  # (solution, step, prefix)
+    claims: dict[tuple[int, int], tuple[str, str]] = {}
+    for i, (p, t, s) in enumerate(zip(problems, texts, parsed, strict=True)):
+        for k, (step, (start, _)) in enumerate(zip(s.steps, s.step_spans, strict=True)):
+            split = task.split_step(step)
+            if split is None:
+                continue
+            claims[(i, k)] = split
+            queries.append((i, k, template.generator_prompt(p.question) + t[:start] + "<step>" + split[0]))
+    comps = engine.generate(
+        [q for _, _, q in queries], SamplingSettings(n=1, temperature=0.0, max_tokens=max_new_tokens)
+    )
+    redo = {(i, k): c[0].text.split("</step>")[0].strip() for (i, k, _), c in zip(queries, comps, strict=True)}
+    rng = random.Random(seed)
+    by_class: dict[bool, list[dict]] = {True: [], False: []}
+    agree = total = 0
+    for i, (p, t, s) in enumerate(zip(problems, texts, parsed, strict=True)):
+        correct = task.check(p, t).correct  # outcome label only; step labels are never read
+        verdicts, analyses = [], []
+        for k in range(s.num_steps):
+            if (i, k) in claims:
+                start, claim = claims[(i, k)]
+                mine = redo[(i, k)]
+                ok = " ".join(mine.split()) == " ".join(claim.split())
+                analyses.append(f"{start} {mine}")
+                agree, total = agree + ok, total + 1
+            else:  # nothing the model can redo: no evidence against the step
+                ok = True
+                analyses.append("")
+            verdicts.append(ok)
+        by_class[correct].append(
+            {
+                "prompt": template.verifier_prompt(p.question, s, t),
+                "completion": format_verification(verdicts, correct, analyses),
+            }
+        )
+    n = min(len(by_class[True]), len(by_class[False]))
+    if n == 0:
+        raise RuntimeError(
+            f"self-check verifier warm-up needs both correct and wrong generator samples; got {len(by_class[True])} "
+            f"correct and {len(by_class[False])} wrong"
+        )
+    rows = rng.sample(by_class[True], n) + rng.sample(by_class[False], n)
+    rng.shuffle(rows)
+    counts = {"correct": len(by_class[True]), "wrong": len(by_class[False]), "used_per_class": n,
+              "steps_rechecked": total, "steps_agreed": agree}  # fmt: skip
+    return rows, counts
+
+
 def verifier_quality(
     engine, task: Task, template: PromptTemplate, problems: list[Problem], texts: list[str], max_new_tokens: int
 ) -> dict:
@@ -316,13 +401,69 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     return report
 
 
+def build_self_check_verifier(settings: WarmupSettings, base: Path, out: Path, log=print) -> dict:
+    """The ``self_check`` verifier: ``base``'s warmed-up generator trained on :func:`self_check_rows` (TANGO.md §7).
+
+    Writes ``out/generator`` (a copy of ``base``'s) and ``out/verifier``; returns the report.
+    """
+    import torch
+
+    from tango_steps.modeling import load_model, load_tokenizer
+    from tango_steps.rollout.base import SamplingSettings
+    from tango_steps.rollout.hf import HFEngine
+    from tango_steps.tiny import save_pretrained_atomic
+
+    t0 = time.perf_counter()
+    task = get_task(settings.task, **settings.task_params)
+    template = get_template(settings.template)
+    tok = load_tokenizer(str(base / "generator"))
+    gen = load_model(str(base / "generator"), "float32").eval()
+    gen_engine = HFEngine("", model=gen, tokenizer=tok, device="cpu" if not torch.cuda.is_available() else None)
+    vprobs = task.problems(max(1, settings.verifier_solutions // 4), "train", settings.seed + 1)
+    comps = gen_engine.generate(
+        [template.generator_prompt(p.question) for p in vprobs],
+        SamplingSettings(n=4, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed),
+    )
+    vp = [p for p, cs in zip(vprobs, comps, strict=True) for _ in cs]
+    vt = [c.text for cs in comps for c in cs]
+    rows, counts = self_check_rows(task, template, gen_engine, vp, vt, settings.seed)
+    log(f"self-check verifier data: {counts}")
+    report: dict[str, Any] = {"settings": asdict(settings), "base": str(base), "verifier_data": counts}
+    ver = load_model(str(base / "generator"), "float32")  # initialised from the generator: it can compute
+    t1 = time.perf_counter()
+    report["verifier_sft"] = _sft(ver, tok, rows, settings.verifier_sft, settings.seed + 1)
+    report["verifier_sft"]["seconds"] = time.perf_counter() - t1
+    ver.eval()
+    heldout = task.problems(settings.eval_problems, "heldout", settings.seed)
+    hcomps = gen_engine.generate(
+        [template.generator_prompt(p.question) for p in heldout],
+        SamplingSettings(n=1, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed + 2),
+    )
+    ver_engine = HFEngine("", model=ver, tokenizer=tok, device=gen_engine.device)
+    report["verifier_heldout"] = verifier_quality(
+        ver_engine, task, template, heldout, [c[0].text for c in hcomps], 3 * settings.max_new_tokens
+    )
+    log(f"self-check verifier warm-up done: {report['verifier_heldout']}")
+    report["seconds"] = time.perf_counter() - t0
+    shutil.copytree(base / "generator", out / "generator", dirs_exist_ok=True)
+    save_pretrained_atomic(ver.cpu(), tok, out / "verifier", extra={"role": "verifier", "warmup_key": settings.key()})
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
 def warmup_settings(cfg) -> WarmupSettings:
     """The warm-up of a run's tiny models (TANGO.md §7 analogue): its task, template and seed.
 
     The warm-up seed is the run's ``seed``, so runs with different seeds start from their own
     warm-ups (seed variance then includes the warm-up's, as it would across machines).
     """
-    return WarmupSettings(task=cfg.task.name, task_params=dict(cfg.task.params), template=cfg.template, seed=cfg.seed)
+    return WarmupSettings(
+        task=cfg.task.name,
+        task_params=dict(cfg.task.params),
+        template=cfg.template,
+        seed=cfg.seed,
+        verifier_recipe=cfg.verifier.warmup,
+    )
 
 
 def warmed_up_models(
@@ -343,8 +484,12 @@ def warmed_up_models(
     base.mkdir(parents=True, exist_ok=True)
     # Two processes (AblationFlow's parallel branches) must not warm up into the same folder: the
     # second waits for the first, then finds its result.
+    if settings.verifier_recipe != "outcome":  # the same generator warm-up, then only the verifier is new
+        generator_base, _ = warmed_up_models(replace(settings, verifier_recipe="outcome"), root=base, log=log)
     with exclusive_lock(base / f"{settings.key()}.lock", f"another process is warming up {out}; waiting for it", log):
         if report_file.exists():
             return out, json.loads(report_file.read_text())
         out.mkdir(parents=True, exist_ok=True)
+        if settings.verifier_recipe == "self_check":
+            return out, build_self_check_verifier(settings, generator_base, out, log=log)
         return out, warm_up(settings, out, log=log)

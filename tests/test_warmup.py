@@ -14,7 +14,7 @@ from tango_steps.formats import format_solution
 from tango_steps.rollout import HFEngine
 from tango_steps.tasks import get_task
 from tango_steps.templates import get_template
-from tango_steps.warmup import generator_accuracy, verifier_warmup_rows
+from tango_steps.warmup import WarmupSettings, generator_accuracy, self_check_rows, verifier_warmup_rows
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +60,61 @@ def test_verifier_warmup_rows_read_outcome_labels_only():
     assert any("\\boxed{INCORRECT}</step>" in w for w in wrong)  # the last step of a wrong solution
     with pytest.raises(RuntimeError, match="needs both correct and wrong generator samples"):
         verifier_warmup_rows(Spy(), get_template("compact"), probs[:2], texts[:2], seed=0)
+
+
+def test_self_check_rows_use_the_models_recheck_and_outcome_labels_only():
+    """The self_check warm-up: step verdicts are a model's re-check of each step, never the task's labels."""
+    from tango_steps.rollout.base import Completion
+
+    class Arithmetic:
+        """A stand-in generator that redoes "a op b =" correctly, as a perfect calculator would."""
+
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, prompts, sampling):
+            self.prompts += prompts
+            out = []
+            for p in prompts:
+                a, op, b = p.rsplit("<step>", 1)[1].removesuffix(" =").split()
+                v = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+                out.append([Completion(text=f" {v}</step>", token_ids=[], logprobs=[], finish_reason="stop")])
+            return out
+
+    class OutcomeOnly:
+        def __init__(self, correct):
+            self.correct = correct
+
+        def __getattr__(self, name):
+            raise AssertionError(f"self-check warm-up read step-level field '{name}'")
+
+    task = get_task("arithmetic")
+    p = task.make_problem(12, [("+", 7), ("*", 3), ("-", 5)])
+
+    class Spy:
+        split_step = staticmethod(task.split_step)
+
+        def check(self, problem, text):
+            return OutcomeOnly(task.check(problem, text).correct)
+
+    slip = format_solution(["12 + 7 = 19", "19 * 3 = 56", "56 - 5 = 51"], "51")  # step 2 slips, step 3 carries it
+    engine = Arithmetic()
+    rows, counts = self_check_rows(Spy(), get_template("compact"), engine, [p, p], [p.gold_solution, slip], seed=0)
+    assert counts == {"correct": 1, "wrong": 1, "used_per_class": 1, "steps_rechecked": 6, "steps_agreed": 5}
+    assert engine.prompts[4].endswith("<think><step>12 + 7 = 19</step><step>19 * 3 =")  # the solution's own prefix
+    wrong = next(r["completion"] for r in rows if r["completion"].endswith("\\boxed{INCORRECT}</final_verification>"))
+    assert "Step 2 Analysis: 19 * 3 = 57 \\boxed{INCORRECT}" in wrong
+    assert "Step 3 Analysis: 56 - 5 = 51 \\boxed{CORRECT}" in wrong  # a carried-over error is not caught
+    assert task.split_step("19 * 3 = 57") == ("19 * 3 =", "57") and task.split_step("nonsense") is None
+    assert get_task("last_letters").split_step("cherry -> y -> eay") == ("cherry ->", "y -> eay")
+
+
+def test_the_default_warmup_key_did_not_change():
+    """Adding the verifier recipe must not invalidate caches of the default warm-up (TANGO_CACHE)."""
+    assert WarmupSettings().key() == "2b3d8c762f84dc1b"
+    assert WarmupSettings(verifier_recipe="self_check").key() != WarmupSettings().key()
+    with pytest.raises(ValueError, match="unknown verifier warm-up 'x'"):
+        WarmupSettings(verifier_recipe="x")
 
 
 def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch):

@@ -115,6 +115,11 @@ class ArithmeticTask(Task):
         want_op, want_b = problem.meta["ops"][k]
         return (a, op, b, c) == (vals[k], want_op, want_b, vals[k + 1])
 
+    def split_step(self, step: str) -> tuple[str, str] | None:
+        """``"19 * 3 = 57"`` -> ``("19 * 3 =", "57")``; None for a step without ``=`` (TANGO.md §2)."""
+        lhs, eq, rhs = step.strip().rpartition("=")
+        return (lhs.strip() + " =", rhs.strip()) if eq and lhs.strip() else None
+
     def _answer_ok(self, problem: Problem, answer: str) -> bool:
         got = _plain_number(answer)
         return got is not None and got == int(problem.answer)

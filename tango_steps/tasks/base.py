@@ -107,6 +107,14 @@ class Task:
     def _answer_ok(self, problem: Problem, answer: str) -> bool:
         return answer.strip() == problem.answer
 
+    def split_step(self, step: str) -> tuple[str, str] | None:
+        """A step as (what it starts from, what it claims), e.g. ``("19 * 3 =", "57")``, or None (TANGO.md §2).
+
+        Used by the self-check verifier warm-up, which asks a MODEL to redo the claim; it reads the
+        step's own text only (never the problem's gold steps). None: the task has no such split.
+        """
+        return None
+
     def problems(self, n: int, split: str = "train", seed: int = 0, unique: bool = True) -> list[Problem]:
         """``n`` seeded problems of one split (TANGO.md §8); the same arguments give the same list."""
         if split not in SPLITS:

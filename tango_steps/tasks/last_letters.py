@@ -89,6 +89,11 @@ class LastLettersTask(Task):
             id=problem_id(self.name, question), question=question, answer=acc, steps=steps, meta={"words": words}
         )
 
+    def split_step(self, step: str) -> tuple[str, str] | None:
+        """``"cherry -> y -> eay"`` -> ``("cherry ->", "y -> eay")``; None without ``->`` (TANGO.md §2)."""
+        word, arrow, rest = step.strip().partition("->")
+        return (word.strip() + " ->", rest.strip()) if arrow and word.strip() else None
+
     def _step_ok(self, problem: Problem, k: int, step: str) -> bool:
         m = _STEP.match(step)
         if m is None:
