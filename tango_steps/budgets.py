@@ -93,8 +93,13 @@ def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: i
         out["verifier_prompt"] = percentile(
             [count(verifier_tokenizer, template.verifier_prompt(p.question, s, p.gold_solution)) for p, s in parsed]
         )
+        # a self_check verifier writes each step's redo as its analysis: about the step's own length
+        analyses = (lambda s: list(s.steps)) if cfg.verifier.warmup == "self_check" else (lambda s: None)
         out["verification"] = percentile(
-            [count(verifier_tokenizer, format_verification([True] * s.num_steps, True)) + eos for _, s in parsed]
+            [
+                count(verifier_tokenizer, format_verification([True] * s.num_steps, True, analyses(s))) + eos
+                for _, s in parsed
+            ]
         )
     return out
 

@@ -26,6 +26,16 @@ def test_the_tiny_default_holds_its_task():
     assert 0 < lengths["train_solution"] and needed(lengths["heldout_solution"]) <= cfg.evaluation.max_tokens
 
 
+def test_a_self_check_verifier_needs_room_for_its_analyses():
+    cfg = load_config(REPO / "configs" / "tiny.yaml")
+    tok = run_tokenizer(cfg, "generator")
+    plain = measure(cfg, tok, tok)["verification"]
+    longer = measure(
+        cfg.model_copy(update={"verifier": cfg.verifier.model_copy(update={"warmup": "self_check"})}), tok, tok
+    )
+    assert longer["verification"] > plain
+
+
 def test_last_letters_at_the_old_study_limits_is_rejected_naming_the_fields():
     """The first study's recipe (96 new / 128 prompt tokens) cut last_letters' gold solutions."""
     cfg = load_config(REPO / "configs" / "ablation.yaml", {"task": {"name": "last_letters"}})
