@@ -341,3 +341,12 @@ def test_verifier_alarm_is_shown_and_can_stop_the_run(tmp_path, warmed):
     assert all(m["eval/verifier_alarm"].startswith("verifier collapse: ") for m in final["metrics"])
     stopped = ds.query('print(json.dumps(Flow("TangoFlow").latest_run["end"].task["stopped"].data))')
     assert stopped.startswith("stopped after round 1 (evaluation.stop_on_collapse): verifier collapse")
+    # the health table reads the same run through the client and lists the alarmed rounds
+    script = str(REPO / "benchmarks" / "verifier_health.py")
+    health = subprocess.run(
+        [sys.executable, script, "--run", final["run"]], env=ds.env, cwd=ds.root, capture_output=True, text=True
+    )
+    assert health.returncode == 0, health.stderr[-3000:]
+    row = health.stdout.splitlines()[1].split()
+    assert row[0] == "0" and row[1] == "1" and "0 1" in health.stdout  # seed 0, 1 round, alarms in rounds 0 and 1
+    assert "of 1 runs pass" in health.stdout
