@@ -37,7 +37,9 @@ from tango_steps.tasks.base import Problem, Task
 from tango_steps.templates import PromptTemplate, get_template
 from tango_steps.tiny import TinyModelSpec
 
-WARMUP_VERSION = 1  # bump when the warm-up procedure changes: cached models are then rebuilt
+# Bump when the warm-up procedure changes: cached models are then rebuilt. 2: fp32 SFT without
+# gradient checkpointing on CPU (TRL's SFTConfig defaults are bf16 and checkpointing, even on CPU).
+WARMUP_VERSION = 2
 # How the tiny verifier learns its output format (module doc): "outcome" (scratch model; step verdicts
 # derived from the outcome) or "self_check" (initialised from the warmed-up generator; each step's
 # verdict says whether the GENERATOR, redoing that step's claim, agrees with it).
@@ -134,36 +136,49 @@ def generator_accuracy(
     return {"accuracy": sum(correct) / len(correct), "format_rate": sum(f == 1.0 for f in formats) / len(formats)}
 
 
+def sft_config(sft: SFTSettings, seed: int, output_dir: str):
+    """TRL's ``SFTConfig`` for one warm-up SFT run (TANGO.md §7 analogue): fp32 on CPU, completion-only loss."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir,
+        max_steps=sft.max_steps,
+        per_device_train_batch_size=sft.batch_size,
+        learning_rate=sft.learning_rate,
+        warmup_steps=sft.warmup_steps,
+        lr_scheduler_type=sft.lr_scheduler,
+        weight_decay=0.0,
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        # TRL's SFTConfig defaults to bf16=True and gradient_checkpointing=True, on CPU too. On a CPU
+        # without native bf16 (no AVX512-BF16/AMX) bf16 matmuls are emulated, far slower than fp32,
+        # and their rounding differs between CPUs, so two machines warmed up different models from
+        # the same seed: train the tiny models in fp32 on CPU, without activation recomputation.
+        bf16=torch.cuda.is_available(),
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        max_length=512,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
 def _sft(model, tokenizer, rows: list[dict], sft: SFTSettings, seed: int, callbacks=()) -> dict:
     """Run TRL's SFTTrainer (prompt-completion rows, loss on the completion only) on CPU or GPU."""
-    import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from tango_steps.training import _reset_accelerate_state
 
     _reset_accelerate_state()  # an earlier update's Accelerator in this process must not leak into the trainer
     out = tempfile.mkdtemp(prefix="tango-sft-")
     try:
-        cfg = SFTConfig(
-            output_dir=out,
-            max_steps=sft.max_steps,
-            per_device_train_batch_size=sft.batch_size,
-            learning_rate=sft.learning_rate,
-            warmup_steps=sft.warmup_steps,
-            lr_scheduler_type=sft.lr_scheduler,
-            weight_decay=0.0,
-            logging_steps=50,
-            save_strategy="no",
-            report_to=[],
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not torch.cuda.is_available(),
-            completion_only_loss=True,
-            max_length=512,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
+        cfg = sft_config(sft, seed, out)
         trainer = SFTTrainer(
             model=model,
             args=cfg,

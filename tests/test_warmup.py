@@ -109,10 +109,9 @@ def test_self_check_rows_use_the_models_recheck_and_outcome_labels_only():
     assert get_task("last_letters").split_step("cherry -> y -> eay") == ("cherry ->", "y -> eay")
 
 
-def test_the_default_warmup_key_did_not_change():
-    """Adding the verifier recipe must not invalidate caches of the default warm-up (TANGO_CACHE)."""
-    assert WarmupSettings().key() == "2b3d8c762f84dc1b"
+def test_the_verifier_recipe_is_part_of_the_warmup_key():
     assert WarmupSettings(verifier_recipe="self_check").key() != WarmupSettings().key()
+    assert WarmupSettings(verifier_recipe="outcome").key() == WarmupSettings().key()
     with pytest.raises(ValueError, match="unknown verifier warm-up 'x'"):
         WarmupSettings(verifier_recipe="x")
 
@@ -147,3 +146,15 @@ def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch
     assert len(calls) == 1
     assert [r[1] for r in results] == [{"built_by": 1}] * 2 and results[0][0] == results[1][0]
     assert any("waiting for it" in m for m in logs)
+
+
+def test_warmup_sft_trains_in_fp32_without_checkpointing_on_cpu(tmp_path):
+    """TRL's SFTConfig defaults to bf16 and gradient checkpointing even on CPU: emulated bf16 is slow
+    on CPUs without native bf16 and rounds differently per CPU, so warm-ups diverged across machines."""
+    import torch
+
+    from tango_steps.warmup import SFTSettings, sft_config
+
+    cfg = sft_config(SFTSettings(), 0, str(tmp_path))
+    assert cfg.bf16 == torch.cuda.is_available() and not cfg.gradient_checkpointing
+    assert cfg.completion_only_loss and cfg.use_cpu == (not torch.cuda.is_available())
