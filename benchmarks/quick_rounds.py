@@ -52,11 +52,11 @@ def main() -> None:
         gen, ver = dirs["generator"], dirs["verifier"]
         gen0, ver0 = gen, ver
         _, res = stages.evaluate(cfg, gen, ver, log=QUIET)
-        print("| round | slot | updated | gen acc | verifier F1 | process F1 | mean outcome reward | alpha | s |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        m = res.metrics
-        print(f"| 0 | - | - | {m['eval/generator_accuracy']:.3f} | {m['eval/verifier_f1']:.3f} | "
-              f"{m['eval/verifier_process_f1']:.3f} | - | - | - |", flush=True)  # fmt: skip
+        cols = ["gen acc", "ver F1", "ver bal acc", "ver format", "says CORRECT", "process F1", "outcome reward",
+                "alpha", "flat groups", "w correct", "w incorrect"]  # fmt: skip
+        print("| round | slot | updated | " + " | ".join(cols) + " | s |")
+        print("|" + "---|" * (len(cols) + 4))
+        print(f"| 0 | - | - | {_cells(res.metrics, {}, math.nan)} | - |", flush=True)
         reweighter = None
         for k in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
@@ -78,12 +78,26 @@ def main() -> None:
             m, rm = res.metrics, out["metrics"]
             alpha = out["alpha"] if out["alpha"] is not None else math.nan
             updated = "+".join(r for r, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
-            print(
-                f"| {k} | {plan.slot} | {updated or '-'} | {m['eval/generator_accuracy']:.3f} | "
-                f"{m['eval/verifier_f1']:.3f} | {m['eval/verifier_process_f1']:.3f} | "
-                f"{rm['reward/outcome_mean']:.3f} | {alpha:.4f} | {time.perf_counter() - t0:.1f} |",
-                flush=True,
-            )
+            print(f"| {k} | {plan.slot} | {updated or '-'} | {_cells(m, rm, alpha)} | {time.perf_counter() - t0:.1f} |")
+            if m.get("eval/verifier_alarm"):
+                print(f"|   | ALARM: {m['eval/verifier_alarm']} |", flush=True)
+
+
+def _cells(m: dict, rm: dict, alpha: float) -> str:
+    """The table's cells: held-out metrics (m), the round's reward metrics (rm; '-' when absent)."""
+
+    def f(v) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    return " | ".join(
+        [
+            f(m.get("eval/generator_accuracy")), f(m.get("eval/verifier_f1")),
+            f(m.get("eval/verifier_balanced_accuracy")), f(m.get("eval/verifier_format_ok_frac")),
+            f(m.get("eval/verifier_says_correct_frac")), f(m.get("eval/verifier_process_f1")),
+            f(rm.get("reward/outcome_mean")), f"{alpha:.4f}", f(rm.get("reward/verifier_flat_groups_frac")),
+            f(rm.get("reward/verifier_weight_correct")), f(rm.get("reward/verifier_weight_incorrect")),
+        ]
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -438,7 +438,8 @@ class VerifierReweighter:
     """Class-aware reweighting of the verifier's policy-gradient term (TANGO.md §5).
 
     Keeps EMAs (``decay`` 0.8, initialised from the first batch) of the numbers of correct and
-    incorrect solutions per batch. A sample whose solution is of class c gets s = 1 / sqrt(EMA_c),
+    incorrect solutions per batch. A sample whose solution is of class c gets s = EMA_c ^ -power
+    (the paper: power 0.5, s = 1 / sqrt(EMA_c)),
     rescaled so that the batch mean of s is 1. Without it the verifier collapses to always answering
     INCORRECT while the generator is weak. This is training state: save :meth:`to_dict` with the
     checkpoint and restore it with :meth:`from_dict` (the released code loses it on resume).
@@ -448,10 +449,13 @@ class VerifierReweighter:
     ema_correct: float | None = None
     ema_incorrect: float | None = None
     updates: int = 0
+    power: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"reweighting decay must be in [0, 1), got {self.decay}")
+        if self.power < 0:
+            raise ValueError(f"reweighting power must be >= 0, got {self.power}")
 
     def update(self, num_correct: int, num_incorrect: int) -> None:
         """Fold one batch's solution counts into the EMAs; the first batch initialises them (TANGO.md §5)."""
@@ -463,7 +467,13 @@ class VerifierReweighter:
         self.updates += 1
 
     def weights(self, solution_correct: torch.Tensor) -> torch.Tensor:
-        """Per-sample weights s = 1/sqrt(EMA of the class), rescaled to batch mean 1 (TANGO.md §5)."""
+        """Per-sample weights s = EMA of the class ^ -power, rescaled to batch mean 1 (TANGO.md §5: power 0.5).
+
+        ``power`` 0.5 is the paper's 1/sqrt; 1.0 is inverse class frequency, which equalises the two
+        classes' total weight in every batch (the tiny recipe's choice: with 32 solutions of which
+        15-25% are correct, 1/sqrt left the wrong class about 3.6x the weight and the verifier drifted
+        to always INCORRECT; docs/results.md).
+        """
         if self.ema_correct is None or self.ema_incorrect is None:
             raise RuntimeError("VerifierReweighter.weights called before any update()")
         labels = solution_correct.to(torch.bool)
@@ -472,7 +482,7 @@ class VerifierReweighter:
             torch.tensor(self.ema_correct, dtype=torch.float64),
             torch.tensor(self.ema_incorrect, dtype=torch.float64),
         )
-        s = 1.0 / ema.clamp(min=1e-6).sqrt()  # clamp: a class unseen so far (EMA 0) but present now
+        s = ema.clamp(min=1e-6) ** (-self.power)  # clamp: a class unseen so far (EMA 0) but present now
         return (s / s.mean()).to(torch.float32)
 
     def __call__(self, solution_correct: torch.Tensor, group_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -506,7 +516,7 @@ class VerifierReweighter:
     @classmethod
     def from_dict(cls, state: dict) -> VerifierReweighter:
         """Restore from :meth:`to_dict` on resume (TANGO.md §5); unknown keys are an error naming them."""
-        unknown = set(state) - {"decay", "ema_correct", "ema_incorrect", "updates"}
+        unknown = set(state) - {"decay", "ema_correct", "ema_incorrect", "updates", "power"}
         if unknown:
             raise ValueError(f"unknown VerifierReweighter state keys: {', '.join(sorted(unknown))}")
         return cls(**state)

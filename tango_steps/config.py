@@ -151,6 +151,11 @@ class AlgorithmConfig(_Section):
     gamma: float = Field(0.8, ge=0, description="gamma, weight of the verifier format score in r_v (TANGO.md §5)")
     rloo_step_scale: float = Field(1.0, gt=0, description="factor on the RLOO step part (released code: 10)")
     reweight_decay: float = Field(0.8, ge=0, lt=1, description="EMA decay of the verifier's class counts (TANGO.md §5)")
+    reweight_power: float = Field(
+        0.5,
+        ge=0,
+        description="verifier class weight = EMA count ^ -power (TANGO.md §5: 0.5, 1/sqrt; 1.0 = inverse frequency)",
+    )
     step_rewards: bool = Field(True, description="False: outcome reward only, no verifier in the loop (ablation grpo)")
     step_verdicts: Literal["verifier", "oracle", "noisy_oracle"] = Field(
         "verifier",

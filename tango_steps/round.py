@@ -511,9 +511,9 @@ def reward(
         ]  # fmt: skip
         adv = compute_verifier_advantages(torch.tensor(r_v, dtype=torch.float32), group)
         rw = (
-            VerifierReweighter.from_dict(reweighter_state)
+            VerifierReweighter.from_dict({**reweighter_state, "power": cfg.algorithm.reweight_power})
             if reweighter_state
-            else VerifierReweighter(decay=cfg.algorithm.reweight_decay)
+            else VerifierReweighter(decay=cfg.algorithm.reweight_decay, power=cfg.algorithm.reweight_power)
         )
         weights = rw(truth, group)
         judgments["verifier_reward"] = r_v
@@ -525,6 +525,12 @@ def reward(
                 "reward/verifier_reward_mean": float(sum(r_v) / max(len(r_v), 1)),
                 "reward/verifier_adv_abs_mean": float(adv.abs().mean()),
                 "reward/solutions_correct_frac": float(rollouts["correct"].mean()),
+                # groups whose N rewards are all equal carry no GRPO signal (TANGO.md §5)
+                "reward/verifier_flat_groups_frac": float(
+                    judgments.groupby("solution")["verifier_reward"].agg(lambda r: r.nunique() == 1).mean()
+                ),
+                "reward/verifier_weight_correct": float(weights[truth].mean()) if truth.any() else math.nan,
+                "reward/verifier_weight_incorrect": float(weights[~truth].mean()) if (~truth).any() else math.nan,
             }
         )
         out["verifier_batch"] = {

@@ -325,11 +325,22 @@ def verifier_quality(
     prompts = [template.verifier_prompt(p.question, s, t) for p, s, t in zip(problems, parsed, texts, strict=True)]
     comps = engine.generate(prompts, SamplingSettings(n=1, temperature=0.0, max_tokens=max_new_tokens))
     fmt = acc = 0
+    right = {True: [0, 0], False: [0, 0]}  # class -> [right, total]
     for p, s, t, c in zip(problems, parsed, texts, comps, strict=True):
         v = parse_verification(c[0].text, s.num_steps, s.well_formed)
+        truth = task.check(p, t).correct
+        ok = v.final_verdict is not None and v.final_verdict == truth
         fmt += v.format_score == 1.0
-        acc += v.final_verdict is not None and v.final_verdict == task.check(p, t).correct
-    return {"format_rate": fmt / len(texts), "verdict_accuracy": acc / len(texts)}
+        acc += ok
+        right[truth][0] += ok
+        right[truth][1] += 1
+    # accuracy alone hides an always-INCORRECT verifier when most solutions are wrong
+    per_class = [r / n for r, n in right.values() if n]
+    return {
+        "format_rate": fmt / len(texts),
+        "verdict_accuracy": acc / len(texts),
+        "balanced_accuracy": sum(per_class) / len(per_class) if per_class else float("nan"),
+    }
 
 
 def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:

@@ -481,3 +481,17 @@ def test_reweighter_errors():
         VerifierReweighter.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="decay must be in"):
         VerifierReweighter(decay=1.0)
+
+
+def test_reweighting_power_one_equalises_the_classes_total_weight():
+    """power 1 (inverse frequency, the tiny recipe) equalises the classes' total weight; 0.5 (TANGO.md §5) not."""
+    truth = torch.tensor([True] * 4 + [False] * 28)
+    w1 = VerifierReweighter(power=1.0)(truth)
+    assert w1[truth].sum() == pytest.approx(w1[~truth].sum()) and w1.mean() == pytest.approx(1.0)
+    w_half = VerifierReweighter()(truth)  # the paper's 1/sqrt: the wrong class keeps sqrt(28/4) ~ 2.6x the mass
+    assert w_half[~truth].sum() / w_half[truth].sum() == pytest.approx((28 / 4) ** 0.5, rel=1e-5)
+    state = VerifierReweighter(power=1.0)
+    state(truth)
+    assert VerifierReweighter.from_dict(state.to_dict()).power == 1.0
+    with pytest.raises(ValueError, match="power must be >= 0"):
+        VerifierReweighter(power=-1)
