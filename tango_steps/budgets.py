@@ -75,8 +75,12 @@ def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: i
     def count(tok, text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    train = task.problems(sample, "train", seed=cfg.seed)
-    heldout = heldout_problems(cfg)[:sample]
+    have = task.available("train")
+    train = task.problems(sample if have is None else min(sample, have), "train", seed=cfg.seed)
+    try:
+        heldout = heldout_problems(cfg)[:sample]
+    except ValueError as e:  # a data file with fewer held-out rows than the recipe evaluates on
+        raise ConfigError(f"invalid configuration:\n  evaluation.heldout_problems: {e}") from None
     out: dict[str, Any] = {
         "generator_prompt": percentile(
             [count(generator_tokenizer, template.generator_prompt(p.question)) for p in train + heldout]

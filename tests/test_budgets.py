@@ -68,3 +68,16 @@ def test_verifier_prompt_keeps_the_problem_and_cuts_the_solution_tail(tiny_token
     assert prompt.startswith(f"Problem: {question}\nSolution:\n<step>12 + 7 = 19</step>")  # the start survives
     assert CUT_MARK in prompt and "Final answer: 52" not in prompt  # the tail went
     assert prompt.endswith("Check all 3 steps.\nVerification:\n")  # K and the cue survive
+
+
+def test_a_small_data_file_is_measured_and_its_heldout_limit_named(tmp_path):
+    rows = [f'{{"question": "What is {i} + 1?", "answer": "{i} + 1 = {i + 1}\\n#### {i + 1}"}}' for i in range(60)]
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    task = {"name": "dataset", "params": {"benchmark": "gsm8k", "path": str(data)}}
+    cfg = load_config(REPO / "configs" / "tiny.yaml", {"task": task, "evaluation.heldout_problems": 5})
+    tok = run_tokenizer(load_config(REPO / "configs" / "tiny.yaml"), "generator")
+    lengths = check_budgets(cfg, tok, tok)  # fewer train rows than the sample: all are measured
+    assert set(lengths) == {"generator_prompt"}  # no gold steps: prompts only
+    with pytest.raises(ConfigError, match=r"evaluation\.heldout_problems: .*asked for 500 heldout problems"):
+        check_budgets(load_config(REPO / "configs" / "tiny.yaml", {"task": task}), tok, tok)

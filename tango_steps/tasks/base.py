@@ -107,6 +107,10 @@ class Task:
     def _answer_ok(self, problem: Problem, answer: str) -> bool:
         return answer.strip() == problem.answer
 
+    def available(self, split: str) -> int | None:
+        """How many distinct problems ``split`` holds, or None when the task draws them without limit (TANGO.md §8)."""
+        return None
+
     def split_step(self, step: str) -> tuple[str, str] | None:
         """A step as (what it starts from, what it claims), e.g. ``("19 * 3 =", "57")``, or None (TANGO.md §2).
 

@@ -66,6 +66,10 @@ class DatasetTask(Task):
             raise ValueError(f"{self.path}: asked for {n} {split} problems, the file has {len(pool)}")
         return random.Random(f"{self.name}/{split}/{seed}").sample(pool, n)
 
+    def available(self, split: str) -> int | None:
+        """The number of the file's rows in ``split`` (TANGO.md §7)."""
+        return len(self._load().get(split, []))
+
     def _answer_ok(self, problem: Problem, answer: str) -> bool:
         from tango_steps.grading import is_correct
 
