@@ -343,6 +343,33 @@ def verifier_quality(
     }
 
 
+def _verifier_training_solutions(settings: WarmupSettings, task: Task, template: PromptTemplate, gen_engine):
+    """Sampled generator solutions (4 per train problem) for the verifier's warm-up data (TANGO.md §7 analogue)."""
+    from tango_steps.rollout.base import SamplingSettings
+
+    vprobs = task.problems(max(1, settings.verifier_solutions // 4), "train", settings.seed + 1)
+    comps = gen_engine.generate(
+        [template.generator_prompt(p.question) for p in vprobs],
+        SamplingSettings(n=4, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed),
+    )
+    return [p for p, cs in zip(vprobs, comps, strict=True) for _ in cs], [c.text for cs in comps for c in cs]
+
+
+def _heldout_verifier_quality(
+    settings: WarmupSettings, task: Task, template: PromptTemplate, gen_engine, verifier, heldout, max_tokens: int
+) -> dict:
+    """The warmed-up verifier on SAMPLED held-out generator solutions, so both classes appear (TANGO.md §5)."""
+    from tango_steps.rollout.base import SamplingSettings
+    from tango_steps.rollout.hf import HFEngine
+
+    hcomps = gen_engine.generate(
+        [template.generator_prompt(p.question) for p in heldout],
+        SamplingSettings(n=1, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed + 2),
+    )
+    engine = HFEngine("", model=verifier, tokenizer=gen_engine.tokenizer, device=gen_engine.device)
+    return verifier_quality(engine, task, template, heldout, [c[0].text for c in hcomps], max_tokens)
+
+
 def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     """Build tokenizer and models, warm both up, save ``generator/`` and ``verifier/`` under ``out_dir``.
 
@@ -350,7 +377,6 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     """
     import torch
 
-    from tango_steps.rollout.base import SamplingSettings
     from tango_steps.rollout.hf import HFEngine
     from tango_steps.tiny import build_model, build_tokenizer, save_pretrained_atomic, tokenizer_corpus
 
@@ -392,14 +418,7 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     log(f"generator warm-up done: {report['generator_heldout']}")
 
     # ---- verifier format warm-up on generator samples, outcome labels only ----
-    n_prompts = max(1, settings.verifier_solutions // 4)
-    vprobs = task.problems(n_prompts, "train", settings.seed + 1)
-    comps = gen_engine.generate(
-        [template.generator_prompt(p.question) for p in vprobs],
-        SamplingSettings(n=4, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed),
-    )
-    vp = [p for p, cs in zip(vprobs, comps, strict=True) for _ in cs]
-    vt = [c.text for cs in comps for c in cs]
+    vp, vt = _verifier_training_solutions(settings, task, template, gen_engine)
     vrows, counts = verifier_warmup_rows(task, template, vp, vt, settings.seed)
     report["verifier_data"] = counts
     torch.manual_seed(settings.seed + 1)
@@ -409,14 +428,8 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     report["verifier_sft"] = _sft(ver, tok, vrows, settings.verifier_sft, settings.seed + 1)
     report["verifier_sft"]["seconds"] = time.perf_counter() - t2
     ver.eval()
-    # verifier quality on held-out generator samples (sampled, so both classes appear)
-    hcomps = gen_engine.generate(
-        [template.generator_prompt(p.question) for p in heldout],
-        SamplingSettings(n=1, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed + 2),
-    )
-    ver_engine = HFEngine("", model=ver, tokenizer=tok, device=gen_engine.device)
-    report["verifier_heldout"] = verifier_quality(
-        ver_engine, task, template, heldout, [c[0].text for c in hcomps], 2 * settings.max_new_tokens
+    report["verifier_heldout"] = _heldout_verifier_quality(
+        settings, task, template, gen_engine, ver, heldout, 2 * settings.max_new_tokens
     )
     log(f"verifier warm-up done: {report['verifier_heldout']}")
     report["seconds"] = time.perf_counter() - t0
@@ -435,7 +448,6 @@ def build_self_check_verifier(settings: WarmupSettings, base: Path, out: Path, l
     import torch
 
     from tango_steps.modeling import load_model, load_tokenizer
-    from tango_steps.rollout.base import SamplingSettings
     from tango_steps.rollout.hf import HFEngine
     from tango_steps.tiny import save_pretrained_atomic
 
@@ -445,13 +457,7 @@ def build_self_check_verifier(settings: WarmupSettings, base: Path, out: Path, l
     tok = load_tokenizer(str(base / "generator"))
     gen = load_model(str(base / "generator"), "float32").eval()
     gen_engine = HFEngine("", model=gen, tokenizer=tok, device="cpu" if not torch.cuda.is_available() else None)
-    vprobs = task.problems(max(1, settings.verifier_solutions // 4), "train", settings.seed + 1)
-    comps = gen_engine.generate(
-        [template.generator_prompt(p.question) for p in vprobs],
-        SamplingSettings(n=4, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed),
-    )
-    vp = [p for p, cs in zip(vprobs, comps, strict=True) for _ in cs]
-    vt = [c.text for cs in comps for c in cs]
+    vp, vt = _verifier_training_solutions(settings, task, template, gen_engine)
     rows, counts = self_check_rows(task, template, gen_engine, vp, vt, settings.seed)
     log(f"self-check verifier data: {counts}")
     report: dict[str, Any] = {"settings": asdict(settings), "base": str(base), "verifier_data": counts}
@@ -461,13 +467,8 @@ def build_self_check_verifier(settings: WarmupSettings, base: Path, out: Path, l
     report["verifier_sft"]["seconds"] = time.perf_counter() - t1
     ver.eval()
     heldout = task.problems(settings.eval_problems, "heldout", settings.seed)
-    hcomps = gen_engine.generate(
-        [template.generator_prompt(p.question) for p in heldout],
-        SamplingSettings(n=1, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed + 2),
-    )
-    ver_engine = HFEngine("", model=ver, tokenizer=tok, device=gen_engine.device)
-    report["verifier_heldout"] = verifier_quality(
-        ver_engine, task, template, heldout, [c[0].text for c in hcomps], 3 * settings.max_new_tokens
+    report["verifier_heldout"] = _heldout_verifier_quality(
+        settings, task, template, gen_engine, ver, heldout, 3 * settings.max_new_tokens
     )
     log(f"self-check verifier warm-up done: {report['verifier_heldout']}")
     report["seconds"] = time.perf_counter() - t0
