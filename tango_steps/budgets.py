@@ -115,7 +115,10 @@ def check_budgets(cfg: TangoConfig, generator_tokenizer=None, verifier_tokenizer
     p99 length measured and the value it needs.
     """
     gtok = generator_tokenizer if generator_tokenizer is not None else run_tokenizer(cfg, "generator")
-    vtok = verifier_tokenizer if verifier_tokenizer is not None else run_tokenizer(cfg, "verifier")
+    if verifier_tokenizer is None:  # the same model path means the same tokenizer: build or load it once
+        same = cfg.verifier.path == cfg.generator.path
+        verifier_tokenizer = gtok if same else run_tokenizer(cfg, "verifier")
+    vtok = verifier_tokenizer
     lengths = measure(cfg, gtok, vtok)
     checks = [
         ("rollout.max_prompt_tokens", cfg.rollout.max_prompt_tokens, "generator_prompt", "generator prompts"),
