@@ -35,16 +35,17 @@ def test_verifier_learned_the_format(warmed):
     assert report["verifier_data"]["used_per_class"] > 0
 
 
+class OutcomeOnly:
+    """A check result that refuses to give step labels: a warm-up that reads one fails."""
+
+    def __init__(self, correct):
+        self.correct = correct
+
+    def __getattr__(self, name):
+        raise AssertionError(f"warm-up read step-level field '{name}'")
+
+
 def test_verifier_warmup_rows_read_outcome_labels_only():
-    class OutcomeOnly:
-        """A check result that refuses to give step labels."""
-
-        def __init__(self, correct):
-            self.correct = correct
-
-        def __getattr__(self, name):
-            raise AssertionError(f"verifier warm-up read step-level field '{name}'")
-
     task = get_task("arithmetic")
     probs = task.problems(4, "train")
     texts = [probs[0].gold_solution, probs[1].gold_solution, format_solution(["1 + 1 = 3"], "3"), "garbage"]
@@ -80,13 +81,6 @@ def test_self_check_rows_use_the_models_recheck_and_outcome_labels_only():
                 v = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
                 out.append([Completion(text=f" {v}</step>", token_ids=[], logprobs=[], finish_reason="stop")])
             return out
-
-    class OutcomeOnly:
-        def __init__(self, correct):
-            self.correct = correct
-
-        def __getattr__(self, name):
-            raise AssertionError(f"self-check warm-up read step-level field '{name}'")
 
     task = get_task("arithmetic")
     p = task.make_problem(12, [("+", 7), ("*", 3), ("-", 5)])
