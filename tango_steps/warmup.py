@@ -15,7 +15,8 @@
   (TANGO.md §1). Classes are balanced by subsampling.
 
 Everything is seeded; the result is cached by a hash of the settings (the warm-up is the slowest
-part of a tiny run, ENVIRONMENT.md).
+part of a tiny run, ENVIRONMENT.md), in two stages: the generator under a hash of the generator's
+settings alone, so a new verifier recipe or verifier setting costs only the verifier's warm-up.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ WARMUP_VERSION = 2
 # derived from the outcome) or "self_check" (initialised from the warmed-up generator; each step's
 # verdict says whether the GENERATOR, redoing that step's claim, agrees with it).
 VERIFIER_RECIPES = ("outcome", "self_check")
+# The default warm-up's models, shipped in the repository (``python data/build_tiny_models.py``) so a
+# fresh machine skips the slowest part of its first run. A folder is used only under its own key, so a
+# stale one (warm-up settings or WARMUP_VERSION changed since) is never read: the models are rebuilt.
+SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tiny"
+# The settings that only the verifier's warm-up reads (left out of the generator's cache key).
+VERIFIER_FIELDS = ("verifier", "verifier_sft", "verifier_solutions", "verifier_recipe")
 
 
 @dataclass(frozen=True)
@@ -113,10 +120,18 @@ class WarmupSettings:
         so is :data:`WARMUP_VERSION`, bumped whenever the warm-up procedure itself changes. The
         default verifier recipe is left out of the hash, so caches made before it existed stay valid.
         """
-        task = get_task(self.task, **self.task_params)
         settings = asdict(self)
         if settings["verifier_recipe"] == "outcome":
             del settings["verifier_recipe"]
+        return self._digest(settings)
+
+    def generator_key(self) -> str:
+        """Cache key of the generator stage alone: the verifier's settings are left out of the hash, so a
+        new verifier recipe or verifier setting reuses the (slow) generator warm-up."""
+        return self._digest({k: v for k, v in asdict(self).items() if k not in VERIFIER_FIELDS})
+
+    def _digest(self, settings: dict) -> str:
+        task = get_task(self.task, **self.task_params)
         payload = {"version": WARMUP_VERSION, "settings": settings, "task": sorted(vars(task).items())}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -370,10 +385,10 @@ def _heldout_verifier_quality(
     return verifier_quality(engine, task, template, heldout, [c[0].text for c in hcomps], max_tokens)
 
 
-def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
-    """Build tokenizer and models, warm both up, save ``generator/`` and ``verifier/`` under ``out_dir``.
+def warm_up_generator(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
+    """Build the tokenizer and the generator, SFT it until held-out accuracy reaches the target (TANGO.md §7).
 
-    Returns (and writes to ``out_dir/report.json``) sizes, times and the quality figures. TANGO.md §7.
+    Saves ``out_dir/generator`` and returns (and writes to ``out_dir/report.json``) its report.
     """
     import torch
 
@@ -385,9 +400,7 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     template = get_template(settings.template)
     t0 = time.perf_counter()
     tok = build_tokenizer(tokenizer_corpus(task, template, seed=settings.seed), settings.vocab_size)
-    report: dict[str, Any] = {"settings": asdict(settings), "vocab_size": len(tok)}
-
-    # ---- generator SFT with accuracy-based stop ----
+    report: dict[str, Any] = {"vocab_size": len(tok)}
     torch.manual_seed(settings.seed)
     gen = build_model(settings.generator, len(tok), tok.eos_token_id, tok.pad_token_id)
     report["generator_params"] = sum(p.numel() for p in gen.parameters())
@@ -408,73 +421,62 @@ def warm_up(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
         history,
         log,
     )
-    t1 = time.perf_counter()
     report["generator_sft"] = _sft(gen, tok, rows, settings.generator_sft, settings.seed, [cb])
-    report["generator_sft"]["seconds"] = time.perf_counter() - t1
+    report["generator_sft"]["seconds"] = time.perf_counter() - t0
     report["generator_sft"]["history"] = history
     gen.eval()
     gen_engine = HFEngine("", model=gen, tokenizer=tok, device="cpu" if not torch.cuda.is_available() else None)
     report["generator_heldout"] = generator_accuracy(gen_engine, task, template, heldout, settings.max_new_tokens)
     log(f"generator warm-up done: {report['generator_heldout']}")
-
-    # ---- verifier format warm-up on generator samples, outcome labels only ----
-    vp, vt = _verifier_training_solutions(settings, task, template, gen_engine)
-    vrows, counts = verifier_warmup_rows(task, template, vp, vt, settings.seed)
-    report["verifier_data"] = counts
-    torch.manual_seed(settings.seed + 1)
-    ver = build_model(settings.verifier, len(tok), tok.eos_token_id, tok.pad_token_id)
-    report["verifier_params"] = sum(p.numel() for p in ver.parameters())
-    t2 = time.perf_counter()
-    report["verifier_sft"] = _sft(ver, tok, vrows, settings.verifier_sft, settings.seed + 1)
-    report["verifier_sft"]["seconds"] = time.perf_counter() - t2
-    ver.eval()
-    report["verifier_heldout"] = _heldout_verifier_quality(
-        settings, task, template, gen_engine, ver, heldout, 2 * settings.max_new_tokens
-    )
-    log(f"verifier warm-up done: {report['verifier_heldout']}")
-    report["seconds"] = time.perf_counter() - t0
-
-    save_pretrained_atomic(gen.cpu(), tok, out / "generator", extra={"role": "generator", "warmup_key": settings.key()})
-    save_pretrained_atomic(ver.cpu(), tok, out / "verifier", extra={"role": "verifier", "warmup_key": settings.key()})
+    key = settings.generator_key()
+    save_pretrained_atomic(gen.cpu(), tok, out / "generator", extra={"role": "generator", "warmup_key": key})
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
 
-def build_self_check_verifier(settings: WarmupSettings, base: Path, out: Path, log=print) -> dict:
-    """The ``self_check`` verifier: ``base``'s warmed-up generator trained on :func:`self_check_rows` (TANGO.md §7).
+def warm_up(settings: WarmupSettings, generator_dir: str | Path, out_dir: str | Path, log=print) -> dict:
+    """Warm the verifier up on the warmed-up generator's samples (its recipe, module doc; TANGO.md §7).
 
-    Writes ``out/generator`` (a copy of ``base``'s) and ``out/verifier``; returns the report.
+    Writes ``out_dir/generator`` (a copy of ``generator_dir/generator``) and ``out_dir/verifier``; returns
+    the verifier's report (data counts, SFT, held-out quality).
     """
     import torch
 
     from tango_steps.modeling import load_model, load_tokenizer
     from tango_steps.rollout.hf import HFEngine
-    from tango_steps.tiny import save_pretrained_atomic
+    from tango_steps.tiny import build_model, save_pretrained_atomic
 
+    out, base = Path(out_dir), Path(generator_dir) / "generator"
     t0 = time.perf_counter()
     task = get_task(settings.task, **settings.task_params)
     template = get_template(settings.template)
-    tok = load_tokenizer(str(base / "generator"))
-    gen = load_model(str(base / "generator"), "float32").eval()
+    tok = load_tokenizer(str(base))
+    gen = load_model(str(base), "float32").eval()
     gen_engine = HFEngine("", model=gen, tokenizer=tok, device="cpu" if not torch.cuda.is_available() else None)
     vp, vt = _verifier_training_solutions(settings, task, template, gen_engine)
-    rows, counts = self_check_rows(task, template, gen_engine, vp, vt, settings.seed)
-    log(f"self-check verifier data: {counts}")
-    report: dict[str, Any] = {"settings": asdict(settings), "base": str(base), "verifier_data": counts}
-    ver = load_model(str(base / "generator"), "float32")  # initialised from the generator: it can compute
+    if settings.verifier_recipe == "self_check":
+        rows, counts = self_check_rows(task, template, gen_engine, vp, vt, settings.seed)
+        ver = load_model(str(base), "float32")  # initialised from the generator: it can compute
+        max_tokens = 3 * settings.max_new_tokens  # each step's verdict follows its analysis
+    else:  # "outcome": a scratch model learns the format from outcome labels only
+        rows, counts = verifier_warmup_rows(task, template, vp, vt, settings.seed)
+        torch.manual_seed(settings.seed + 1)
+        ver = build_model(settings.verifier, len(tok), tok.eos_token_id, tok.pad_token_id)
+        max_tokens = 2 * settings.max_new_tokens
+    log(f"{settings.verifier_recipe} verifier data: {counts}")
+    report: dict[str, Any] = {"verifier_data": counts, "verifier_params": sum(p.numel() for p in ver.parameters())}
     t1 = time.perf_counter()
     report["verifier_sft"] = _sft(ver, tok, rows, settings.verifier_sft, settings.seed + 1)
     report["verifier_sft"]["seconds"] = time.perf_counter() - t1
     ver.eval()
     heldout = task.problems(settings.eval_problems, "heldout", settings.seed)
     report["verifier_heldout"] = _heldout_verifier_quality(
-        settings, task, template, gen_engine, ver, heldout, 3 * settings.max_new_tokens
+        settings, task, template, gen_engine, ver, heldout, max_tokens
     )
-    log(f"self-check verifier warm-up done: {report['verifier_heldout']}")
-    report["seconds"] = time.perf_counter() - t0
-    shutil.copytree(base / "generator", out / "generator", dirs_exist_ok=True)
+    log(f"{settings.verifier_recipe} verifier warm-up done: {report['verifier_heldout']}")
+    report["verifier_seconds"] = time.perf_counter() - t0
+    shutil.copytree(base, out / "generator", dirs_exist_ok=True)
     save_pretrained_atomic(ver.cpu(), tok, out / "verifier", extra={"role": "verifier", "warmup_key": settings.key()})
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
 
@@ -493,30 +495,47 @@ def warmup_settings(cfg) -> WarmupSettings:
     )
 
 
+def _cached(folder: Path, build, log) -> dict:
+    """``folder/report.json``, built once by ``build(folder)``; concurrent callers wait for the first (a lock)."""
+    report_file = folder / "report.json"
+    if report_file.exists():
+        return json.loads(report_file.read_text())
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes (AblationFlow's parallel branches) must not warm up into the same folder: the
+    # second waits for the first, then finds its result.
+    lock = folder.with_name(folder.name + ".lock")
+    with exclusive_lock(lock, f"another process is warming up {folder}; waiting for it", log):
+        if report_file.exists():
+            return json.loads(report_file.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        report = build(folder)
+        report_file.write_text(json.dumps(report, indent=2, default=str))  # last: its presence means "complete"
+        return report
+
+
 def warmed_up_models(
     settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
 ) -> tuple[Path, dict]:
     """Directory holding the warmed-up ``generator/`` and ``verifier/`` for these settings, built once (TANGO.md §7).
 
-    Cached under ``root`` (default ``<cache_dir>/tiny``) by :meth:`WarmupSettings.key`.
+    Taken from the repository's :data:`SHIPPED` models when they were built with exactly these
+    settings; otherwise cached under ``root`` (default ``<cache_dir>/tiny``): the generator under
+    ``generators/<generator_key>`` (shared by every verifier recipe and verifier setting), the pair under
+    ``<key>``. The report merges both stages'.
     """
     from tango_steps.modeling import cache_dir
 
     settings = settings or WarmupSettings()
+    shipped = SHIPPED / settings.key()
+    if root is None and (shipped / "report.json").exists():
+        return shipped, json.loads((shipped / "report.json").read_text())
     base = Path(root) if root is not None else cache_dir() / "tiny"
     out = base / settings.key()
-    report_file = out / "report.json"
-    if report_file.exists():
-        return out, json.loads(report_file.read_text())
-    base.mkdir(parents=True, exist_ok=True)
-    # Two processes (AblationFlow's parallel branches) must not warm up into the same folder: the
-    # second waits for the first, then finds its result.
-    if settings.verifier_recipe != "outcome":  # the same generator warm-up, then only the verifier is new
-        generator_base, _ = warmed_up_models(replace(settings, verifier_recipe="outcome"), root=base, log=log)
-    with exclusive_lock(base / f"{settings.key()}.lock", f"another process is warming up {out}; waiting for it", log):
-        if report_file.exists():
-            return out, json.loads(report_file.read_text())
-        out.mkdir(parents=True, exist_ok=True)
-        if settings.verifier_recipe == "self_check":
-            return out, build_self_check_verifier(settings, generator_base, out, log=log)
-        return out, warm_up(settings, out, log=log)
+    if (out / "report.json").exists():
+        return out, json.loads((out / "report.json").read_text())
+    gen_dir = base / "generators" / settings.generator_key()
+    gen_report = _cached(gen_dir, lambda d: warm_up_generator(settings, d, log=log), log)
+    report = _cached(
+        out, lambda d: {"settings": asdict(settings), **gen_report, **warm_up(settings, gen_dir, d, log=log)}, log
+    )
+    return out, report

@@ -110,8 +110,24 @@ def test_the_verifier_recipe_is_part_of_the_warmup_key():
         WarmupSettings(verifier_recipe="x")
 
 
+def test_verifier_settings_reuse_the_generator_warmup():
+    """The generator's cache key ignores the verifier's settings (so a verifier change costs no generator SFT)."""
+    from tango_steps.warmup import SFTSettings
+
+    base = WarmupSettings()
+    for other in (
+        WarmupSettings(verifier_recipe="self_check"),
+        WarmupSettings(verifier_solutions=64),
+        WarmupSettings(verifier_sft=SFTSettings(max_steps=1)),
+    ):
+        assert other.generator_key() == base.generator_key() and other.key() != base.key()
+    assert WarmupSettings(seed=1).generator_key() != base.generator_key()
+    assert WarmupSettings(generator_sft=SFTSettings(max_steps=1)).generator_key() != base.generator_key()
+
+
 def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch):
-    """AblationFlow's parallel branches share one warm-up: the second caller waits, then reuses it."""
+    """AblationFlow's parallel branches share one warm-up: the second caller waits, then reuses it; a
+    second verifier recipe reuses the generator's warm-up."""
     import threading
     import time
 
@@ -119,14 +135,18 @@ def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch
 
     calls = []
 
-    def slow_warm_up(settings, out, log=print):
-        calls.append(out)
+    def slow_generator(settings, out, log=print):
+        calls.append(("generator", out))
         time.sleep(0.5)
-        report = {"built_by": len(calls)}
-        (out / "report.json").write_text(json.dumps(report))
-        return report
+        return {"generator_built_by": len(calls)}
 
-    monkeypatch.setattr(warmup, "warm_up", slow_warm_up)
+    def slow_verifier(settings, generator_dir, out, log=print):
+        calls.append(("verifier", out, generator_dir))
+        time.sleep(0.5)
+        return {"verifier_built_by": len(calls)}
+
+    monkeypatch.setattr(warmup, "warm_up_generator", slow_generator)
+    monkeypatch.setattr(warmup, "warm_up", slow_verifier)
     results, logs = [], []
     threads = [
         threading.Thread(target=lambda: results.append(warmup.warmed_up_models(root=tmp_path, log=logs.append)))
@@ -137,9 +157,15 @@ def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch
         time.sleep(0.1)
     for t in threads:
         t.join()
-    assert len(calls) == 1
-    assert [r[1] for r in results] == [{"built_by": 1}] * 2 and results[0][0] == results[1][0]
+    gen_dir = tmp_path / "generators" / WarmupSettings().generator_key()
+    assert calls == [("generator", gen_dir), ("verifier", tmp_path / WarmupSettings().key(), gen_dir)]
+    assert results[0] == results[1] and results[0][1]["generator_built_by"] == 1
+    assert results[0][1]["verifier_built_by"] == 2
     assert any("waiting for it" in m for m in logs)
+    # a new verifier recipe: only the verifier stage runs, on the same generator
+    out, report = warmup.warmed_up_models(WarmupSettings(verifier_recipe="self_check"), root=tmp_path)
+    assert calls[-1] == ("verifier", out, gen_dir) and len(calls) == 3
+    assert report["generator_built_by"] == 1 and json.loads((out / "report.json").read_text()) == report
 
 
 def test_warmup_sft_trains_in_fp32_without_checkpointing_on_cpu(tmp_path):
