@@ -104,7 +104,10 @@ class WarmupSettings:
     target_accuracy: float = 0.3
     eval_every: int = 100
     eval_problems: int = 200
-    verifier_solutions: int = 1024
+    # 1,024 samples left ~200 per class after balancing, seen ~24 times in 300 steps: seed 0's verifier
+    # then said INCORRECT to 98% of held-out solutions (balanced accuracy 0.513). 4,096 (~800 per
+    # class, ~6 passes, 160 s more sampling): 0.64-0.70 from step 50 to 300 (docs/results.md).
+    verifier_solutions: int = 4096
     max_new_tokens: int = 96
     seed: int = 0
     verifier_recipe: str = "outcome"
