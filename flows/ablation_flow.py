@@ -65,7 +65,7 @@ class AblationFlow(FlowSpec):
         self.root_id = f"{current.run_id}.{self.branch['task']}.{self.branch['variant']}.s{self.branch['seed']}"
         print(f"branch {self.branch['name']} (root id {self.root_id})")
         self.state, self.eval_table, first = begin(cfg, ModelStore.for_flow(self))
-        self.history = [first]
+        self.history = [{**first, "run": current.pathspec}]  # the task that holds round 0's eval_table
         self.state_task = current.pathspec
         self.next(self.train)
 

@@ -54,7 +54,7 @@ class TangoFlow(FlowSpec):
             print(f"forking from {self.start_from} (round {first}); running rounds {first + 1}..{cfg.rounds}")
         else:
             self.state, self.eval_table, first = begin(cfg, store)
-            self.history = [first]
+            self.history = [{**first, "run": current.pathspec}]  # the task that holds round 0's eval_table
         self.cfg = resolved(cfg)
         self.total_rounds = cfg.rounds
         self.round_idx = self.state["round"]

@@ -192,8 +192,61 @@ def final_accuracy(seed_rows: pd.DataFrame, window: int) -> float:
     ``generator_updates`` (the checkpoint's identity) and the last row of each is kept. A variant
     whose generator never trains has one checkpoint: its final accuracy is that checkpoint's.
     """
-    rows = seed_rows.sort_values("round").drop_duplicates("generator_updates", keep="last")
-    return final_value(rows["generator_accuracy"], window)
+    return final_value(final_rounds(seed_rows, window)["generator_accuracy"], window)
+
+
+def final_rounds(seed_rows: pd.DataFrame, window: int) -> pd.DataFrame:
+    """The rows (one per round) of the last ``window`` distinct generator checkpoints that
+    :func:`final_accuracy` averages (evaluated rounds only), for per-problem scores (TANGO.md §8)."""
+    rows = seed_rows.dropna(subset=["generator_accuracy"]).sort_values("round")
+    return rows.drop_duplicates("generator_updates", keep="last").iloc[-window:]
+
+
+def paired_comparisons(
+    table: pd.DataFrame,
+    per_problem: Any,
+    baseline: str = "grpo",
+    window: int = 3,
+    resamples: int = 10_000,
+) -> pd.DataFrame:
+    """Each variant against ``baseline``, paired per (seed, held-out problem), with bootstrap intervals (TANGO.md §8).
+
+    A branch's final per-problem score is the mean of its last ``window`` distinct generator
+    checkpoints' correctness on each held-out problem (:func:`final_rounds`), so its mean is the
+    branch's final accuracy. ``per_problem(run)`` returns a round run's held-out correctness as a
+    Series indexed by problem id (the same problems in every seed and variant: the set is fixed).
+    Only seeds both arms ran are paired. Returns one row per (task, variant) with the final accuracy
+    of both arms, ``diff`` (variant - baseline) and its 95% interval ``diff_low`` / ``diff_high``,
+    and the arm's own interval ``acc_low`` / ``acc_high`` (problems resampled, seeds pooled).
+    """
+    import numpy as np
+
+    finals: dict[tuple[str, str, int], pd.Series] = {}
+    for (task, variant, seed), rows in table.groupby(["task", "variant", "seed"], sort=False):
+        scores = [per_problem(run).astype(float) for run in final_rounds(rows, window)["run"]]
+        finals[(task, variant, seed)] = pd.concat(scores, axis=1).mean(axis=1)
+    out = []
+    for task, t in table.groupby("task", sort=False):
+        for variant in t["variant"].drop_duplicates():
+            seeds = sorted(s for (tk, v, s) in finals if tk == task and v == variant)
+            paired = [s for s in seeds if (task, baseline, s) in finals]
+            a = np.stack([finals[(task, variant, s)].sort_index().to_numpy() for s in seeds])
+            acc, lo, hi = paired_bootstrap(a, np.zeros_like(a), resamples)
+            row = {"task": task, "variant": variant, "seeds": len(seeds), "final_accuracy": acc,
+                   "acc_low": lo, "acc_high": hi}  # fmt: skip
+            if paired and variant != baseline:
+                va = [finals[(task, variant, s)] for s in paired]
+                vb = [finals[(task, baseline, s)] for s in paired]
+                for x, y in zip(va, vb, strict=True):
+                    if not x.index.sort_values().equals(y.index.sort_values()):
+                        raise ValueError(f"{task}: {variant} and {baseline} were scored on different held-out problems")
+                a = np.stack([x.sort_index().to_numpy() for x in va])
+                b = np.stack([y.sort_index().to_numpy() for y in vb])
+                d, dlo, dhi = paired_bootstrap(a, b, resamples)
+                row.update(paired_seeds=len(paired), baseline_accuracy=float(b.mean()), diff=d, diff_low=dlo,
+                           diff_high=dhi)  # fmt: skip
+            out.append(row)
+    return pd.DataFrame(out)
 
 
 def rounds_to_reach(curve: pd.Series, target: float) -> int | None:

@@ -178,3 +178,40 @@ def test_paired_bootstrap():
     assert paired_bootstrap(a, b, resamples=500, seed=3) == paired_bootstrap(a, b, resamples=500, seed=3)
     with pytest.raises(ValueError, match="same non-empty"):
         paired_bootstrap(a, b[:, :10])
+
+
+def test_paired_comparisons_pair_final_checkpoints_per_seed_and_problem():
+    """Final per-problem scores average the last distinct generator checkpoints; arms pair per (seed, problem)."""
+    import numpy as np
+
+    from tango_steps.ablation import paired_comparisons
+
+    rng = np.random.default_rng(1)
+    scores: dict[str, pd.Series] = {}
+    rows = []
+    for variant in ("grpo", "oracle"):
+        for seed in (0, 1):
+            for rnd, updates in enumerate([0, 1, 2, 2, 3]):  # round 3 is a verifier round: same checkpoint
+                run = f"R/{variant}{seed}{rnd}"
+                p = 0.3 + (0.2 if variant == "oracle" else 0.0) * (updates > 0)
+                scores[run] = pd.Series((rng.random(400) < p), index=[f"q{i}" for i in rng.permutation(400)])
+                acc = float(scores[run].mean())
+                rows.append({"task": "t", "variant": variant, "seed": seed, "round": rnd, "run": run,
+                             "generator_updates": updates, "generator_accuracy": acc})  # fmt: skip
+    table = pd.DataFrame(rows)
+    out = paired_comparisons(table, scores.__getitem__, window=3, resamples=2000).set_index("variant")
+    # the oracle's final: rounds 1, 3 (not 2: same checkpoint as 3) and 4, both seeds, every problem
+    expect = {v: [pd.concat([scores[f"R/{v}{s}{r}"] for r in (1, 3, 4)], axis=1).mean(axis=1) for s in (0, 1)]
+              for v in ("grpo", "oracle")}  # fmt: skip
+    oracle, grpo = (pd.concat(expect[v], axis=1).mean(axis=1) for v in ("oracle", "grpo"))
+    assert out.loc["oracle", "final_accuracy"] == pytest.approx(oracle.mean())
+    assert out.loc["oracle", "final_accuracy"] == pytest.approx(
+        np.mean([final_accuracy(table[(table.variant == "oracle") & (table.seed == s)], 3) for s in (0, 1)])
+    )
+    assert out.loc["oracle", "diff"] == pytest.approx((oracle - grpo.reindex(oracle.index)).mean())
+    assert 0 < out.loc["oracle", "diff_low"] < out.loc["oracle", "diff"] < out.loc["oracle", "diff_high"]
+    assert out.loc["oracle", "acc_low"] < out.loc["oracle", "final_accuracy"] < out.loc["oracle", "acc_high"]
+    assert math.isnan(out.loc["grpo", "diff"]) and out.loc["oracle", "paired_seeds"] == 2
+    other = {k: (v.rename(lambda i: i + "x") if k.startswith("R/oracle") else v) for k, v in scores.items()}
+    with pytest.raises(ValueError, match="different held-out problems"):
+        paired_comparisons(table, other.__getitem__, resamples=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from test_flows import REPO, SMALL, Datastore, _ok
 
@@ -93,6 +94,41 @@ def test_plots_are_redrawn_from_the_run_and_from_the_saved_table(study, tmp_path
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert png.exists() and again.stdout.splitlines()[-2:] == run.stdout.splitlines()[-2:]
+
+
+def test_paired_intervals_from_the_run_and_from_the_saved_finals(study, tmp_path):
+    """benchmarks/study_intervals.py: each arm's final per-problem scores from the round runs' eval tables."""
+    ds, res, _ = study
+    script = str(REPO / "benchmarks" / "study_intervals.py")
+    cmd = [sys.executable, script, "--run", res["run"], "--out", str(tmp_path), "--resamples", "200"]
+    run = subprocess.run(cmd, env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    finals = pd.read_csv(tmp_path / "study_finals.csv")
+    # 2 distinct generator checkpoints per branch (rounds 1 and 2), each scored on every held-out problem
+    n = SMALL["evaluation"]["heldout_problems"]
+    assert sorted(finals.groupby(["variant", "round"]).size().items()) == [
+        (("grpo", 1), n), (("grpo", 2), n), (("tango", 1), n), (("tango", 2), n)
+    ]  # fmt: skip
+    rows = {(m["variant"], m["round"]): m for m in res["metrics"]}
+    for (variant, rnd), g in finals.groupby(["variant", "round"]):
+        assert g["correct"].mean() == pytest.approx(rows[variant, rnd]["generator_accuracy"])
+    assert "| arithmetic | tango |" in run.stdout and (tmp_path / "study_arithmetic.png").exists()
+    again = subprocess.run(
+        [sys.executable, script, "--csv", str(tmp_path / "study_finals.csv"), "--out", str(tmp_path),
+         "--resamples", "200"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0 and again.stdout == run.stdout, again.stderr[-3000:]
+    # round 0's evaluation lives in the branch's init task (its history row names it)
+    init = rows["tango", 0]["run"]
+    assert init.startswith(res["run"] + "/init/")
+    n0 = ds.query(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        from benchmarks.study_intervals import eval_correct
+        c = eval_correct({init!r})
+        print(json.dumps([len(c), float(c.mean())]))
+    """)
+    assert n0 == [n, pytest.approx(rows["tango", 0]["generator_accuracy"])]
 
 
 def test_bad_grid_fails_in_start_naming_it(tmp_path):

@@ -1,0 +1,121 @@
+"""Paired per-problem comparisons of a study's arms, with bootstrap intervals (TANGO.md §8; docs/results.md).
+
+    python benchmarks/study_intervals.py --run AblationFlow/<id> [--run AblationFlow/<other id>] --out docs/results
+    python benchmarks/study_intervals.py --csv docs/results/study_finals.csv --out docs/results
+
+Each branch's final per-problem score is its correctness on each held-out problem averaged over its
+last ``--window`` distinct generator checkpoints (``tango_steps.ablation.final_rounds``; read from the
+round runs' ``eval_table`` artifacts through the Metaflow client). Every arm is compared with
+``--baseline`` (grpo) paired per (seed, problem); the interval is a paired bootstrap over problems
+pooled over seeds (``paired_bootstrap``, 10,000 resamples). Prints a Markdown table (points), writes
+``<out>/study_finals.csv`` (the per-problem finals, so the table redraws without the runs) and
+``<out>/study_<task>.png`` (final accuracy per arm and the difference to the baseline, error bars =
+95% intervals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.plot_ablation import markdown
+from tango_steps.ablation import merge_tables, paired_comparisons
+
+
+def eval_correct(pathspec: str) -> pd.Series:
+    """Held-out correctness by problem id of one evaluation: a round run's, or round 0's (its flow task)."""
+    from metaflow import Run, Task
+
+    holder = Task(pathspec) if pathspec.count("/") == 3 else Run(pathspec)["evaluate"].task
+    table = holder["eval_table"].data
+    return table.set_index("prompt_id")["correct"].astype(float)
+
+
+def finals_from_runs(runs: list[str], window: int) -> pd.DataFrame:
+    """Long table (task, variant, seed, round, run, prompt_id, correct) of every branch's final rounds."""
+    from metaflow import Run, namespace
+
+    from tango_steps.ablation import final_rounds
+
+    namespace(None)
+    table = merge_tables([Run(run)["join"].task["metrics"].data for run in runs])
+    rows = []
+    for (task, variant, seed), g in table.groupby(["task", "variant", "seed"], sort=False):
+        for _, r in final_rounds(g, window).iterrows():
+            c = eval_correct(r["run"])
+            rows.append(pd.DataFrame({"task": task, "variant": variant, "seed": seed, "round": r["round"],
+                                      "generator_updates": r["generator_updates"], "run": r["run"],
+                                      "prompt_id": c.index, "correct": c.to_numpy()}))  # fmt: skip
+    return pd.concat(rows, ignore_index=True)
+
+
+def comparisons(finals: pd.DataFrame, baseline: str, window: int, resamples: int) -> pd.DataFrame:
+    """``paired_comparisons`` over the saved long table (each run's scores looked up in it)."""
+    by_run = {run: g.set_index("prompt_id")["correct"] for run, g in finals.groupby("run")}
+    acc = finals.groupby(["task", "variant", "seed", "round", "run", "generator_updates"], as_index=False)["correct"]
+    table = acc.mean().rename(columns={"correct": "generator_accuracy"})
+    return paired_comparisons(table, by_run.__getitem__, baseline=baseline, window=window, resamples=resamples)
+
+
+def plot(result: pd.DataFrame, task: str, baseline: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = result[result["task"] == task].reset_index(drop=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    x = range(len(r))
+    acc = 100 * r["final_accuracy"]
+    ax1.errorbar(x, acc, yerr=[acc - 100 * r["acc_low"], 100 * r["acc_high"] - acc], fmt="o", capsize=4)
+    ax1.set_xticks(list(x), r["variant"], rotation=30)
+    ax1.set_ylabel("final held-out accuracy (%)")
+    ax1.set_title(f"{task}: final accuracy, 95% bootstrap interval")
+    d = r.dropna(subset=["diff"]).reset_index(drop=True)
+    xd = range(len(d))
+    diff = 100 * d["diff"]
+    ax2.errorbar(xd, diff, yerr=[diff - 100 * d["diff_low"], 100 * d["diff_high"] - diff], fmt="o", capsize=4)
+    ax2.axhline(0, color="grey", lw=0.8)
+    ax2.set_xticks(list(xd), d["variant"], rotation=30)
+    ax2.set_ylabel(f"arm - {baseline} (points)")
+    ax2.set_title("paired per (seed, problem), 95% interval")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", action="append", help="AblationFlow/<run id>; repeat to join grids run apart")
+    src.add_argument("--csv", help="per-problem finals saved by an earlier call")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--baseline", default="grpo")
+    ap.add_argument("--window", type=int, default=3, help="distinct generator checkpoints averaged as 'final'")
+    ap.add_argument("--resamples", type=int, default=10_000)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.csv:
+        finals = pd.read_csv(args.csv)
+    else:
+        finals = finals_from_runs(args.run, args.window)
+        finals.to_csv(out / "study_finals.csv", index=False)
+    result = comparisons(finals, args.baseline, args.window, args.resamples)
+    shown = result.copy()
+    for c in ("final_accuracy", "acc_low", "acc_high", "baseline_accuracy", "diff", "diff_low", "diff_high"):
+        if c in shown:
+            shown[c] = (100 * shown[c]).round(1)
+    print(markdown(shown))
+    for task in result["task"].unique():
+        plot(result, task, args.baseline, out / f"study_{task}.png")
+        print(f"wrote {out / f'study_{task}.png'}")
+
+
+if __name__ == "__main__":
+    main()
