@@ -130,7 +130,7 @@ class WarmupSettings:
 
     def generator_key(self) -> str:
         """Cache key of the generator stage alone: the verifier's settings are left out of the hash, so a
-        new verifier recipe or verifier setting reuses the (slow) generator warm-up."""
+        new verifier recipe or verifier setting reuses the (slow) generator warm-up (TANGO.md §7 analogue)."""
         return self._digest({k: v for k, v in asdict(self).items() if k not in VERIFIER_FIELDS})
 
     def _digest(self, settings: dict) -> str:
