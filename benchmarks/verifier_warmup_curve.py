@@ -35,7 +35,6 @@ def main() -> None:
     from transformers import TrainerCallback
 
     from tango_steps.modeling import cache_dir, load_model, load_tokenizer
-    from tango_steps.rollout.base import SamplingSettings
     from tango_steps.rollout.hf import HFEngine
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
@@ -52,12 +51,8 @@ def main() -> None:
     problems, texts = W._verifier_training_solutions(s, task, template, gen)
     rows, counts = W.verifier_warmup_rows(task, template, problems, texts, s.seed)
     print(f"sampled {len(texts)} solutions in {time.perf_counter() - t0:.0f} s: {counts}", flush=True)
-    heldout = task.problems(s.eval_problems, "heldout", s.seed)  # as _heldout_verifier_quality samples them
-    sampled = gen.generate(
-        [template.generator_prompt(p.question) for p in heldout],
-        SamplingSettings(n=1, temperature=1.0, max_tokens=s.max_new_tokens, seed=s.seed + 2),
-    )
-    held_texts = [c[0].text for c in sampled]
+    heldout = task.problems(s.eval_problems, "heldout", s.seed)
+    held_texts = W.heldout_samples(s, template, gen, heldout)  # the warm-up's own check set
 
     class Check(TrainerCallback):
         def on_step_end(self, targs, state, control, model=None, **kw):

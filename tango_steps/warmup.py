@@ -377,21 +377,28 @@ def _heldout_verifier_quality(
     settings: WarmupSettings, task: Task, template: PromptTemplate, gen_engine, verifier, heldout, max_tokens: int
 ) -> dict:
     """The warmed-up verifier on SAMPLED held-out generator solutions, so both classes appear (TANGO.md §5)."""
-    from tango_steps.rollout.base import SamplingSettings
     from tango_steps.rollout.hf import HFEngine
 
-    hcomps = gen_engine.generate(
+    engine = HFEngine("", model=verifier, tokenizer=gen_engine.tokenizer, device=gen_engine.device)
+    texts = heldout_samples(settings, template, gen_engine, heldout)
+    return verifier_quality(engine, task, template, heldout, texts, max_tokens)
+
+
+def heldout_samples(settings: WarmupSettings, template: PromptTemplate, gen_engine, heldout) -> list[str]:
+    """One SAMPLED generator solution per held-out problem, the warm-up's verifier check set (TANGO.md §5)."""
+    from tango_steps.rollout.base import SamplingSettings
+
+    comps = gen_engine.generate(
         [template.generator_prompt(p.question) for p in heldout],
         SamplingSettings(n=1, temperature=1.0, max_tokens=settings.max_new_tokens, seed=settings.seed + 2),
     )
-    engine = HFEngine("", model=verifier, tokenizer=gen_engine.tokenizer, device=gen_engine.device)
-    return verifier_quality(engine, task, template, heldout, [c[0].text for c in hcomps], max_tokens)
+    return [c[0].text for c in comps]
 
 
 def warm_up_generator(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
     """Build the tokenizer and the generator, SFT it until held-out accuracy reaches the target (TANGO.md §7).
 
-    Saves ``out_dir/generator`` and returns (and writes to ``out_dir/report.json``) its report.
+    Saves ``out_dir/generator`` and returns its report (the cache writes ``report.json``, :func:`_cached`).
     """
     import torch
 
@@ -433,7 +440,6 @@ def warm_up_generator(settings: WarmupSettings, out_dir: str | Path, log=print) 
     log(f"generator warm-up done: {report['generator_heldout']}")
     key = settings.generator_key()
     save_pretrained_atomic(gen.cpu(), tok, out / "generator", extra={"role": "generator", "warmup_key": key})
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 
 
