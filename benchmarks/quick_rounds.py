@@ -74,8 +74,10 @@ def main() -> None:
                 new = work / f"r{k}" / "generator"
                 stages.update(cfg, "generator", gen, gen0, out["generator_batch"], new, log=QUIET)
                 gen = new
-            _, res = stages.evaluate(cfg, gen, ver, log=QUIET)
-            m, rm = res.metrics, out["metrics"]
+            m, rm = {}, out["metrics"]
+            if plan.evaluate:  # evaluation.every (e.g. --set evaluation.every=5) skips the others
+                _, res = stages.evaluate(cfg, gen, ver, log=QUIET)
+                m = res.metrics
             alpha = out["alpha"] if out["alpha"] is not None else math.nan
             updated = "+".join(r for r, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
             print(f"| {k} | {plan.slot} | {updated or '-'} | {_cells(m, rm, alpha)} | {time.perf_counter() - t0:.1f} |")

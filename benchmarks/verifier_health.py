@@ -22,7 +22,8 @@ MIN_FORMAT = 0.9
 def health_row(run: str, seed: int, metrics: pd.DataFrame) -> dict:
     """One run's verifier-health figures from TangoFlow's per-round ``metrics`` table (TANGO.md §5, §8)."""
     m = metrics.sort_values("round")
-    first, last = m.iloc[0], m.iloc[-1]
+    evaluated = m.dropna(subset=["eval/verifier_balanced_accuracy"])  # evaluation.every > 1 leaves gaps
+    first, last = evaluated.iloc[0], evaluated.iloc[-1]
     alarms = m[m.get("eval/verifier_alarm", pd.Series([""] * len(m))).fillna("").astype(bool)]["round"].tolist()
     ok = (
         last["eval/verifier_balanced_accuracy"] >= first["eval/verifier_balanced_accuracy"]
@@ -31,7 +32,7 @@ def health_row(run: str, seed: int, metrics: pd.DataFrame) -> dict:
     return {
         "run": run,
         "seed": seed,
-        "rounds": int(last["round"]),
+        "rounds": int(m.iloc[-1]["round"]),
         "bal_acc_round0": float(first["eval/verifier_balanced_accuracy"]),
         "bal_acc_last": float(last["eval/verifier_balanced_accuracy"]),
         "format_last": float(last["eval/verifier_format_ok_frac"]),

@@ -34,7 +34,7 @@ def main() -> None:
     import torch
     from transformers import TrainerCallback
 
-    from tango_steps.modeling import cache_dir, load_model, load_tokenizer
+    from tango_steps.modeling import load_model, load_tokenizer
     from tango_steps.rollout.hf import HFEngine
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
@@ -42,8 +42,7 @@ def main() -> None:
 
     s = W.WarmupSettings(seed=args.seed, verifier_solutions=args.solutions)
     s = replace(s, verifier_sft=replace(s.verifier_sft, max_steps=args.steps))
-    gen_dir = cache_dir() / "tiny" / "generators" / s.generator_key()
-    W._cached(gen_dir, lambda d: W.warm_up_generator(s, d), print)
+    gen_dir, _ = W.warmed_up_generator(s)
     task, template = get_task(s.task, **s.task_params), get_template(s.template)
     tok = load_tokenizer(str(gen_dir / "generator"))
     gen = HFEngine("", model=load_model(str(gen_dir / "generator"), "float32").eval(), tokenizer=tok, device="cpu")

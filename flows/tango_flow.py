@@ -117,7 +117,10 @@ class TangoFlow(FlowSpec):
         ]  # fmt: skip
         if "eval/verifier_alarm" in self.metrics:  # a prominent column: empty unless the verifier collapsed
             self.metrics["eval/verifier_alarm"] = self.metrics["eval/verifier_alarm"].fillna("")
-        print(self.metrics[cols].to_string(index=False))
+        evaluated = self.metrics  # rounds with held-out figures (evaluation.every > 1 skips some)
+        if "eval/generator_accuracy" in evaluated:
+            evaluated = evaluated.dropna(subset=["eval/generator_accuracy"])
+        print(evaluated[cols].to_string(index=False))
         if self.stopped:
             print(f"!!! {self.stopped}")
         print(f"final generator: {self.final_generator['uri']}\nfinal verifier: {self.final_verifier['uri']}")
@@ -127,7 +130,7 @@ class TangoFlow(FlowSpec):
                                      f"final verifier `{self.final_verifier['uri']}`"))  # fmt: skip
         if self.stopped:
             current.card.append(Markdown(f"# {self.stopped}"))
-        current.card.append(Table.from_dataframe(self.metrics[cols].round(4)))
+        current.card.append(Table.from_dataframe(evaluated[cols].round(4)))
 
 
 if __name__ == "__main__":

@@ -203,10 +203,14 @@ class TangoRoundFlow(FlowSpec):
 
         self._check("evaluate")
         cfg = self._cfg()
-        store = self._store()
-        self.eval_table, res = stages.evaluate(cfg, store.load(self.generator_out), store.load(self.verifier_out))
-        self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
-        self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
+        if self.plan.get("evaluate", True):
+            store = self._store()
+            self.eval_table, res = stages.evaluate(cfg, store.load(self.generator_out), store.load(self.verifier_out))
+            self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
+            self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
+        else:  # evaluation.every > 1: measurement only, no model depends on it
+            self.eval_table, self.eval_metrics, self.compute_seconds = None, {}, 0.0
+            self._card(cards.skipped_evaluation_components(cfg.evaluation.every))
         self._record_peak()
         self.next(self.end)
 

@@ -182,6 +182,14 @@ def evaluate_components(eval_table: pd.DataFrame, metrics: dict[str, Any], n: in
     return out
 
 
+def skipped_evaluation_components(every: int) -> list:
+    """Evaluation card of a round the recipe does not evaluate (``evaluation.every``, TANGO.md §7)."""
+    from metaflow.cards import Markdown
+
+    text = f"Not evaluated this round: the recipe evaluates every {every} rounds and the last."
+    return [Markdown(f"## Held-out evaluation\n\n{text}")]
+
+
 ROUND_CHARTS = (
     ("generator held-out accuracy", ("eval/generator_accuracy",)),
     ("verifier F1 (outcome) and process F1", ("eval/verifier_f1", "eval/verifier_process_f1")),

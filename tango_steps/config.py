@@ -221,6 +221,9 @@ class EvaluationConfig(_Section):
         500, ge=1, description="held-out problems, the same set for every seed (500: ~2.2-point standard error)"
     )
     max_tokens: int = Field(256, ge=1, description="generation limit while evaluating")
+    every: int = Field(
+        1, ge=1, description="evaluate every k-th round and the last (round 0 always); skipping changes no model"
+    )
     collapse_majority: float = Field(
         0.95, gt=0.5, le=1, description="alarm when this share of held-out verdicts or more is one class"
     )

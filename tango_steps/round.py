@@ -22,14 +22,14 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from tango_steps.config import TangoConfig
-from tango_steps.schedule import RoundPlan, plan_round, total_generator_updates
+from tango_steps.schedule import RoundPlan, evaluates, plan_round, total_generator_updates
 
 Log = Callable[[str], None]
 FAIL_ENV = "TANGO_FAIL_AT"  # test-only switch, "<round>:<stage>", e.g. "2:judge" (see README)
@@ -46,9 +46,10 @@ def maybe_fail(round_idx: int, stage: str) -> None:
 def round_plan(cfg: TangoConfig, round_idx: int) -> RoundPlan:
     """The TANGO.md §3 plan of round ``round_idx`` under ``cfg.schedule``."""
     s = cfg.schedule
-    return plan_round(
+    plan = plan_round(
         round_idx, s.verifier_warmup_rounds, s.generator_per_verifier, s.train_generator, s.train_verifier
     )
+    return replace(plan, evaluate=evaluates(round_idx, cfg.evaluation.every, cfg.rounds))
 
 
 def round_problems(cfg: TangoConfig, round_idx: int, n: int):
@@ -833,3 +834,43 @@ def plan_dict(plan: RoundPlan) -> dict[str, Any]:
 def plan_from_dict(plan: dict[str, Any]) -> RoundPlan:
     """The plan back from its artifact dict (TANGO.md §3)."""
     return RoundPlan(**plan)
+
+
+def judge_texts(
+    cfg: TangoConfig, verifier_ckpt: Path, questions: list[str], texts: list[str], log: Log = print
+) -> tuple[list, list[bool]]:
+    """The verifier's greedy verification of each solution text (TANGO.md §2), as held-out evaluation judges.
+
+    Returns the parsed verifications and, per solution, whether its prompt lost the solution's tail.
+    """
+    from tango_steps.formats import parse_solution, parse_verification
+    from tango_steps.rollout import SamplingSettings
+
+    parsed = [parse_solution(t) for t in texts]
+    vgreedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.verifier_sampling.max_tokens)
+    vprompts, vcut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
+    with _engine(cfg, verifier_ckpt / "model", cfg.seed) as engine:
+        vcomps = _generate(engine, vprompts, vgreedy, "evaluate verifier", log)
+    verdicts = [parse_verification(c[0].text, s.num_steps, s.well_formed) for c, s in zip(vcomps, parsed, strict=True)]
+    return verdicts, vcut
+
+
+def rejudge(cfg: TangoConfig, verifier_ckpt: Path, eval_table: pd.DataFrame, log: Log = print) -> dict[str, Any]:
+    """Another verifier's held-out metrics on the SAME solutions as ``eval_table`` (TANGO.md §5, §8).
+
+    Separates a verifier's own change from the generator's drift: e.g. the last round's verifier on
+    round 0's solutions (did the verifier get worse?) and round 0's verifier on the last round's
+    solutions (did the solutions get harder to judge?). Returns the ``eval/verifier_*`` outcome and
+    process metrics that :func:`evaluate` would report for that pairing.
+    """
+    verdicts, _ = judge_texts(cfg, verifier_ckpt, list(eval_table["question"]), list(eval_table["text"]), log)
+    df = eval_table.copy()
+    df["final_verdict"] = [v.final_verdict for v in verdicts]
+    df["step_verdicts"] = [v.step_verdicts for v in verdicts]
+    df["predicted_first_error"] = [predicted_first_error(v.step_verdicts) for v in verdicts]
+    df["verifier_format_score"] = [v.format_score for v in verdicts]
+    metrics: dict[str, Any] = binary_metrics(list(df["final_verdict"]), list(df["correct"]), "eval/verifier_")
+    metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
+    metrics["eval/verifier_says_correct_frac"] = float(df["final_verdict"].map(lambda v: v is True).mean())
+    metrics.update(process_metrics(df))
+    return metrics

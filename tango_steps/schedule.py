@@ -23,6 +23,7 @@ class RoundPlan:
         skip_generator / skip_verifier: why an update is skipped ("" when it runs).
         slot: "generator" or "verifier", the model the schedule gives this round to (a frozen
             model's slot keeps its sampling sizes; only the update is skipped).
+        evaluate: whether the round ends with the held-out evaluation (``evaluation.every``).
     """
 
     round_idx: int
@@ -32,6 +33,18 @@ class RoundPlan:
     skip_generator: str = ""
     skip_verifier: str = ""
     slot: str = "generator"
+    evaluate: bool = True
+
+
+def evaluates(round_idx: int, every: int, rounds: int) -> bool:
+    """Whether round ``round_idx`` of a ``rounds``-round run is evaluated: every ``every``-th round and the last.
+
+    Evaluation is measurement, not part of the method (TANGO.md §7); skipping it changes no
+    model, so a run's weights are the same whatever ``every`` is.
+    """
+    if every < 1:
+        raise ValueError(f"evaluation every must be >= 1, got {every}")
+    return round_idx % every == 0 or round_idx >= rounds
 
 
 def plan_round(

@@ -522,6 +522,22 @@ def _cached(folder: Path, build, log) -> dict:
         return report
 
 
+def warmed_up_generator(
+    settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
+) -> tuple[Path, dict]:
+    """The generator stage alone (TANGO.md §7): ``(<root>/generators/<generator_key>, its report)``, built once.
+
+    ``root`` defaults to ``<cache_dir>/tiny``. The folder holds ``generator/``; a later
+    :func:`warmed_up_models` with the same generator settings reuses it.
+    """
+    from tango_steps.modeling import cache_dir
+
+    settings = settings or WarmupSettings()
+    base = Path(root) if root is not None else cache_dir() / "tiny"
+    gen_dir = base / "generators" / settings.generator_key()
+    return gen_dir, _cached(gen_dir, lambda d: warm_up_generator(settings, d, log=log), log)
+
+
 def warmed_up_models(
     settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
 ) -> tuple[Path, dict]:
@@ -542,8 +558,7 @@ def warmed_up_models(
     out = base / settings.key()
     if (out / "report.json").exists():
         return out, json.loads((out / "report.json").read_text())
-    gen_dir = base / "generators" / settings.generator_key()
-    gen_report = _cached(gen_dir, lambda d: warm_up_generator(settings, d, log=log), log)
+    gen_dir, gen_report = warmed_up_generator(settings, base, log)
     report = _cached(
         out, lambda d: {"settings": asdict(settings), **gen_report, **warm_up(settings, gen_dir, d, log=log)}, log
     )

@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -303,6 +304,33 @@ def test_fork_from_a_finished_round_continues_identically(tmp_path, baseline):
     assert [m["round"] for m in fork["metrics"]] == [1, 2]
     assert _digest(fork["gen"]) == _digest(expected["gen"])
     assert _digest(fork["ver"]) == _digest(expected["ver"])
+
+
+def test_evaluation_every_k_rounds_skips_measurement_not_training(tmp_path, baseline):
+    """``evaluation.every: 5`` over 2 rounds evaluates round 0 and the last round only; the models
+    are the same as the every-round baseline's (evaluation is measurement) and nothing downstream
+    mistakes the skipped round for a score."""
+    _, expected = baseline
+    ds = Datastore(tmp_path / "mf")
+    sparse = {**SMALL, "evaluation": {**SMALL["evaluation"], "every": 5}}
+    _ok(ds.flow("--config", "config", str(ds.config(sparse)), "run"))
+    final = ds.query(FINAL)
+    acc = {m["round"]: m.get("eval/generator_accuracy") for m in final["metrics"]}
+    assert acc[1] is None and acc[0] is not None and acc[2] is not None, acc
+    assert acc == {m["round"]: m["eval/generator_accuracy"] for m in expected["metrics"]} | {1: None}
+    skipped = ds.query(f'print(json.dumps(Run({final["rounds"][0]!r})["end"].task["eval_table"].data is None))')
+    assert skipped is True
+    assert _digest(final["gen"]) == _digest(expected["gen"])
+    assert _digest(final["ver"]) == _digest(expected["ver"])
+    # the cross-judging diagnostic finds the last EVALUATED round and recomputes the run's own figures
+    script = str(REPO / "benchmarks" / "verifier_crossjudge.py")
+    out = subprocess.run([sys.executable, script, "--run", final["run"], "--save", str(tmp_path / "x.csv")],
+                         env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    x = pd.read_csv(tmp_path / "x.csv").set_index(["verifier", "solutions"])["balanced_accuracy"]
+    bal = {m["round"]: m["eval/verifier_balanced_accuracy"] for m in final["metrics"]}
+    assert x[("v0", "s0")] == pytest.approx(bal[0]) and x[("vN", "sN")] == pytest.approx(bal[2])
+    assert "the verifier's RL on the last solutions" in out.stdout
 
 
 BAD = [

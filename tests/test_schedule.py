@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tango_steps.schedule import plan_round, total_generator_updates
+from tango_steps.schedule import evaluates, plan_round, total_generator_updates
 
 
 def test_paper_schedule_440_steps():
@@ -46,3 +46,11 @@ def test_generator_only_schedule():
 def test_errors(args, msg):
     with pytest.raises(ValueError, match=msg):
         plan_round(*args)
+
+
+def test_evaluation_every_k_rounds_and_always_the_last():
+    assert [r for r in range(1, 21) if evaluates(r, 5, 20)] == [5, 10, 15, 20]
+    assert [r for r in range(1, 8) if evaluates(r, 3, 7)] == [3, 6, 7]
+    assert all(evaluates(r, 1, 4) for r in range(1, 5))
+    with pytest.raises(ValueError, match="every"):
+        evaluates(1, 0, 4)

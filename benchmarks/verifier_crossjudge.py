@@ -1,0 +1,83 @@
+"""Did the verifier get worse, or did the solutions get harder to judge? Round 0 x last round, crossed.
+
+    python benchmarks/verifier_crossjudge.py --run TangoFlow/<id> [--run ...] [--save table.csv]
+    python benchmarks/verifier_crossjudge.py --csv table.csv      # reprint a saved table
+
+A run's held-out balanced accuracy at its last round is measured on the last generator's solutions,
+and the generator moves toward what the verifier calls correct (its step rewards pay for that). So
+for each finished TangoFlow run this judges, greedily and on the same 500 held-out problems:
+
+- ``v0 x s0``: round 0's verifier on round 0's solutions (the run's round-0 figure, recomputed);
+- ``vN x s0``: the last verifier on round 0's solutions: did the verifier itself get better or worse?
+- ``v0 x sN``: round 0's verifier on the last solutions: how much harder did the drift make them?
+- ``vN x sN``: the last verifier on the last solutions (the run's last-round figure, recomputed).
+
+``vN x sN - v0 x sN`` is what the verifier's RL bought on the solutions it now faces (a frozen
+verifier would have scored ``v0 x sN``). Reads the runs through the Metaflow client (set
+``METAFLOW_DATASTORE_SYSROOT_LOCAL``); about two held-out verifications per run on one core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PAIRS = (("v0", "s0"), ("vN", "s0"), ("v0", "sN"), ("vN", "sN"))
+
+
+def crossjudge(run: str) -> list[dict]:
+    """The four (verifier, solutions) pairings of one TangoFlow run (TANGO.md §5, §8), one row each."""
+    from metaflow import Run, namespace
+
+    from tango_steps import round as stages
+    from tango_steps.config import TangoConfig, validate
+    from tango_steps.driver import round_models
+
+    namespace(None)
+    r = Run(run)
+    cfg = validate(TangoConfig, r["start"].task["cfg"].data, source=f"{run} configuration")
+    rounds = r["end"].task["round_runs"].data
+    last_eval = next(p for p in reversed(rounds) if Run(p)["end"].task["eval_table"].data is not None)
+    tables = {"s0": r["start"].task["eval_table"].data, "sN": Run(last_eval)["end"].task["eval_table"].data}
+    verifiers = {"v0": round_models(f"{run}/start/{r['start'].task.id}")["verifier"],
+                 "vN": round_models(last_eval)["verifier"]}  # fmt: skip
+    last_round = int(Run(last_eval)["end"].task["metrics"].data["round"])
+    rows = []
+    for v, s in PAIRS:
+        m = stages.rejudge(cfg, verifiers[v], tables[s], log=lambda _: None)
+        rows.append({"run": run, "seed": cfg.seed, "last_round": last_round,
+                     "verifier": v, "solutions": s, "generator_accuracy": float(tables[s]["correct"].mean()),
+                     "balanced_accuracy": m["eval/verifier_balanced_accuracy"],
+                     "says_correct": m["eval/verifier_says_correct_frac"], "precision": m["eval/verifier_precision"],
+                     "recall": m["eval/verifier_recall"], "format": m["eval/verifier_format_ok_frac"],
+                     "process_f1": m["eval/verifier_process_f1"]})  # fmt: skip
+        print(f"{run} {v} x {s}: balanced accuracy {m['eval/verifier_balanced_accuracy']:.3f}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", action="append", help="TangoFlow/<run id>; repeat for each seed")
+    src.add_argument("--csv", help="a table saved with --save")
+    ap.add_argument("--save", help="write the table as CSV here")
+    args = ap.parse_args(argv)
+    table = pd.DataFrame([row for run in args.run for row in crossjudge(run)]) if args.run else pd.read_csv(args.csv)
+    if args.save:
+        table.to_csv(args.save, index=False)
+    pd.set_option("display.width", 200)
+    print(table.drop(columns=["run"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for (seed, _run), t in table.groupby(["seed", "run"]):
+        bal = {(a, b): x for a, b, x in zip(t["verifier"], t["solutions"], t["balanced_accuracy"], strict=True)}
+        print(f"seed {seed}: the verifier's RL on the last solutions (vN x sN - v0 x sN) "
+              f"{bal[('vN', 'sN')] - bal[('v0', 'sN')]:+.3f}; the generator's drift on round 0's verifier "
+              f"(v0 x sN - v0 x s0) {bal[('v0', 'sN')] - bal[('v0', 's0')]:+.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
