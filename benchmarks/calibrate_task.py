@@ -18,8 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tango_steps import warmup as W
@@ -31,14 +29,10 @@ def main() -> None:
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="task parameter (YAML value)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    params = {}
-    for kv in args.param:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            sys.exit(f"--param '{kv}' is not KEY=VALUE")
-        params[key] = yaml.safe_load(value)
-
+    from tango_steps.config import parse_overrides
     from tango_steps.tasks import get_task
+
+    params = parse_overrides(args.param)
 
     get_task(args.task, **params)  # a bad parameter fails here, before any training
     settings = W.WarmupSettings(task=args.task, task_params=params, seed=args.seed)

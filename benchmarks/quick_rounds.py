@@ -20,12 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tango_steps import round as stages
-from tango_steps.config import load_config
+from tango_steps.config import load_config, parse_overrides
 from tango_steps.driver import initial_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,13 +36,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
     args = ap.parse_args()
-    overrides = {}
-    for kv in args.set:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            sys.exit(f"--set '{kv}' is not KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    cfg = load_config(args.config, {**overrides, "rounds": args.rounds})
+    cfg = load_config(args.config, {**parse_overrides(args.set), "rounds": args.rounds})
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -19,13 +19,15 @@ verifier would have scored ``v0 x sN``). Reads the runs through the Metaflow cli
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_tables import table_from_args
 
 PAIRS = (("v0", "s0"), ("vN", "s0"), ("v0", "sN"), ("vN", "sN"))
 
@@ -61,16 +63,8 @@ def crossjudge(run: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", action="append", help="TangoFlow/<run id>; repeat for each seed")
-    src.add_argument("--csv", help="a table saved with --save")
-    ap.add_argument("--save", help="write the table as CSV here")
-    args = ap.parse_args(argv)
-    table = pd.DataFrame([row for run in args.run for row in crossjudge(run)]) if args.run else pd.read_csv(args.csv)
-    if args.save:
-        table.to_csv(args.save, index=False)
-    pd.set_option("display.width", 200)
+    load = lambda runs: pd.DataFrame([row for run in runs for row in crossjudge(run)])  # noqa: E731
+    table = table_from_args(__doc__.split("\n")[0], load, argv)
     print(table.drop(columns=["run"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for (seed, _run), t in table.groupby(["seed", "run"]):
         bal = {(a, b): x for a, b, x in zip(t["verifier"], t["solutions"], t["balanced_accuracy"], strict=True)}

@@ -12,9 +12,14 @@ the Metaflow client (set ``METAFLOW_DATASTORE_SYSROOT_LOCAL`` to the runs' datas
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run_tables import table_from_args
 
 MIN_FORMAT = 0.9
 
@@ -58,16 +63,7 @@ def load_runs(runs: list[str]) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", action="append", help="TangoFlow/<run id>; repeat for each seed")
-    src.add_argument("--csv", help="a table saved with --save")
-    ap.add_argument("--save", help="write the table as CSV here")
-    args = ap.parse_args(argv)
-    table = load_runs(args.run) if args.run else pd.read_csv(args.csv, keep_default_na=False)
-    if args.save:
-        table.to_csv(args.save, index=False)
-    pd.set_option("display.width", 200)
+    table = table_from_args(__doc__.split("\n")[0], load_runs, argv)
     print(table.drop(columns=["run"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\n{(table['verdict'] == 'PASS').sum()} of {len(table)} runs pass "
           f"(last balanced accuracy >= round 0's and last format rate >= {MIN_FORMAT})")  # fmt: skip

@@ -334,6 +334,20 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return data
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["generator_update.learning_rate=1e-4", ...]`` -> ``{"generator_update.learning_rate": 1e-4}`` (TANGO.md §3).
+
+    Values are parsed as YAML; a pair without ``=`` raises, naming it.
+    """
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"'{kv}' is not KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def parse_recipe(text: str) -> dict[str, Any]:
     """Metaflow ``Config`` parser for recipes (TANGO.md §3-§7): YAML (or JSON) text to a plain dict.
 

@@ -710,7 +710,7 @@ def evaluate(
     every step is right (it stopped early) has no first wrong step: it is left out and counted, as
     is every solution of a task without step labels (``dataset``).
     """
-    from tango_steps.formats import parse_solution, parse_verification
+    from tango_steps.formats import parse_solution
     from tango_steps.rollout import SamplingSettings
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
@@ -727,12 +727,8 @@ def evaluate(
     texts = [c[0].text for c in comps]
     parsed = [parse_solution(t) for t in texts]
     checks = [task.check(p, t) for p, t in zip(problems, texts, strict=True)]
-    vgreedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.verifier_sampling.max_tokens)
-    vprompts, vcut = verifier_prompts(cfg, verifier_ckpt / "model", [p.question for p in problems], parsed, texts)
-    with _engine(cfg, verifier_ckpt / "model", cfg.seed) as engine:
-        vcomps = _generate(engine, vprompts, vgreedy, "evaluate verifier", log)
+    verdicts, vcut = judge_texts(cfg, verifier_ckpt, [p.question for p in problems], texts, log)
     compute = time.perf_counter() - t0
-    verdicts = [parse_verification(c[0].text, s.num_steps, s.well_formed) for c, s in zip(vcomps, parsed, strict=True)]
     rows = []
     for p, t, s, ch, c, v in zip(problems, texts, parsed, checks, comps, verdicts, strict=True):
         rows.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tango_steps.config import ConfigError, RolloutConfig, TaskConfig, load_yaml, validate
+from tango_steps.config import ConfigError, RolloutConfig, TaskConfig, load_yaml, parse_overrides, validate
 
 
 def test_defaults_and_overrides():
@@ -72,3 +72,10 @@ def test_overrides_with_dotted_keys():
     assert s.lora.r == 4 and s.temperature == 0.7 and s.seed == 5
     with pytest.raises(ConfigError, match="'rounds' is not a section"):
         load_config(overrides={"rounds": 3, "rounds.x": 1})
+
+
+def test_command_line_overrides_are_yaml_values_and_name_a_bad_pair():
+    got = parse_overrides(["generator_update.learning_rate=1.0e-4", "schedule.train_verifier=false", "task.name=x"])
+    assert got == {"generator_update.learning_rate": 1e-4, "schedule.train_verifier": False, "task.name": "x"}
+    with pytest.raises(ConfigError, match="'seed' is not KEY=VALUE"):
+        parse_overrides(["seed"])
