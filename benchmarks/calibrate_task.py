@@ -41,18 +41,16 @@ def main() -> None:
     print(f"generator in {folder}")
     sft = report["generator_sft"]
     print("\n| SFT step | held-out accuracy | format rate |\n|---|---|---|")
-    for row in sft.get("history", []):
-        print(
-            f"| {row['step']} | {row.get('accuracy', float('nan')):.3f} | {row.get('format_rate', float('nan')):.3f} |"
-        )
+    for row in sft["history"]:
+        print(f"| {row['step']} | {row['accuracy']:.3f} | {row['format_rate']:.3f} |")
     held = report["generator_heldout"]
     print(
-        f"\nstopped at step {sft.get('steps')} (target {settings.target_accuracy}, at most "
+        f"\nstopped at step {sft['steps']} (target {settings.target_accuracy}, at most "
         f"{settings.generator_sft.max_steps}); held-out {settings.eval_problems} problems: accuracy "
-        f"{held['accuracy']:.3f}, format {held['format_rate']:.3f}; {sft.get('seconds', float('nan')):.0f} s"
+        f"{held['accuracy']:.3f}, format {held['format_rate']:.3f}; {sft['seconds']:.0f} s"
     )
     print(json.dumps({"task": args.task, "params": params, "seed": args.seed, "key": settings.generator_key(),
-                      "steps": sft.get("steps"), "heldout": held, "seconds": sft.get("seconds")}))  # fmt: skip
+                      "steps": sft["steps"], "heldout": held, "seconds": sft["seconds"]}))  # fmt: skip
 
 
 if __name__ == "__main__":

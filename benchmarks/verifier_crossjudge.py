@@ -43,12 +43,15 @@ def crossjudge(run: str) -> list[dict]:
     namespace(None)
     r = Run(run)
     cfg = validate(TangoConfig, r["start"].task["cfg"].data, source=f"{run} configuration")
-    rounds = r["end"].task["round_runs"].data
-    last_eval = next(p for p in reversed(rounds) if Run(p)["end"].task["eval_table"].data is not None)
-    tables = {"s0": r["start"].task["eval_table"].data, "sN": Run(last_eval)["end"].task["eval_table"].data}
-    verifiers = {"v0": round_models(f"{run}/start/{r['start'].task.id}")["verifier"],
-                 "vN": round_models(last_eval)["verifier"]}  # fmt: skip
-    last_round = int(Run(last_eval)["end"].task["metrics"].data["round"])
+    start = r["start"].task
+    evaluated = [Run(p)["end"].task for p in reversed(r["end"].task["round_runs"].data)]
+    last = next((e for e in evaluated if e["eval_table"].data is not None), None)
+    if last is None:
+        raise SystemExit(f"{run}: no evaluated round after round 0")
+    tables = {"s0": start["eval_table"].data, "sN": last["eval_table"].data}
+    verifiers = {"v0": round_models(start.pathspec)["verifier"],
+                 "vN": round_models(last.pathspec)["verifier"]}  # fmt: skip
+    last_round = int(last["metrics"].data["round"])
     rows = []
     for v, s in PAIRS:
         m = stages.rejudge(cfg, verifiers[v], tables[s], log=lambda _: None)

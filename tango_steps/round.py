@@ -727,36 +727,27 @@ def evaluate(
     texts = [c[0].text for c in comps]
     parsed = [parse_solution(t) for t in texts]
     checks = [task.check(p, t) for p, t in zip(problems, texts, strict=True)]
-    verdicts, vcut = judge_texts(cfg, verifier_ckpt, [p.question for p in problems], texts, log)
+    verdicts, vcut = judge_texts(cfg, verifier_ckpt, [p.question for p in problems], texts, parsed, log)
     compute = time.perf_counter() - t0
     rows = []
-    for p, t, s, ch, c, v in zip(problems, texts, parsed, checks, comps, verdicts, strict=True):
+    for p, t, s, ch, c in zip(problems, texts, parsed, checks, comps, strict=True):
         rows.append(
             {
                 "prompt_id": p.id, "question": p.question, "gold": p.answer, "text": t,
                 "truncated": c[0].truncated, "length": len(c[0].token_ids), "num_steps": s.num_steps,
                 "correct": ch.correct, "first_error": ch.first_error,
                 "step_labels": None if ch.step_labels is None else list(ch.step_labels),
-                "final_verdict": v.final_verdict, "step_verdicts": v.step_verdicts,
-                "predicted_first_error": predicted_first_error(v.step_verdicts),
-                "verifier_format_score": v.format_score,
             }
         )  # fmt: skip
-    df = pd.DataFrame(rows)
-    truth = list(df["correct"])
+    df = with_verdicts(pd.DataFrame(rows), verdicts)
     metrics: dict[str, Any] = {
         "eval/generator_accuracy": float(df["correct"].mean()),
         "eval/generator_truncated_frac": float(df["truncated"].mean()),
         "eval/generator_mean_length": float(df["length"].mean()),
         "eval/generator_no_steps_frac": float((df["num_steps"] == 0).mean()),
     }
-    metrics.update(binary_metrics(list(df["final_verdict"]), truth, "eval/verifier_"))
-    metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
-    says_correct = float(df["final_verdict"].map(lambda v: v is True).mean())
-    metrics["eval/verifier_says_correct_frac"] = says_correct
-    metrics["eval/verifier_majority_frac"] = max(says_correct, 1.0 - says_correct)
+    metrics.update(verifier_metrics(df))
     metrics["eval/verifier_prompt_cut"] = int(sum(vcut))
-    metrics.update(process_metrics(df))
     metrics.update(hacking_diagnostics(df))
     for k, v in list(metrics.items()):
         if isinstance(v, float) and math.isnan(v):
@@ -833,16 +824,16 @@ def plan_from_dict(plan: dict[str, Any]) -> RoundPlan:
 
 
 def judge_texts(
-    cfg: TangoConfig, verifier_ckpt: Path, questions: list[str], texts: list[str], log: Log = print
+    cfg: TangoConfig, verifier_ckpt: Path, questions: list[str], texts: list[str], parsed: list, log: Log = print
 ) -> tuple[list, list[bool]]:
     """The verifier's greedy verification of each solution text (TANGO.md §2), as held-out evaluation judges.
 
-    Returns the parsed verifications and, per solution, whether its prompt lost the solution's tail.
+    ``parsed``: each text's :func:`~tango_steps.formats.parse_solution`. Returns the parsed
+    verifications and, per solution, whether its prompt lost the solution's tail.
     """
-    from tango_steps.formats import parse_solution, parse_verification
+    from tango_steps.formats import parse_verification
     from tango_steps.rollout import SamplingSettings
 
-    parsed = [parse_solution(t) for t in texts]
     vgreedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.verifier_sampling.max_tokens)
     vprompts, vcut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
     with _engine(cfg, verifier_ckpt / "model", cfg.seed) as engine:
@@ -851,22 +842,38 @@ def judge_texts(
     return verdicts, vcut
 
 
+def with_verdicts(table: pd.DataFrame, verdicts: list) -> pd.DataFrame:
+    """``table`` (one solution per row) with the verifier's columns of these verifications (TANGO.md §2, §8)."""
+    df = table.copy()
+    df["final_verdict"] = [v.final_verdict for v in verdicts]
+    df["step_verdicts"] = [v.step_verdicts for v in verdicts]
+    df["predicted_first_error"] = [predicted_first_error(v.step_verdicts) for v in verdicts]
+    df["verifier_format_score"] = [v.format_score for v in verdicts]
+    return df
+
+
+def verifier_metrics(df: pd.DataFrame) -> dict[str, Any]:
+    """The verifier's held-out outcome, format and process metrics from an evaluation table (TANGO.md §5, §8)."""
+    metrics: dict[str, Any] = binary_metrics(list(df["final_verdict"]), list(df["correct"]), "eval/verifier_")
+    metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
+    says_correct = float(df["final_verdict"].map(lambda v: v is True).mean())
+    metrics["eval/verifier_says_correct_frac"] = says_correct
+    metrics["eval/verifier_majority_frac"] = max(says_correct, 1.0 - says_correct)
+    metrics.update(process_metrics(df))
+    return metrics
+
+
 def rejudge(cfg: TangoConfig, verifier_ckpt: Path, eval_table: pd.DataFrame, log: Log = print) -> dict[str, Any]:
     """Another verifier's held-out metrics on the SAME solutions as ``eval_table`` (TANGO.md §5, §8).
 
     Separates a verifier's own change from the generator's drift: e.g. the last round's verifier on
     round 0's solutions (did the verifier get worse?) and round 0's verifier on the last round's
-    solutions (did the solutions get harder to judge?). Returns the ``eval/verifier_*`` outcome and
-    process metrics that :func:`evaluate` would report for that pairing.
+    solutions (did the solutions get harder to judge?). Returns the :func:`verifier_metrics` that
+    :func:`evaluate` would report for that pairing.
     """
-    verdicts, _ = judge_texts(cfg, verifier_ckpt, list(eval_table["question"]), list(eval_table["text"]), log)
-    df = eval_table.copy()
-    df["final_verdict"] = [v.final_verdict for v in verdicts]
-    df["step_verdicts"] = [v.step_verdicts for v in verdicts]
-    df["predicted_first_error"] = [predicted_first_error(v.step_verdicts) for v in verdicts]
-    df["verifier_format_score"] = [v.format_score for v in verdicts]
-    metrics: dict[str, Any] = binary_metrics(list(df["final_verdict"]), list(df["correct"]), "eval/verifier_")
-    metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
-    metrics["eval/verifier_says_correct_frac"] = float(df["final_verdict"].map(lambda v: v is True).mean())
-    metrics.update(process_metrics(df))
-    return metrics
+    from tango_steps.formats import parse_solution
+
+    texts = list(eval_table["text"])
+    parsed = [parse_solution(t) for t in texts]
+    verdicts, _ = judge_texts(cfg, verifier_ckpt, list(eval_table["question"]), texts, parsed, log)
+    return verifier_metrics(with_verdicts(eval_table, verdicts))
