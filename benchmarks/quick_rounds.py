@@ -43,7 +43,7 @@ def main() -> None:
         dirs = initial_checkpoints(cfg, work / "r0", log=QUIET)
         gen, ver = dirs["generator"], dirs["verifier"]
         gen0, ver0 = gen, ver
-        _, res = stages.evaluate(cfg, gen, ver, log=QUIET)
+        table, res = stages.evaluate(cfg, gen, ver, log=QUIET)
         cols = ["gen acc", "ver F1", "ver bal acc", "ver format", "says CORRECT", "process F1", "outcome reward",
                 "alpha", "flat groups", "w correct", "w incorrect"]  # fmt: skip
         print("| round | slot | updated | " + " | ".join(cols) + " | s |")
@@ -68,13 +68,21 @@ def main() -> None:
                 gen = new
             m, rm = {}, out["metrics"]
             if plan.evaluate:  # evaluation.every (e.g. --set evaluation.every=5) skips the others
-                _, res = stages.evaluate(cfg, gen, ver, log=QUIET)
+                table, res = stages.evaluate(cfg, gen, ver, log=QUIET)
                 m = res.metrics
             alpha = out["alpha"] if out["alpha"] is not None else math.nan
             updated = "+".join(r for r, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
             print(f"| {k} | {plan.slot} | {updated or '-'} | {_cells(m, rm, alpha)} | {time.perf_counter() - t0:.1f} |")
             if m.get("eval/verifier_alarm"):
                 print(f"|   | ALARM: {m['eval/verifier_alarm']} |", flush=True)
+        if ver != ver0:  # the verifier's own share of the change (benchmarks/verifier_crossjudge.py's v0 x sN)
+            frozen = stages.rejudge(cfg, ver0, table, log=QUIET)
+            bal, fmt = frozen["eval/verifier_balanced_accuracy"], frozen["eval/verifier_format_ok_frac"]
+            print(
+                f"round 0's verifier on the last evaluated solutions: balanced accuracy {bal:.3f}, format "
+                f"{fmt:.3f}, says CORRECT {frozen['eval/verifier_says_correct_frac']:.3f}",
+                flush=True,
+            )
 
 
 def _cells(m: dict, rm: dict, alpha: float) -> str:

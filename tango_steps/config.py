@@ -224,6 +224,12 @@ class EvaluationConfig(_Section):
     every: int = Field(
         1, ge=1, description="evaluate every k-th round and the last (round 0 always); skipping changes no model"
     )
+    last: int = Field(
+        1,
+        ge=1,
+        description="also evaluate the run's last N rounds (a 'final' over the last 3 distinct generator "
+        "checkpoints needs them measured: 4 under the 3:1 schedule)",
+    )
     collapse_majority: float = Field(
         0.95, gt=0.5, le=1, description="alarm when this share of held-out verdicts or more is one class"
     )

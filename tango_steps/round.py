@@ -49,7 +49,7 @@ def round_plan(cfg: TangoConfig, round_idx: int) -> RoundPlan:
     plan = plan_round(
         round_idx, s.verifier_warmup_rounds, s.generator_per_verifier, s.train_generator, s.train_verifier
     )
-    return replace(plan, evaluate=evaluates(round_idx, cfg.evaluation.every, cfg.rounds))
+    return replace(plan, evaluate=evaluates(round_idx, cfg.evaluation.every, cfg.rounds, cfg.evaluation.last))
 
 
 def round_problems(cfg: TangoConfig, round_idx: int, n: int):

@@ -36,15 +36,19 @@ class RoundPlan:
     evaluate: bool = True
 
 
-def evaluates(round_idx: int, every: int, rounds: int) -> bool:
-    """Whether round ``round_idx`` of a ``rounds``-round run is evaluated: every ``every``-th round and the last.
+def evaluates(round_idx: int, every: int, rounds: int, last: int = 1) -> bool:
+    """Whether round ``round_idx`` of a ``rounds``-round run is evaluated: every ``every``-th and the last ``last``.
 
     Evaluation is measurement, not part of the method (TANGO.md §7); skipping it changes no
-    model, so a run's weights are the same whatever ``every`` is.
+    model, so a run's weights are the same whatever ``every`` is. ``last`` > 1 evaluates the
+    run's last rounds, so that a "final" accuracy averaged over the last few distinct generator
+    checkpoints (TANGO.md §8) has every one of them measured.
     """
     if every < 1:
         raise ValueError(f"evaluation every must be >= 1, got {every}")
-    return round_idx % every == 0 or round_idx >= rounds
+    if last < 1:
+        raise ValueError(f"evaluation last must be >= 1, got {last}")
+    return round_idx % every == 0 or round_idx > rounds - last
 
 
 def plan_round(

@@ -493,7 +493,10 @@ def warmup_settings(cfg) -> WarmupSettings:
     """The warm-up of a run's tiny models (TANGO.md §7 analogue): its task, template and seed.
 
     The warm-up seed is the run's ``seed``, so runs with different seeds start from their own
-    warm-ups (seed variance then includes the warm-up's, as it would across machines).
+    warm-ups (seed variance then includes the warm-up's, as it would across machines). Its
+    generation limit is the run's (sampling or evaluation, the larger), never under the default:
+    a task whose solutions are longer than 96 tokens (``last_letters``) must not be warmed up and
+    checked on cut solutions, and the arithmetic recipes keep the default's key (shipped models).
     """
     return WarmupSettings(
         task=cfg.task.name,
@@ -501,6 +504,7 @@ def warmup_settings(cfg) -> WarmupSettings:
         template=cfg.template,
         seed=cfg.seed,
         verifier_recipe=cfg.verifier.warmup,
+        max_new_tokens=max(WarmupSettings.max_new_tokens, cfg.generator_sampling.max_tokens, cfg.evaluation.max_tokens),
     )
 
 

@@ -366,3 +366,10 @@ def test_sft_arm_batch_is_gold_and_its_update_is_the_sft_gradient(tiny_model_dir
     assert torch.allclose(grads(loss), grads(nll), atol=1e-6)
     with pytest.raises(ValueError, match=r"needs generator_update\.kl_coef and entropy_coef 0"):
         _cfg(algorithm={"generator_objective": "sft"})
+
+
+def test_round_plan_evaluates_every_k_and_the_last_n_rounds():
+    """``evaluation.every`` / ``evaluation.last`` reach the plan (a 'final' over the last checkpoints needs them)."""
+    cfg = _cfg(rounds=22, evaluation={"every": 7, "last": 4})
+    assert [k for k in range(1, 23) if round_plan(cfg, k).evaluate] == [7, 14, 19, 20, 21, 22]
+    assert all(round_plan(_cfg(), k).evaluate for k in range(1, 6))

@@ -54,3 +54,10 @@ def test_evaluation_every_k_rounds_and_always_the_last():
     assert all(evaluates(r, 1, 4) for r in range(1, 5))
     with pytest.raises(ValueError, match="every"):
         evaluates(1, 0, 4)
+
+
+def test_evaluation_last_rounds():
+    assert [r for r in range(1, 21) if evaluates(r, 5, 20, last=4)] == [5, 10, 15, 17, 18, 19, 20]
+    assert [r for r in range(1, 4) if evaluates(r, 10, 3, last=5)] == [1, 2, 3]
+    with pytest.raises(ValueError, match="last"):
+        evaluates(1, 5, 4, last=0)

@@ -110,6 +110,22 @@ def test_the_verifier_recipe_is_part_of_the_warmup_key():
         WarmupSettings(verifier_recipe="x")
 
 
+def test_run_recipes_map_to_warmup_settings():
+    """The arithmetic recipes keep the shipped models' key; a task with long solutions warms up at its run's limit."""
+    from pathlib import Path
+
+    from tango_steps.config import load_config
+    from tango_steps.warmup import warmup_settings
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    for name in ("tiny.yaml", "ablation.yaml", "reinforce_pp.yaml"):
+        assert warmup_settings(load_config(configs / name)).key() == WarmupSettings().key(), name
+    small = load_config(configs / "tiny.yaml", {"generator_sampling.max_tokens": 64, "evaluation.max_tokens": 64})
+    assert warmup_settings(small).max_new_tokens == WarmupSettings.max_new_tokens  # never below the default
+    long = load_config(configs / "tiny.yaml", {"task": {"name": "last_letters"}, "evaluation.max_tokens": 232})
+    assert warmup_settings(long).max_new_tokens == 232
+
+
 def test_verifier_settings_reuse_the_generator_warmup():
     """The generator's cache key ignores the verifier's settings (so a verifier change costs no generator SFT)."""
     from tango_steps.warmup import SFTSettings
