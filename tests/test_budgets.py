@@ -20,8 +20,9 @@ def test_percentile_and_margin():
     assert needed(100) == 110
 
 
-def test_the_tiny_default_holds_its_task():
-    cfg = load_config(REPO / "configs" / "tiny.yaml")
+@pytest.mark.parametrize("recipe", ["tiny.yaml", "ablation.yaml", "study.yaml", "last_letters.yaml"])
+def test_the_tiny_recipes_hold_their_tasks(recipe):
+    cfg = load_config(REPO / "configs" / recipe)
     lengths = check_budgets(cfg)
     assert 0 < lengths["train_solution"] and needed(lengths["heldout_solution"]) <= cfg.evaluation.max_tokens
 
