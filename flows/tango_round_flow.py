@@ -210,7 +210,7 @@ class TangoRoundFlow(FlowSpec):
             self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
         else:  # evaluation.every > 1: measurement only, no model depends on it
             self.eval_table, self.eval_metrics, self.compute_seconds = None, {}, 0.0
-            self._card(cards.skipped_evaluation_components(cfg.evaluation.every))
+            self._card(cards.skipped_evaluation_components(cfg.evaluation.every, cfg.evaluation.last))
         self._record_peak()
         self.next(self.end)
 

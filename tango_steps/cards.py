@@ -182,11 +182,12 @@ def evaluate_components(eval_table: pd.DataFrame, metrics: dict[str, Any], n: in
     return out
 
 
-def skipped_evaluation_components(every: int) -> list:
-    """Evaluation card of a round the recipe does not evaluate (``evaluation.every``, TANGO.md §7)."""
+def skipped_evaluation_components(every: int, last: int = 1) -> list:
+    """Evaluation card of a round the recipe does not evaluate (``evaluation.every`` / ``last``, TANGO.md §7)."""
     from metaflow.cards import Markdown
 
-    text = f"Not evaluated this round: the recipe evaluates every {every} rounds and the last."
+    tail = "the last round" if last == 1 else f"the last {last} rounds"
+    text = f"Not evaluated this round: the recipe evaluates every {every} rounds and {tail}."
     return [Markdown(f"## Held-out evaluation\n\n{text}")]
 
 

@@ -23,7 +23,7 @@ class RoundPlan:
         skip_generator / skip_verifier: why an update is skipped ("" when it runs).
         slot: "generator" or "verifier", the model the schedule gives this round to (a frozen
             model's slot keeps its sampling sizes; only the update is skipped).
-        evaluate: whether the round ends with the held-out evaluation (``evaluation.every``).
+        evaluate: whether the round ends with the held-out evaluation (``evaluation.every`` / ``last``).
     """
 
     round_idx: int
