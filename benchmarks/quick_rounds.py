@@ -9,6 +9,14 @@ with checkpoints in a temporary folder: about 11 s per tiny round instead of ~41
 starts a process, stores artifacts or renders a card. There is no resume, no lineage and nothing
 to browse; use it to decide what to run, then run that with TangoFlow / AblationFlow. The figures in
 docs/results.md "What was tried" came from this script. ``--set`` values are parsed as YAML.
+
+``--variant`` applies an AblationFlow arm's switches (``tango_steps.ablation.VARIANTS``, before the
+``--set`` overrides) and ``--finals`` appends every evaluation's per-problem correctness to a CSV in
+``benchmarks/study_intervals.py``'s long format, so in-process arms can be compared paired per problem:
+
+    python benchmarks/quick_rounds.py --config configs/study.yaml --rounds 22 --variant oracle \
+        --set seed=1 --finals runs/oracle_s1.csv
+    python benchmarks/study_intervals.py --csv runs/grpo_s1.csv --csv runs/oracle_s1.csv --out runs
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tango_steps import round as stages
+from tango_steps.ablation import VARIANTS
 from tango_steps.config import load_config, parse_overrides
 from tango_steps.driver import initial_checkpoints
 
@@ -35,8 +44,15 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"))
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override, repeatable")
+    ap.add_argument("--variant", choices=list(VARIANTS), help="an AblationFlow arm's switches (before --set)")
+    ap.add_argument("--finals", type=Path, help="append per-problem held-out correctness to this CSV")
+    ap.add_argument("--name", help="the arm's name in --finals (default: --variant, else 'custom')")
     args = ap.parse_args()
-    cfg = load_config(args.config, {**parse_overrides(args.set), "rounds": args.rounds})
+    overrides = {**(VARIANTS[args.variant] if args.variant else {}), **parse_overrides(args.set)}
+    cfg = load_config(args.config, {**overrides, "rounds": args.rounds})
+    variant = args.name or args.variant or "custom"
+    if args.finals and args.finals.exists():
+        args.finals.unlink()  # one run per file: a rerun replaces it, never doubles its rows
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -49,6 +65,8 @@ def main() -> None:
         print("| round | slot | updated | " + " | ".join(cols) + " | s |")
         print("|" + "---|" * (len(cols) + 4))
         print(f"| 0 | - | - | {_cells(res.metrics, {}, math.nan)} | - |", flush=True)
+        updates = 0
+        _save_finals(args.finals, cfg, variant, 0, updates, table)
         reweighter = None
         for k in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
@@ -66,10 +84,12 @@ def main() -> None:
                 new = work / f"r{k}" / "generator"
                 stages.update(cfg, "generator", gen, gen0, out["generator_batch"], new, log=QUIET)
                 gen = new
+                updates += 1
             m, rm = {}, out["metrics"]
             if plan.evaluate:  # evaluation.every (e.g. --set evaluation.every=5) skips the others
                 table, res = stages.evaluate(cfg, gen, ver, log=QUIET)
                 m = res.metrics
+                _save_finals(args.finals, cfg, variant, k, updates, table)
             alpha = out["alpha"] if out["alpha"] is not None else math.nan
             updated = "+".join(r for r, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
             print(f"| {k} | {plan.slot} | {updated or '-'} | {_cells(m, rm, alpha)} | {time.perf_counter() - t0:.1f} |")
@@ -83,6 +103,20 @@ def main() -> None:
                 f"{fmt:.3f}, says CORRECT {frozen['eval/verifier_says_correct_frac']:.3f}",
                 flush=True,
             )
+
+
+def _save_finals(path: Path | None, cfg, variant: str, k: int, updates: int, table) -> None:
+    """Append one evaluation's per-problem correctness (study_intervals.py's long format)."""
+    if path is None:
+        return
+    import pandas as pd
+
+    run = f"quick_rounds/{cfg.task.name}/{variant}/s{cfg.seed}/r{k}"  # the evaluation's identity in the table
+    rows = pd.DataFrame({"task": cfg.task.name, "variant": variant, "seed": cfg.seed, "round": k,
+                         "generator_updates": updates, "run": run, "prompt_id": table["prompt_id"],
+                         "correct": table["correct"].astype(float)})  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(path, mode="a", header=not path.exists(), index=False)
 
 
 def _cells(m: dict, rm: dict, alpha: float) -> str:

@@ -2,6 +2,7 @@
 
     python benchmarks/study_intervals.py --run AblationFlow/<id> [--run AblationFlow/<other id>] --out docs/results
     python benchmarks/study_intervals.py --csv docs/results/study_finals.csv --out docs/results
+    python benchmarks/study_intervals.py --csv grpo_s0.csv --csv oracle_s0.csv   # quick_rounds.py --finals
 
 Each branch's final per-problem score is its correctness on each held-out problem averaged over its
 last ``--window`` distinct generator checkpoints (``tango_steps.ablation.final_rounds``; read from the
@@ -76,7 +77,8 @@ def plot(result: pd.DataFrame, task: str, baseline: str, path: Path) -> None:
     ax1.set_xticks(list(x), r["variant"], rotation=30)
     ax1.set_ylabel("final held-out accuracy (%)")
     ax1.set_title(f"{task}: final accuracy, 95% bootstrap interval")
-    d = r.dropna(subset=["diff"]).reset_index(drop=True)
+    # no arm paired with the baseline (e.g. two oracle settings compared alone): the right panel stays empty
+    d = r.dropna(subset=["diff"]).reset_index(drop=True) if "diff" in r else r.iloc[:0].assign(diff=[])
     xd = range(len(d))
     diff = 100 * d["diff"]
     ax2.errorbar(xd, diff, yerr=[diff - 100 * d["diff_low"], 100 * d["diff_high"] - diff], fmt="o", capsize=4)
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", action="append", help="AblationFlow/<run id>; repeat to join grids run apart")
-    src.add_argument("--csv", help="per-problem finals saved by an earlier call")
+    src.add_argument(
+        "--csv", action="append", help="per-problem finals (an earlier call's, or quick_rounds.py --finals); repeatable"
+    )
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--baseline", default="grpo")
     ap.add_argument("--window", type=int, default=3, help="distinct generator checkpoints averaged as 'final'")
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.csv:
-        finals = pd.read_csv(args.csv)
+        finals = pd.concat([pd.read_csv(c) for c in args.csv], ignore_index=True)
     else:
         finals = finals_from_runs(args.run, args.window)
         finals.to_csv(out / "study_finals.csv", index=False)

@@ -138,3 +138,40 @@ def test_bad_grid_fails_in_start_naming_it(tmp_path):
     assert "unknown task 'sudoku'" in proc.stdout + proc.stderr
     proc = ds.flow("run", "--variants", "tango,ppo", flow_file=ABLATION_FLOW, timeout=300)
     assert proc.returncode != 0 and "unknown variant(s) ppo" in proc.stdout + proc.stderr
+
+
+def test_in_process_rounds_reproduce_the_flow_branch(study, tmp_path):
+    """benchmarks/quick_rounds.py (the round's stage functions in one process) reproduces a branch exactly.
+
+    The in-process runner is how a study too long for the flows' per-round processes is run on a small
+    machine (docs/results.md, Study 2), so its per-problem results must be the flow's, not near them.
+    """
+    ds, res, _ = study
+    finals = tmp_path / "tango.csv"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "quick_rounds.py"), "--config", str(ds.config(SMALL)),
+           "--rounds", "2", "--variant", "tango", "--finals", str(finals)]  # fmt: skip
+    run = subprocess.run(cmd, env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    quick = pd.read_csv(finals)
+    assert sorted(quick["round"].unique()) == [0, 1, 2] and set(quick["variant"]) == {"tango"}
+    flow = ds.query(f"""
+        import sys; sys.path.insert(0, {str(REPO)!r})
+        from benchmarks.study_intervals import finals_from_runs
+        f = finals_from_runs([{res["run"]!r}], 3)
+        f = f[f["variant"] == "tango"]
+        print(f[["round", "prompt_id", "correct"]].to_json(orient="records"))
+    """)
+    flow = pd.DataFrame(flow).sort_values(["round", "prompt_id"]).reset_index(drop=True)
+    mine = quick[quick["round"].isin(flow["round"].unique())][["round", "prompt_id", "correct"]]
+    pd.testing.assert_frame_equal(mine.sort_values(["round", "prompt_id"]).reset_index(drop=True), flow,
+                                  check_dtype=False)  # fmt: skip
+    # the round's other figures too: the verifier after its update, the rewards, alpha (3 decimals printed)
+    rows = {m["round"]: m for m in res["metrics"] if m["variant"] == "tango"}
+    printed = {int(line.split("|")[1]): [c.strip() for c in line.split("|")[2:-1]]
+               for line in run.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))}  # fmt: skip
+    for k in (1, 2):
+        cells = printed[k]
+        assert cells[2] == f"{rows[k]['generator_accuracy']:.3f}" and cells[3] == f"{rows[k]['verifier_f1']:.3f}"
+        assert cells[7] == f"{rows[k]['verifier_process_f1']:.3f}"
+        assert cells[8] == f"{rows[k]['mean_outcome_reward']:.3f}"
+    assert printed[2][9] == f"{rows[2]['alpha']:.4f}"
