@@ -11,7 +11,8 @@ round runs' ``eval_table`` artifacts through the Metaflow client). Every arm is 
 pooled over seeds (``paired_bootstrap``, 10,000 resamples). Prints a Markdown table (points), writes
 ``<out>/study_finals.csv`` (the per-problem finals, so the table redraws without the runs) and
 ``<out>/study_<task>.png`` (final accuracy per arm and the difference to the baseline, error bars =
-95% intervals).
+95% intervals) and ``<out>/study_<task>_curves.png`` (each arm's accuracy per evaluated round, pooled
+over seeds, with its bootstrap interval).
 """
 
 from __future__ import annotations
@@ -91,6 +92,49 @@ def plot(result: pd.DataFrame, task: str, baseline: str, path: Path) -> None:
     plt.close(fig)
 
 
+def curves(finals: pd.DataFrame, resamples: int) -> pd.DataFrame:
+    """Each arm's held-out accuracy per evaluated round, pooled over its seeds, with a bootstrap interval.
+
+    Only rounds that every seed of the arm evaluated are kept (a mean over fewer seeds is another
+    quantity). Returns columns task, variant, round, generator_updates, seeds, accuracy, low, high.
+    """
+    import numpy as np
+
+    from tango_steps.ablation import paired_bootstrap
+
+    rows = []
+    for (task, variant), g in finals.groupby(["task", "variant"], sort=False):
+        seeds = sorted(g["seed"].unique())
+        for rnd, r in g.groupby("round"):
+            if sorted(r["seed"].unique()) != seeds:
+                continue
+            a = np.stack([x.sort_values("prompt_id")["correct"].to_numpy(float) for _, x in r.groupby("seed")])
+            acc, lo, hi = paired_bootstrap(a, np.zeros_like(a), resamples)
+            rows.append({"task": task, "variant": variant, "round": rnd, "seeds": len(seeds), "accuracy": acc,
+                         "generator_updates": int(r["generator_updates"].iloc[0]), "low": lo, "high": hi})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, c in table[table["task"] == task].groupby("variant", sort=False):
+        acc = 100 * c["accuracy"]
+        err = [acc - 100 * c["low"], 100 * c["high"] - acc]
+        ax.errorbar(c["round"], acc, yerr=err, marker="o", capsize=3, label=f"{variant} ({c['seeds'].iloc[0]} seeds)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title(f"{task}: held-out accuracy per round, pooled over seeds, 95% interval")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -116,9 +160,11 @@ def main(argv: list[str] | None = None) -> None:
         if c in shown:
             shown[c] = (100 * shown[c]).round(1)
     print(markdown(shown))
+    per_round = curves(finals, args.resamples)
     for task in result["task"].unique():
         plot(result, task, args.baseline, out / f"study_{task}.png")
-        print(f"wrote {out / f'study_{task}.png'}")
+        plot_curves(per_round, task, out / f"study_{task}_curves.png")
+        print(f"wrote {out / f'study_{task}.png'} and {out / f'study_{task}_curves.png'}")
 
 
 if __name__ == "__main__":
