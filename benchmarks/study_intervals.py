@@ -96,7 +96,7 @@ def curves(finals: pd.DataFrame, resamples: int) -> pd.DataFrame:
     """Each arm's held-out accuracy per evaluated round, pooled over its seeds, with a bootstrap interval.
 
     Only rounds that every seed of the arm evaluated are kept (a mean over fewer seeds is another
-    quantity). Returns columns task, variant, round, generator_updates, seeds, accuracy, low, high.
+    quantity). Returns columns task, variant, round, seeds, accuracy, low, high.
     """
     import numpy as np
 
@@ -111,7 +111,7 @@ def curves(finals: pd.DataFrame, resamples: int) -> pd.DataFrame:
             a = np.stack([x.sort_values("prompt_id")["correct"].to_numpy(float) for _, x in r.groupby("seed")])
             acc, lo, hi = paired_bootstrap(a, np.zeros_like(a), resamples)
             rows.append({"task": task, "variant": variant, "round": rnd, "seeds": len(seeds), "accuracy": acc,
-                         "generator_updates": int(r["generator_updates"].iloc[0]), "low": lo, "high": hi})  # fmt: skip
+                         "low": lo, "high": hi})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.csv:
-        finals = pd.concat([pd.read_csv(c) for c in args.csv], ignore_index=True)
+        # merge_tables: the same (task, variant, seed) arm in two files is an error naming it, not an average
+        finals = merge_tables([pd.read_csv(c) for c in args.csv])
     else:
         finals = finals_from_runs(args.run, args.window)
         finals.to_csv(out / "study_finals.csv", index=False)

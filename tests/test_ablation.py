@@ -159,6 +159,28 @@ def test_merge_tables_joins_runs_and_refuses_a_branch_twice():
         merge_tables([table("arithmetic", ["tango", "grpo"]), table("arithmetic", ["grpo"])])
 
 
+def test_study_intervals_joins_arms_run_apart_and_refuses_an_arm_twice(tmp_path, capsys):
+    """benchmarks/study_intervals.py --csv: arms in separate files join; one arm in two files is an error."""
+    from benchmarks.study_intervals import main
+
+    def arm(variant, offset):
+        rows = [
+            {"task": "arithmetic", "variant": variant, "seed": 0, "round": r, "generator_updates": r,
+             "run": f"{variant}/r{r}", "prompt_id": f"p{i}", "correct": float((i + offset + r) % 2)}
+            for r in (0, 1) for i in range(20)
+        ]  # fmt: skip
+        path = tmp_path / f"{variant}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return str(path)
+
+    grpo, oracle = arm("grpo", 0), arm("oracle", 1)
+    main(["--csv", grpo, "--csv", oracle, "--out", str(tmp_path), "--resamples", "50", "--window", "1"])
+    assert "| arithmetic | oracle |" in capsys.readouterr().out
+    assert (tmp_path / "study_arithmetic_curves.png").exists()
+    with pytest.raises(ValueError, match="arithmetic/grpo/0 is in tables 0 and 1"):
+        main(["--csv", grpo, "--csv", grpo, "--out", str(tmp_path), "--resamples", "50"])
+
+
 def test_paired_bootstrap():
     import numpy as np
 
