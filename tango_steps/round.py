@@ -550,7 +550,8 @@ def reward(
 def sft_batch(cfg: TangoConfig, round_idx: int, tokenizer) -> dict[str, Any]:
     """The ``sft`` study arm's generator batch: gold solutions of the round's fresh problems, advantage 1 (TANGO.md §7).
 
-    With one policy per optimizer step, the PPO-clip surrogate's gradient at ratio 1 is
+    :func:`update` takes each optimizer step's current policy as the old one for this objective
+    (``ratio_to_current``), and the PPO-clip surrogate's gradient at ratio 1 is
     -A * grad log p (TANGO.md §6), so advantage 1 on every gold token with ``kl_coef`` and
     ``entropy_coef`` 0 is exactly the SFT (token-mean negative log-likelihood) gradient: continued SFT
     runs through the same update code, checkpoints and RNG handling as RL. ``algorithm.sft_sequences``
@@ -602,6 +603,8 @@ def update(
     ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
     sampling = cfg.generator_sampling if role == "generator" else cfg.verifier_sampling
     settings = ucfg.settings(temperature=sampling.temperature or 1.0, seed=cfg.seed)
+    if role == "generator" and cfg.algorithm.generator_objective == "sft":
+        settings = replace(settings, ratio_to_current=True)  # NLL on every step (sft_batch)
     rl_batch = RLBatch(**batch)
     log(f"{role} update: {len(rl_batch)} sequences, micro-batch {settings.micro_batch_size}")
     ref_model = str(reference / "model")

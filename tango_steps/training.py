@@ -69,6 +69,10 @@ class UpdateSettings:
         gradient_checkpointing: recompute activations in backward (saves memory).
         lora: LoRA settings, or None for full fine-tuning.
         seed: seeds the update's RNG when the checkpoint has no saved RNG state.
+        ratio_to_current: every optimizer step takes the current policy as the old one (ratio 1), so
+            its gradient is the plain -A * grad log p on every step; the ``sft`` objective sets it,
+            because with several steps per update the PPO clip would otherwise stop gold tokens whose
+            probability already rose by 20% (continued SFT, not a trust region).
     """
 
     learning_rate: float = 1e-6
@@ -88,6 +92,7 @@ class UpdateSettings:
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = None
     seed: int = 0
+    ratio_to_current: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -409,7 +414,7 @@ def rl_update(
 
     # Old and reference log-probs, before any step. With ONE optimizer step the policy that sampled
     # is the current one, so old = current log-probs detached (identical, one forward saved).
-    need_old = settings.optimizer_steps > 1
+    need_old = settings.optimizer_steps > 1 and not settings.ratio_to_current
     need_ref = settings.kl_coef > 0
     reference = None
     if need_ref and settings.lora is None:

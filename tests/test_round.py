@@ -368,6 +368,22 @@ def test_sft_arm_batch_is_gold_and_its_update_is_the_sft_gradient(tiny_model_dir
         _cfg(algorithm={"generator_objective": "sft"})
 
 
+def test_sft_arm_updates_take_each_optimizer_step_at_ratio_1(monkeypatch, tmp_path):
+    """round.update hands the sft objective's generator update ratio_to_current (no PPO clip across steps)."""
+    import tango_steps.training as training
+    from tango_steps.round import update
+
+    seen = []
+    monkeypatch.setattr(training, "rl_update", lambda ckpt, b, settings, *a, **k: seen.append(settings) or {
+        "loss": 0.0, "grad_norm": 0.0, "seconds": 0.0})  # fmt: skip
+    batch = {"prompt_ids": [[1]], "response_ids": [[2]], "advantages": [[1.0]], "sample_weights": None}
+    sft = _cfg(algorithm={"generator_objective": "sft", "step_rewards": False},
+               generator_update={"kl_coef": 0.0, "entropy_coef": 0.0, "optimizer_steps": 4})  # fmt: skip
+    for cfg, role in ((sft, "generator"), (sft, "verifier"), (_cfg(), "generator")):
+        update(cfg, role, tmp_path, tmp_path, batch, tmp_path / "out", log=lambda *_: None)
+    assert [s.ratio_to_current for s in seen] == [True, False, False]
+
+
 def test_round_plan_evaluates_every_k_and_the_last_n_rounds():
     """``evaluation.every`` / ``evaluation.last`` reach the plan (a 'final' over the last checkpoints needs them)."""
     cfg = _cfg(rounds=22, evaluation={"every": 7, "last": 4})

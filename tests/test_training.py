@@ -129,6 +129,29 @@ def test_several_optimizer_steps_with_micro_batches_of_mixed_lengths(tmp_path, c
     assert math.isfinite(m["loss"]) and m["kl"] >= 0.0
 
 
+def test_ratio_to_current_makes_each_optimizer_step_a_plain_gradient_step(tmp_path, ckpt0, batch):
+    """The sft objective (ratio_to_current): 3 steps in one update == 3 chained one-step updates on the slices.
+
+    Without it, steps 2-3 compare against the policy before step 1 and the PPO clip drops tokens
+    whose probability rose past 1 + eps (large learning rate here, so it happens).
+    """
+    ones = RLBatch(batch.prompt_ids, batch.response_ids, [[1.0] * len(r) for r in batch.response_ids])
+    kw = {"learning_rate": 5e-2, "kl_coef": 0.0, "entropy_coef": 0.0, "micro_batch_size": 2}
+    fresh = UpdateSettings(optimizer_steps=3, ratio_to_current=True, **kw)
+    m = rl_update(ckpt0, ones, fresh, tmp_path / "fresh")
+    assert m["updates"] == 3 and m["clip_frac"] == 0.0
+    prev = ckpt0
+    for s in range(3):  # the same slices rl_update takes (all_idx[s::3]), AdamW state carried by the checkpoint
+        idx = list(range(len(ones)))[s::3]
+        part = RLBatch(*([getattr(ones, f)[i] for i in idx] for f in ("prompt_ids", "response_ids", "advantages")))
+        rl_update(prev, part, UpdateSettings(**kw), tmp_path / f"step{s}")
+        prev = tmp_path / f"step{s}"
+    wa, wb = load_file(tmp_path / "fresh/model/model.safetensors"), load_file(prev / "model/model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    clipped = rl_update(ckpt0, ones, UpdateSettings(optimizer_steps=3, **kw), tmp_path / "clipped")
+    assert clipped["clip_frac"] > 0.0
+
+
 def test_extra_state_survives_resume(tmp_path, ckpt0, batch):
     rw = VerifierReweighter()
     rw(torch.tensor([True, False, False]))
