@@ -62,9 +62,11 @@ def main() -> None:
         table, res = stages.evaluate(cfg, gen, ver, log=QUIET)
         cols = ["gen acc", "ver F1", "ver bal acc", "ver format", "says CORRECT", "process F1", "outcome reward",
                 "alpha", "flat groups", "w correct", "w incorrect"]  # fmt: skip
-        print("| round | slot | updated | " + " | ".join(cols) + " | s |")
-        print("|" + "---|" * (len(cols) + 4))
-        print(f"| 0 | - | - | {_cells(res.metrics, {}, math.nan)} | - |", flush=True)
+        # s: the round's training seconds (rollout, judge, reward, updates); eval s: its evaluation's
+        print("| round | slot | updated | " + " | ".join(cols) + " | s | eval s |")
+        print("|" + "---|" * (len(cols) + 5))
+        print(f"| 0 | - | - | {_cells(res.metrics, {}, math.nan)} | - | - |", flush=True)
+        train_seconds = 0.0
         updates = 0
         _save_finals(args.finals, cfg, variant, 0, updates, table)
         reweighter = None
@@ -86,15 +88,20 @@ def main() -> None:
                 gen = new
                 updates += 1
             m, rm = {}, out["metrics"]
+            seconds, t1 = time.perf_counter() - t0, time.perf_counter()
+            train_seconds += seconds
             if plan.evaluate:  # evaluation.every (e.g. --set evaluation.every=5) skips the others
                 table, res = stages.evaluate(cfg, gen, ver, log=QUIET)
                 m = res.metrics
                 _save_finals(args.finals, cfg, variant, k, updates, table)
             alpha = out["alpha"] if out["alpha"] is not None else math.nan
             updated = "+".join(r for r, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
-            print(f"| {k} | {plan.slot} | {updated or '-'} | {_cells(m, rm, alpha)} | {time.perf_counter() - t0:.1f} |")
+            eval_s = f"{time.perf_counter() - t1:.1f}" if plan.evaluate else "-"
+            print(f"| {k} | {plan.slot} | {updated or '-'} | {_cells(m, rm, alpha)} | {seconds:.1f} | {eval_s} |")
             if m.get("eval/verifier_alarm"):
                 print(f"|   | ALARM: {m['eval/verifier_alarm']} |", flush=True)
+        # the sft arm's compute budget is matched to this figure of the tango arm (docs/results.md)
+        print(f"training seconds (rounds 1-{cfg.rounds}, evaluations excluded): {train_seconds:.0f}", flush=True)
         if ver != ver0:  # the verifier's own share of the change (benchmarks/verifier_crossjudge.py's v0 x sN)
             frozen = stages.rejudge(cfg, ver0, table, log=QUIET)
             bal, fmt = frozen["eval/verifier_balanced_accuracy"], frozen["eval/verifier_format_ok_frac"]
