@@ -107,7 +107,8 @@ def main() -> None:
             bal, fmt = frozen["eval/verifier_balanced_accuracy"], frozen["eval/verifier_format_ok_frac"]
             print(
                 f"round 0's verifier on the last evaluated solutions: balanced accuracy {bal:.3f}, format "
-                f"{fmt:.3f}, says CORRECT {frozen['eval/verifier_says_correct_frac']:.3f}",
+                f"{fmt:.3f}, says CORRECT {frozen['eval/verifier_says_correct_frac']:.3f}, "
+                f"process F1 {frozen['eval/verifier_process_f1']:.3f}",
                 flush=True,
             )
 
