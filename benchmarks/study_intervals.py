@@ -75,16 +75,20 @@ def plot(result: pd.DataFrame, task: str, baseline: str, path: Path) -> None:
     x = range(len(r))
     acc = 100 * r["final_accuracy"]
     ax1.errorbar(x, acc, yerr=[acc - 100 * r["acc_low"], 100 * r["acc_high"] - acc], fmt="o", capsize=4)
-    ax1.set_xticks(list(x), r["variant"], rotation=30)
+    # arms run on fewer seeds are other quantities: the label says how many seeds each point pools
+    ax1.set_xticks(list(x), [f"{v} ({n} seed{'s' * (n > 1)})" for v, n in zip(r["variant"], r["seeds"], strict=True)],
+                   rotation=30)  # fmt: skip
     ax1.set_ylabel("final held-out accuracy (%)")
     ax1.set_title(f"{task}: final accuracy, 95% bootstrap interval")
     # no arm paired with the baseline (e.g. two oracle settings compared alone): the right panel stays empty
-    d = r.dropna(subset=["diff"]).reset_index(drop=True) if "diff" in r else r.iloc[:0].assign(diff=[])
-    xd = range(len(d))
-    diff = 100 * d["diff"]
-    ax2.errorbar(xd, diff, yerr=[diff - 100 * d["diff_low"], 100 * d["diff_high"] - diff], fmt="o", capsize=4)
+    d = r.dropna(subset=["diff"]).reset_index(drop=True) if "diff" in r else r.iloc[:0]
+    if len(d):
+        xd = range(len(d))
+        diff = 100 * d["diff"]
+        ax2.errorbar(xd, diff, yerr=[diff - 100 * d["diff_low"], 100 * d["diff_high"] - diff], fmt="o", capsize=4)
+        labels = [f"{v} ({int(n)})" for v, n in zip(d["variant"], d["paired_seeds"], strict=True)]
+        ax2.set_xticks(list(xd), labels, rotation=30)
     ax2.axhline(0, color="grey", lw=0.8)
-    ax2.set_xticks(list(xd), d["variant"], rotation=30)
     ax2.set_ylabel(f"arm - {baseline} (points)")
     ax2.set_title("paired per (seed, problem), 95% interval")
     fig.tight_layout()

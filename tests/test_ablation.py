@@ -179,6 +179,8 @@ def test_study_intervals_joins_arms_run_apart_and_refuses_an_arm_twice(tmp_path,
     assert (tmp_path / "study_arithmetic_curves.png").exists()
     with pytest.raises(ValueError, match="arithmetic/grpo/0 is in tables 0 and 1"):
         main(["--csv", grpo, "--csv", grpo, "--out", str(tmp_path), "--resamples", "50"])
+    main(["--csv", oracle, "--out", str(tmp_path), "--resamples", "50", "--window", "1"])  # no baseline arm at all
+    assert "| arithmetic | oracle |" in capsys.readouterr().out
 
 
 def test_paired_bootstrap():
