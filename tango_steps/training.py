@@ -413,7 +413,8 @@ def rl_update(
     pad = tok.pad_token_id
 
     # Old and reference log-probs, before any step. With ONE optimizer step the policy that sampled
-    # is the current one, so old = current log-probs detached (identical, one forward saved).
+    # is the current one, so old = current log-probs detached (identical, one forward saved);
+    # ratio_to_current (the sft objective) asks for that on every step.
     need_old = settings.optimizer_steps > 1 and not settings.ratio_to_current
     need_ref = settings.kl_coef > 0
     reference = None
