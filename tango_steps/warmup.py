@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tango_steps.atomic import exclusive_lock
+from tango_steps.config import ModelConfig
 from tango_steps.formats import format_verification, parse_solution, parse_verification
 from tango_steps.tasks import get_task
 from tango_steps.tasks.base import Problem, Task
@@ -88,6 +89,7 @@ class WarmupSettings:
         verifier_solutions: generator samples (before balancing) for the verifier's warm-up.
         max_new_tokens: generation limit while evaluating and sampling.
         seed: every random choice.
+        verifier_recipe: how the verifier learns its format (:data:`VERIFIER_RECIPES`, module doc).
     """
 
     task: str = "arithmetic"
@@ -110,7 +112,7 @@ class WarmupSettings:
     verifier_solutions: int = 4096
     max_new_tokens: int = 96
     seed: int = 0
-    verifier_recipe: str = "outcome"
+    verifier_recipe: str = ModelConfig.model_fields["warmup"].default  # the config schema holds the default
 
     def __post_init__(self) -> None:
         if self.verifier_recipe not in VERIFIER_RECIPES:
@@ -121,7 +123,8 @@ class WarmupSettings:
 
         The task's RESOLVED parameters are hashed (so a change of a task default is a new key), and
         so is :data:`WARMUP_VERSION`, bumped whenever the warm-up procedure itself changes. The
-        default verifier recipe is left out of the hash, so caches made before it existed stay valid.
+        ``outcome`` recipe (the only one before recipes existed) is left out of the hash, so caches made
+        before then stay valid.
         """
         settings = asdict(self)
         if settings["verifier_recipe"] == "outcome":

@@ -104,8 +104,8 @@ def test_self_check_rows_use_the_models_recheck_and_outcome_labels_only():
 
 
 def test_the_verifier_recipe_is_part_of_the_warmup_key():
-    assert WarmupSettings(verifier_recipe="self_check").key() != WarmupSettings().key()
-    assert WarmupSettings(verifier_recipe="outcome").key() == WarmupSettings().key()
+    assert WarmupSettings(verifier_recipe="outcome").key() != WarmupSettings().key()
+    assert WarmupSettings(verifier_recipe="self_check").key() == WarmupSettings().key()  # the default
     with pytest.raises(ValueError, match="unknown verifier warm-up 'x'"):
         WarmupSettings(verifier_recipe="x")
 
@@ -132,7 +132,7 @@ def test_verifier_settings_reuse_the_generator_warmup():
 
     base = WarmupSettings()
     for other in (
-        WarmupSettings(verifier_recipe="self_check"),
+        WarmupSettings(verifier_recipe="outcome"),
         WarmupSettings(verifier_solutions=64),
         WarmupSettings(verifier_sft=SFTSettings(max_steps=1)),
     ):
@@ -179,7 +179,7 @@ def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch
     assert results[0][1]["verifier_built_by"] == 2
     assert any("waiting for it" in m for m in logs)
     # a new verifier recipe: only the verifier stage runs, on the same generator
-    out, report = warmup.warmed_up_models(WarmupSettings(verifier_recipe="self_check"), root=tmp_path)
+    out, report = warmup.warmed_up_models(WarmupSettings(verifier_recipe="outcome"), root=tmp_path)
     assert calls[-1] == ("verifier", out, gen_dir) and len(calls) == 3
     assert report["generator_built_by"] == 1 and json.loads((out / "report.json").read_text()) == report
 
