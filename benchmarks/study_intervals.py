@@ -2,14 +2,16 @@
 
     python benchmarks/study_intervals.py --run AblationFlow/<id> [--run AblationFlow/<other id>] --out docs/results
     python benchmarks/study_intervals.py --csv docs/results/study_finals.csv --out docs/results
-    python benchmarks/study_intervals.py --csv grpo_s0.csv --csv oracle_s0.csv   # quick_rounds.py --finals
+    python benchmarks/study_intervals.py --csv grpo_s0.csv --csv tango=tango_run2_s0.csv --save joined.csv.gz
 
 Each branch's final per-problem score is its correctness on each held-out problem averaged over its
 last ``--window`` distinct generator checkpoints (``tango_steps.ablation.final_rounds``; read from the
 round runs' ``eval_table`` artifacts through the Metaflow client). Every arm is compared with
 ``--baseline`` (grpo) paired per (seed, problem); the interval is a paired bootstrap over problems
-pooled over seeds (``paired_bootstrap``, 10,000 resamples). Prints a Markdown table (points), writes
-``<out>/study_finals.csv`` (the per-problem finals, so the table redraws without the runs) and
+pooled over seeds (``paired_bootstrap``, 10,000 resamples). ``--csv ARM=FILE`` relabels that file's
+arm (quick_rounds.py --finals names it after ``--name``). Prints a Markdown table (points), writes the
+joined per-problem finals to ``--save`` (default with ``--run``: ``<out>/study_finals.csv``; the
+table then redraws without the runs) and
 ``<out>/study_<task>.png`` (final accuracy per arm and the difference to the baseline, error bars =
 95% intervals) and ``<out>/study_<task>_curves.png`` (each arm's accuracy per evaluated round, pooled
 over seeds, with its bootstrap interval).
@@ -113,7 +115,7 @@ def curves(finals: pd.DataFrame, resamples: int) -> pd.DataFrame:
             if sorted(r["seed"].unique()) != seeds:
                 continue
             a = np.stack([x.sort_values("prompt_id")["correct"].to_numpy(float) for _, x in r.groupby("seed")])
-            acc, lo, hi = paired_bootstrap(a, np.zeros_like(a), resamples)
+            acc, lo, hi = paired_bootstrap(a, resamples=resamples)
             rows.append({"task": task, "variant": variant, "round": rnd, "seeds": len(seeds), "accuracy": acc,
                          "low": lo, "high": hi})  # fmt: skip
     return pd.DataFrame(rows)
@@ -139,13 +141,27 @@ def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
     plt.close(fig)
 
 
+def read_finals(spec: str) -> pd.DataFrame:
+    """``FILE`` or ``ARM=FILE`` (its ``variant`` column set to ARM): one file of per-problem finals."""
+    arm, sep, path = spec.partition("=")
+    if not sep:
+        return pd.read_csv(spec)
+    if not arm or not path:
+        raise SystemExit(f"--csv '{spec}': expected FILE or ARM=FILE")
+    return pd.read_csv(path).assign(variant=arm)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", action="append", help="AblationFlow/<run id>; repeat to join grids run apart")
     src.add_argument(
-        "--csv", action="append", help="per-problem finals (an earlier call's, or quick_rounds.py --finals); repeatable"
+        "--csv",
+        action="append",
+        help="[ARM=]FILE: per-problem finals (an earlier call's, or quick_rounds.py --finals), ARM relabels "
+        "its arm; repeatable",
     )
+    ap.add_argument("--save", help="write the joined per-problem finals here (.csv, .csv.gz)")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--baseline", default="grpo")
     ap.add_argument("--window", type=int, default=3, help="distinct generator checkpoints averaged as 'final'")
@@ -155,10 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.csv:
         # merge_tables: the same (task, variant, seed) arm in two files is an error naming it, not an average
-        finals = merge_tables([pd.read_csv(c) for c in args.csv])
+        finals = merge_tables([read_finals(c) for c in args.csv])
     else:
         finals = finals_from_runs(args.run, args.window)
-        finals.to_csv(out / "study_finals.csv", index=False)
+    save = args.save or (None if args.csv else out / "study_finals.csv")
+    if save:
+        finals.to_csv(save, index=False)
+        print(f"wrote {save} ({len(finals)} rows)")
     result = comparisons(finals, args.baseline, args.window, args.resamples)
     shown = result.copy()
     for c in ("final_accuracy", "acc_low", "acc_high", "baseline_accuracy", "diff", "diff_low", "diff_high"):

@@ -231,7 +231,7 @@ def paired_comparisons(
             seeds = sorted(s for (tk, v, s) in finals if tk == task and v == variant)
             paired = [s for s in seeds if (task, baseline, s) in finals]
             a = np.stack([finals[(task, variant, s)].sort_index().to_numpy() for s in seeds])
-            acc, lo, hi = paired_bootstrap(a, np.zeros_like(a), resamples)
+            acc, lo, hi = paired_bootstrap(a, resamples=resamples)
             row = {"task": task, "variant": variant, "seeds": len(seeds), "final_accuracy": acc,
                    "acc_low": lo, "acc_high": hi}  # fmt: skip
             if paired and variant != baseline:
@@ -300,14 +300,15 @@ def summarize(table: pd.DataFrame, final_window: int = 3, baseline: str = "grpo"
 
 
 def paired_bootstrap(
-    a: Any, b: Any, resamples: int = 10_000, level: float = 0.95, seed: int = 0
+    a: Any, b: Any = None, resamples: int = 10_000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
     """Mean of ``a - b`` with a paired per-problem bootstrap interval pooled over seeds (TANGO.md §8 comparisons).
 
     Args:
         a, b: (seeds, problems) scores of two arms on the SAME held-out problems (every seed and arm
             shares one held-out set), e.g. each problem's correctness averaged over an arm's final
-            checkpoints. Column j is the same problem in every row.
+            checkpoints. Column j is the same problem in every row. Without ``b``: ``a``'s own mean
+            and interval.
         resamples: bootstrap resamples; problems are drawn with replacement and the same draw is used
             for every seed (problems are the unit that varies; seeds are kept, pooled).
         level: interval coverage.
@@ -317,7 +318,8 @@ def paired_bootstrap(
     """
     import numpy as np
 
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a = np.asarray(a, dtype=float)
+    b = np.zeros_like(a) if b is None else np.asarray(b, dtype=float)
     if a.ndim == 1:
         a, b = a[None, :], b[None, :]
     if a.shape != b.shape or a.size == 0:

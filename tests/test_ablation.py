@@ -181,6 +181,12 @@ def test_study_intervals_joins_arms_run_apart_and_refuses_an_arm_twice(tmp_path,
         main(["--csv", grpo, "--csv", grpo, "--out", str(tmp_path), "--resamples", "50"])
     main(["--csv", oracle, "--out", str(tmp_path), "--resamples", "50", "--window", "1"])  # no baseline arm at all
     assert "| arithmetic | oracle |" in capsys.readouterr().out
+    # ARM=FILE relabels a file's arm (two runs of one variant under different names); --save keeps the join
+    joined = tmp_path / "joined.csv.gz"
+    main(["--csv", grpo, "--csv", f"tango={oracle}", "--save", str(joined), "--out", str(tmp_path), "--window", "1",
+          "--resamples", "50"])  # fmt: skip
+    assert "| arithmetic | tango |" in capsys.readouterr().out
+    assert sorted(pd.read_csv(joined)["variant"].unique()) == ["grpo", "tango"] and len(pd.read_csv(joined)) == 80
 
 
 def test_paired_bootstrap():
@@ -194,6 +200,8 @@ def test_paired_bootstrap():
     mean, lo, hi = paired_bootstrap(a, b, resamples=2000)
     assert mean == pytest.approx((a - b).mean())
     assert 0 < lo < mean < hi  # a real paired gain: the interval excludes 0
+    own = paired_bootstrap(a, resamples=500)  # one arm alone: its own mean and interval
+    assert own[0] == pytest.approx(a.mean()) and own[1] < own[0] < own[2] and own == paired_bootstrap(a, 0 * a, 500)
     same, lo0, hi0 = paired_bootstrap(b, b, resamples=500)
     assert same == lo0 == hi0 == 0.0
     noise = (rng.random((3, 500)) < 0.4).astype(float)  # an unrelated arm of the same accuracy
