@@ -357,10 +357,11 @@ def test_bad_input_fails_in_start_naming_the_field(tmp_path, override, args, fie
 
 
 def test_verifier_alarm_is_shown_and_can_stop_the_run(tmp_path, warmed):
-    """A collapse alarm (here forced: any majority share >= 50.1% raises it) is in the round's
-    metrics, the end table and card, and with ``stop_on_collapse`` the run ends after that round."""
+    """A collapse alarm (here forced: any majority share >= 50.1% raises it, and with an odd number
+    of held-out problems one class always has one) is in the round's metrics, the end table and
+    card, and with ``stop_on_collapse`` the run ends after that round."""
     ds = Datastore(tmp_path / "mf")
-    evaluation = {**SMALL["evaluation"], "collapse_majority": 0.501, "stop_on_collapse": True}
+    evaluation = {**SMALL["evaluation"], "heldout_problems": 11, "collapse_majority": 0.501, "stop_on_collapse": True}
     proc = ds.flow("--config", "config", str(ds.config({**SMALL, "evaluation": evaluation})), "run")
     _ok(proc)
     assert "!!! ALARM after round 1: verifier collapse" in proc.stdout + proc.stderr
