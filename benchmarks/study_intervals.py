@@ -144,7 +144,7 @@ def plot_curves(table: pd.DataFrame, task: str, path: Path) -> None:
 def read_finals(spec: str) -> pd.DataFrame:
     """``FILE`` or ``ARM=FILE`` (its ``variant`` column set to ARM): one file of per-problem finals."""
     arm, sep, path = spec.partition("=")
-    if not sep:
+    if not sep or Path(spec).is_file():  # an existing file whose name holds "=" is read as a file
         return pd.read_csv(spec)
     if not arm or not path:
         raise SystemExit(f"--csv '{spec}': expected FILE or ARM=FILE")
