@@ -4,7 +4,7 @@
         --set schedule.train_verifier=false --set schedule.verifier_warmup_rounds=0 \
         --set schedule.generator_per_verifier=0 --set generator_update.learning_rate=2e-4
 
-Calls the same ``tango_steps.round`` stage functions as TangoRoundFlow's steps, in the same order,
+Calls the same ``tango_steps.stages`` stage functions as TangoRoundFlow's steps, in the same order,
 with checkpoints in a temporary folder: about 11 s per tiny round instead of ~41 s, because no step
 starts a process, stores artifacts or renders a card. There is no resume, no lineage and nothing
 to browse; use it to decide what to run, then run that with TangoFlow / AblationFlow. The figures in
@@ -30,13 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps import round as stages
+from tango_steps import stages
 from tango_steps.ablation import VARIANTS
 from tango_steps.config import load_config, parse_overrides
 from tango_steps.driver import initial_checkpoints
+from tango_steps.local import QUIET, InProcessRun
 
 REPO = Path(__file__).resolve().parent.parent
-QUIET = lambda s: None  # noqa: E731
 
 
 def main() -> None:
@@ -56,10 +56,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        dirs = initial_checkpoints(cfg, work / "r0", log=QUIET)
-        gen, ver = dirs["generator"], dirs["verifier"]
-        gen0, ver0 = gen, ver
-        table, res = stages.evaluate(cfg, gen, ver, log=QUIET)
+        run = InProcessRun(cfg, initial_checkpoints(cfg, work / "r0", log=QUIET), work)
+        table, res = run.evaluate()
         cols = ["gen acc", "ver F1", "ver bal acc", "ver format", "says CORRECT", "process F1", "outcome reward",
                 "alpha", "flat groups", "w correct", "w incorrect"]  # fmt: skip
         # s: the round's training seconds (rollout, judge, reward, updates); eval s: its evaluation's
@@ -67,43 +65,27 @@ def main() -> None:
         print("|" + "---|" * (len(cols) + 5))
         print(f"| 0 | - | - | {_cells(res.metrics, {}, math.nan)} | - | - |", flush=True)
         train_seconds = 0.0
-        updates = 0
-        _save_finals(args.finals, cfg, variant, 0, updates, table)
-        reweighter = None
+        _save_finals(args.finals, cfg, variant, 0, 0, table)
         for k in range(1, cfg.rounds + 1):
-            t0 = time.perf_counter()
-            plan = stages.round_plan(cfg, k)
-            rollouts, _ = stages.rollout(cfg, plan, gen, log=QUIET)
-            judgments, _ = stages.judge(cfg, plan, ver, rollouts, log=QUIET)
-            out = stages.reward(cfg, plan, rollouts, judgments, gen / "model", reweighter, log=QUIET)
-            reweighter = out["reweighter"]
-            if plan.update_verifier:
-                new = work / f"r{k}" / "verifier"
-                extra = {"reweighter": reweighter}
-                stages.update(cfg, "verifier", ver, ver0, out["verifier_batch"], new, extra_state=extra, log=QUIET)
-                ver = new
-            if plan.update_generator:
-                new = work / f"r{k}" / "generator"
-                stages.update(cfg, "generator", gen, gen0, out["generator_batch"], new, log=QUIET)
-                gen = new
-                updates += 1
-            m, rm = {}, out["metrics"]
-            seconds, t1 = time.perf_counter() - t0, time.perf_counter()
-            train_seconds += seconds
+            r = run.round()
+            plan, rm, m = r.plan, r.rewards.metrics, {}
+            train_seconds += r.train_seconds
+            t1 = time.perf_counter()
             if plan.evaluate:  # evaluation.every (e.g. --set evaluation.every=5) skips the others
-                table, res = stages.evaluate(cfg, gen, ver, log=QUIET)
+                table, res = run.evaluate()
                 m = res.metrics
-                _save_finals(args.finals, cfg, variant, k, updates, table)
-            alpha = out["alpha"] if out["alpha"] is not None else math.nan
-            updated = "+".join(r for r, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
+                _save_finals(args.finals, cfg, variant, k, run.generator_updates, table)
+            alpha = plan.alpha if plan.alpha is not None else math.nan
+            updated = "+".join(n for n, u in (("gen", plan.update_generator), ("ver", plan.update_verifier)) if u)
             eval_s = f"{time.perf_counter() - t1:.1f}" if plan.evaluate else "-"
-            print(f"| {k} | {plan.slot} | {updated or '-'} | {_cells(m, rm, alpha)} | {seconds:.1f} | {eval_s} |")
+            cells = _cells(m, rm, alpha)
+            print(f"| {k} | {plan.slot} | {updated or '-'} | {cells} | {r.train_seconds:.1f} | {eval_s} |")
             if m.get("eval/verifier_alarm"):
                 print(f"|   | ALARM: {m['eval/verifier_alarm']} |", flush=True)
         # the sft arm's compute budget is matched to this figure of the tango arm (docs/results.md)
         print(f"training seconds (rounds 1-{cfg.rounds}, evaluations excluded): {train_seconds:.0f}", flush=True)
-        if ver != ver0:  # the verifier's own share of the change (benchmarks/verifier_crossjudge.py's v0 x sN)
-            frozen = stages.rejudge(cfg, ver0, table, log=QUIET)
+        if run.verifier != run.verifier_init:  # the verifier's own share of the change (verifier_crossjudge's v0 x sN)
+            frozen = stages.rejudge(cfg, run.verifier_init, table, log=QUIET)
             bal, fmt = frozen["eval/verifier_balanced_accuracy"], frozen["eval/verifier_format_ok_frac"]
             print(
                 f"round 0's verifier on the last evaluated solutions: balanced accuracy {bal:.3f}, format "

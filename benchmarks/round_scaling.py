@@ -4,7 +4,7 @@
     python benchmarks/round_scaling.py --prompts 8,16 --lengths 32,64 --n 4
 
 Runs the stages of one generator round (rollout, judge, reward, generator update) in this process
-through the same ``tango_steps.round`` functions the flow calls, on a RANDOMLY initialised tiny Qwen2
+through the same ``tango_steps.stages`` functions the flow calls, on a RANDOMLY initialised tiny Qwen2
 of the default shape: it almost never emits EOS, so every response is as long as the limit and the
 length axis is really the response length (a warmed-up model stops at ~40 tokens whatever the limit).
 Orchestration (a process per step, artifacts, cards) adds a constant ~13 s per round on top; see
@@ -18,7 +18,6 @@ import os
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,12 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rollout_throughput import tiny_model
 
-from tango_steps import round as stages
 from tango_steps.config import load_config
 from tango_steps.driver import initial_checkpoints
+from tango_steps.local import QUIET, InProcessRun
 
 REPO = Path(__file__).resolve().parent.parent
-QUIET = lambda s: None  # noqa: E731
 
 
 def one_round(model: str, prompts: int, n: int, length: int, work: Path) -> dict[str, float]:
@@ -50,23 +48,11 @@ def one_round(model: str, prompts: int, n: int, length: int, work: Path) -> dict
             "schedule.verifier_warmup_rounds": 0,
         },
     )
-    dirs = initial_checkpoints(cfg, work, log=QUIET)
-    plan = stages.round_plan(cfg, 1)
-    assert plan.update_generator
-    t = {}
-    t0 = time.perf_counter()
-    rollouts, _ = stages.rollout(cfg, plan, dirs["generator"], log=QUIET)
-    t["rollout"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    judgments, _ = stages.judge(cfg, plan, dirs["verifier"], rollouts, log=QUIET)
-    t["judge"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = stages.reward(cfg, plan, rollouts, judgments, dirs["generator"] / "model", None, log=QUIET)
-    t["reward"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    g0 = dirs["generator"]
-    stages.update(cfg, "generator", g0, g0, out["generator_batch"], work / "g1", log=QUIET)
-    t["update"] = time.perf_counter() - t0
+    run = InProcessRun(cfg, initial_checkpoints(cfg, work / "r0", log=QUIET), work)
+    r = run.round()
+    assert r.plan.update_generator
+    t = dict(r.seconds)
+    rollouts = r.rollouts
     t["total"] = sum(t.values())
     t["samples"] = len(rollouts)
     t["mean_len"] = float(rollouts["response_ids"].map(len).mean())

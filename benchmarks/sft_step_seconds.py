@@ -5,7 +5,7 @@
 
 Times ONE generator update of the ``sft`` arm (``tango_steps.ablation.VARIANTS["sft"]``: gold
 solutions of a round's problems, advantage 1, each optimizer step a plain NLL step) on the recipe's
-warmed-up generator, exactly as a round runs it (``tango_steps.round.sft_batch`` + ``round.update``),
+warmed-up generator, exactly as a round runs it (``tango_steps.stages.sft_batch`` + ``stages.update``),
 with ``--steps`` optimizer steps of ``--per-step`` gold solutions. Prints the seconds per step and,
 given a budget in seconds over ``--updates`` generator updates, the steps per update that fill it
 (docs/results.md, Study 2: the floor at equal compute). Measure it under the load the budget was
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps import round as stages
+from tango_steps import stages
 from tango_steps.ablation import VARIANTS
 from tango_steps.config import load_config, parse_overrides
 from tango_steps.driver import initial_checkpoints
@@ -53,7 +53,8 @@ def main() -> None:
         t0 = time.perf_counter()
         batch = stages.sft_batch(cfg, args.round, load_tokenizer(str(gen / "model")))
         prep = time.perf_counter() - t0
-        m = stages.update(cfg, "generator", gen, gen, batch, Path(tmp) / "out", log=lambda s: None)
+        plan = stages.round_plan(cfg, args.round)  # the update tokenises the same gold solutions itself
+        m = stages.update(cfg, plan, "generator", gen, gen, None, Path(tmp) / "out", log=lambda s: None)
     seconds = m["generator_update/seconds"]
     per_step = seconds / args.steps
     print("| steps | gold solutions | tokens | batch prep s | update s | s per step |")

@@ -36,7 +36,7 @@ def crossjudge(run: str) -> list[dict]:
     """The four (verifier, solutions) pairings of one TangoFlow run (TANGO.md §5, §8), one row each."""
     from metaflow import Run, namespace
 
-    from tango_steps import round as stages
+    from tango_steps import stages
     from tango_steps.config import TangoConfig, validate
     from tango_steps.driver import round_models
 

@@ -46,7 +46,7 @@ class TangoFlow(FlowSpec):
         self.forked_from = self.start_from or None
         store = ModelStore.for_flow(self)
         if self.start_from:
-            self.state, source_metrics = fork_source(self.start_from)
+            self.state, source_metrics = fork_source(self.start_from, cfg)
             first = self.state["round"]
             cfg = validate_run_config({**resolved(cfg), "rounds": first + cfg.rounds})
             self.history = [{**source_metrics, "round": first, "forked_from": self.start_from}]

@@ -1,11 +1,20 @@
 """One Tango round as explicit steps (TANGO.md §3): one run of this flow is one round.
 
-    start -> rollout -> judge -> reward -> verifier_update -> generator_update -> evaluate -> end
+    start -> rollout -> judge -> reward -> verifier_update -> evaluate -> end
+                   \\-------------/      \\-> generator_update -/  /
+                                          \\-----------------------/
+
+Every stage is a step of the DAG, and a round runs only the ones it needs (Metaflow's conditional
+``self.next({...}, condition=...)``): a generator round goes from ``reward`` past
+``verifier_update``, a verifier round past ``generator_update``, a round that updates nothing
+(a frozen model's slot) straight to ``evaluate``, and a run without step rewards from ``rollout``
+past ``judge``. A skipped stage's artifacts are set by the step before it (an empty judgment
+table, the unchanged model and the reason of the skip).
 
 TangoFlow launches it once per round (you normally never run it by hand). Each step calls one
-function of ``tango_steps.round`` and stores what it returns; models live in the datastore as
-directories, referenced by small dicts (``tango_steps.model_store``). Artifact names are listed in
-the README ("Artifacts").
+function of ``tango_steps.stages`` and stores what it returns; models live in the datastore as
+directories, referenced by small dicts (``tango_steps.model_store``). The configuration is validated
+once, in ``start``; later steps use that object. Artifact names are listed in the README ("Artifacts").
 """
 
 import os
@@ -26,11 +35,6 @@ class TangoRoundFlow(FlowSpec):
     root = Parameter("root", type=str, default="", help="run id of the TangoFlow run driving this round")
     previous = Parameter("previous", type=str, default="", help="pathspec of the task holding the starting state")
 
-    def _cfg(self):
-        from tango_steps.config import TangoConfig, validate
-
-        return validate(TangoConfig, self.config.to_dict(), source="round configuration")
-
     def _store(self):
         from tango_steps.model_store import ModelStore
 
@@ -41,31 +45,35 @@ class TangoRoundFlow(FlowSpec):
             current.card.append(c)
 
     def _check(self, stage):
-        from tango_steps.round import maybe_fail
+        from tango_steps.stages import maybe_fail
 
         maybe_fail(self.round_idx, stage)
 
     def _record_peak(self):
         """This step's peak resident memory (each step is its own process; benchmarks/round_overhead.py)."""
-        from tango_steps.round import peak_rss_mb
+        from tango_steps.stages import peak_rss_mb
 
         self.peak_rss_mb = peak_rss_mb()
 
     @resources(cpu=config.resources.start.cpu, memory=config.resources.start.memory)
     @step
     def start(self):
-        """Read the starting state from the previous round's run (client API) and plan the round."""
+        """Validate the configuration once, read the starting state (client API) and plan the round."""
+        from tango_steps.config import TangoConfig, validate
         from tango_steps.driver import read_task_state
-        from tango_steps.round import plan_dict, round_plan
+        from tango_steps.stages import alpha_horizon, plan_dict, round_plan
+        from tango_steps.state import RoundState
 
         self._check("start")
-        cfg = self._cfg()
-        self.state_in = read_task_state(self.previous)
-        if self.state_in["round"] != self.round_idx - 1:
-            raise ValueError(f"round {self.round_idx} cannot start from the state of round {self.state_in['round']}")
-        self.plan = plan_dict(round_plan(cfg, self.round_idx))
+        self.cfg = validate(TangoConfig, self.config.to_dict(), source="round configuration")
+        state = RoundState.from_dict(read_task_state(self.previous), alpha_horizon=alpha_horizon(self.cfg))
+        if state.round != self.round_idx - 1:
+            raise ValueError(f"round {self.round_idx} cannot start from the state of round {state.round}")
+        self.state_in = state.to_dict()
+        plan = round_plan(self.cfg, self.round_idx, state.alpha_horizon)
+        self.plan = plan_dict(plan)
         self.compute_seconds = 0.0
-        print(f"round {self.round_idx}: {self.plan['slot']} round; plan {self.plan}")
+        print(f"round {self.round_idx}: {plan.slot} round; plan {self.plan}")
         self._record_peak()
         self.next(self.rollout)
 
@@ -77,18 +85,20 @@ class TangoRoundFlow(FlowSpec):
     @step
     def rollout(self):
         """The generator samples the round's solutions (TANGO.md §3)."""
-        from tango_steps import cards
-        from tango_steps import round as stages
+        from tango_steps import cards, stages
 
         self._check("rollout")
-        cfg = self._cfg()
         plan = stages.plan_from_dict(self.plan)
         ckpt = self._store().load(self.state_in["generator"])
-        self.rollouts, res = stages.rollout(cfg, plan, ckpt)
+        self.rollouts, res = stages.rollout(self.cfg, plan, ckpt)
         self.rollout_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
         self._record_peak()
-        self.next(self.judge)
+        self.to_judge = "judge" if stages.needs_judge(self.cfg, plan) else "reward"
+        if self.to_judge == "reward":  # vanilla GRPO's generator round: nothing to judge
+            self.judgments, res = stages.no_judgments()
+            self.judge_metrics = res.metrics
+        self.next({"judge": self.judge, "reward": self.reward}, condition="to_judge")
 
     @retry(times=1, minutes_between_retries=0)
     @resources(cpu=config.resources.judge.cpu, memory=config.resources.judge.memory, gpu=config.resources.judge.gpu)
@@ -96,14 +106,12 @@ class TangoRoundFlow(FlowSpec):
     @step
     def judge(self):
         """The verifier judges every solution step by step (TANGO.md §2-§3)."""
-        from tango_steps import cards
-        from tango_steps import round as stages
+        from tango_steps import cards, stages
 
         self._check("judge")
-        cfg = self._cfg()
         plan = stages.plan_from_dict(self.plan)
         ckpt = self._store().load(self.state_in["verifier"])
-        self.judgments, res = stages.judge(cfg, plan, ckpt, self.rollouts)
+        self.judgments, res = stages.judge(self.cfg, plan, ckpt, self.rollouts)
         self.judge_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.judge_components(self.rollouts, self.judgments))
         self._record_peak()
@@ -113,42 +121,50 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def reward(self):
-        """Outcome and step rewards, both models' advantages, the RL batches (TANGO.md §4-§5)."""
-        from tango_steps import cards
-        from tango_steps import round as stages
+        """Outcome and step rewards, the advantages and the RL batch of the round's slot (TANGO.md §4-§5)."""
+        from tango_steps import cards, stages
 
         self._check("reward")
-        cfg = self._cfg()
         plan = stages.plan_from_dict(self.plan)
-        ckpt = self._store().load(self.state_in["generator"])
-        out = stages.reward(cfg, plan, self.rollouts, self.judgments, ckpt / "model", self.state_in["reweighter"])
-        self.rollouts, self.judgments = out["rollouts"], out["judgments"]
-        self.generator_batch, self.verifier_batch = out["generator_batch"], out["verifier_batch"]
-        self.reweighter, self.alpha = out["reweighter"], out["alpha"]
-        self.reward_metrics, self.compute_seconds = out["metrics"], out["compute_seconds"]
+        out = stages.reward(self.cfg, plan, self.rollouts, self.judgments, self.state_in["reweighter"])
+        self.rollouts, self.judgments = out.rollouts, out.judgments
+        self.generator_batch, self.verifier_batch = out.generator_batch, out.verifier_batch
+        self.reweighter, self.alpha = out.reweighter, out.alpha
+        self.reward_metrics, self.compute_seconds = out.metrics, out.compute_seconds
         self._card(cards.reward_components(self.rollouts, self.judgments, self.reward_metrics, self.alpha))
         self._record_peak()
-        self.next(self.verifier_update)
+        # A model the round does not update keeps its checkpoint; its update step is not run.
+        self.generator_out, self.generator_update_metrics = (
+            self.state_in["generator"],
+            {"generator_update/skipped": plan.skip_generator},
+        )
+        self.verifier_out, self.verifier_update_metrics = (
+            self.state_in["verifier"],
+            {"verifier_update/skipped": plan.skip_verifier},
+        )
+        self.to_update = stages.update_step(plan)
+        if self.to_update == "evaluate":
+            print(f"no update this round: {plan.skip_generator}; {plan.skip_verifier}")
+        self.next(
+            {"verifier_update": self.verifier_update, "generator_update": self.generator_update,
+             "evaluate": self.evaluate},
+            condition="to_update",
+        )  # fmt: skip
 
-    def _update(self, role, batch, update, reason):
-        """Shared body of the two update steps: one RL update, or a recorded skip."""
+    def _update(self, role, batch):
+        """Shared body of the two update steps: one RL update into the datastore."""
         import time
 
-        from tango_steps import round as stages
+        from tango_steps import stages
         from tango_steps.model_store import task_key
 
-        before = self.state_in[role]
-        if not update:
-            print(f"{role} update skipped: {reason}")
-            return before, {f"{role}_update/skipped": reason}, 0.0
-        cfg = self._cfg()
         store = self._store()
         t0 = time.perf_counter()
-        ckpt = store.load(before)
+        ckpt = store.load(self.state_in[role])
         init = store.load(self.state_in[f"{role}_init"])
-        extra = {"reweighter": self.reweighter} if role == "verifier" else None
+        plan = stages.plan_from_dict(self.plan)
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = stages.update(cfg, role, ckpt, init, batch, Path(tmp) / "ckpt", extra_state=extra)
+            metrics = stages.update(self.cfg, plan, role, ckpt, init, batch, Path(tmp) / "ckpt")
             compute = time.perf_counter() - t0
             ref = store.save(Path(tmp) / "ckpt", task_key(role), meta={"role": role, "round": self.round_idx})
         return ref, metrics, compute
@@ -161,16 +177,16 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def verifier_update(self):
-        """One RL update of the verifier, when the schedule says so (TANGO.md §5-§6)."""
+        """One RL update of the verifier (TANGO.md §5-§6); only verifier rounds come here."""
         from tango_steps import cards
 
         self._check("verifier_update")
         self.verifier_out, self.verifier_update_metrics, self.compute_seconds = self._update(
-            "verifier", self.verifier_batch, self.plan["update_verifier"], self.plan["skip_verifier"]
+            "verifier", self.verifier_batch
         )
         self._card(cards.update_components("verifier", self.verifier_update_metrics))
         self._record_peak()
-        self.next(self.generator_update)
+        self.next(self.evaluate)
 
     @resources(
         cpu=config.resources.generator_update.cpu,
@@ -180,12 +196,12 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def generator_update(self):
-        """One RL update of the generator, when the schedule says so (TANGO.md §4, §6)."""
+        """One RL update of the generator (TANGO.md §4, §6); only generator rounds come here."""
         from tango_steps import cards
 
         self._check("generator_update")
         self.generator_out, self.generator_update_metrics, self.compute_seconds = self._update(
-            "generator", self.generator_batch, self.plan["update_generator"], self.plan["skip_generator"]
+            "generator", self.generator_batch
         )
         self._card(cards.update_components("generator", self.generator_update_metrics))
         self._record_peak()
@@ -198,58 +214,46 @@ class TangoRoundFlow(FlowSpec):
     @step
     def evaluate(self):
         """Held-out generator accuracy and verifier outcome/process metrics (TANGO.md §7-§8)."""
-        from tango_steps import cards
-        from tango_steps import round as stages
+        from tango_steps import cards, stages
 
         self._check("evaluate")
-        cfg = self._cfg()
         if self.plan.get("evaluate", True):
             store = self._store()
-            self.eval_table, res = stages.evaluate(cfg, store.load(self.generator_out), store.load(self.verifier_out))
+            self.eval_table, res = stages.evaluate(
+                self.cfg, store.load(self.generator_out), store.load(self.verifier_out)
+            )
             self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
             self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
         else:  # evaluation.every > 1: measurement only, no model depends on it
             self.eval_table, self.eval_metrics, self.compute_seconds = None, {}, 0.0
-            self._card(cards.skipped_evaluation_components(cfg.evaluation.every, cfg.evaluation.last))
+            self._card(cards.skipped_evaluation_components(self.cfg.evaluation.every, self.cfg.evaluation.last))
         self._record_peak()
         self.next(self.end)
 
     @step
     def end(self):
         """The state the next round starts from, the round's metrics and its lineage."""
+        from tango_steps.stages import plan_from_dict, round_metrics
+        from tango_steps.state import RoundState
+
         self._check("end")
         self.compute_seconds = 0.0  # (inherited from evaluate otherwise)
-        s = self.state_in
-        self.state = {
-            **s,
-            "round": self.round_idx,
-            "generator": self.generator_out,
-            "verifier": self.verifier_out,
-            "reweighter": self.reweighter,
-            "generator_updates": s["generator_updates"] + int(self.plan["update_generator"]),
-            "verifier_updates": s["verifier_updates"] + int(self.plan["update_verifier"]),
-        }
+        s = RoundState.from_dict(self.state_in)
+        plan = plan_from_dict(self.plan)
+        self.state = s.advance(plan, self.generator_out, self.verifier_out, self.reweighter).to_dict()
         self.lineage = {
-            "rollouts_by_generator": s["generator"]["key"],
-            "judged_by_verifier": s["verifier"]["key"],
+            "rollouts_by_generator": s.generator["key"],
+            "judged_by_verifier": s.verifier["key"],
             "generator_out": self.generator_out["key"],
             "verifier_out": self.verifier_out["key"],
             "root": self.root,
             "previous": self.previous,
             "run": current.pathspec,
         }
-        self.metrics = {
-            "round": self.round_idx,
-            "slot": self.plan["slot"],
-            "generator_updates": self.state["generator_updates"],
-            "verifier_updates": self.state["verifier_updates"],
-            **self.rollout_metrics,
-            **self.judge_metrics,
-            **self.reward_metrics,
-            **self.verifier_update_metrics,
-            **self.generator_update_metrics,
-            **self.eval_metrics,
-        }
+        self.metrics = round_metrics(
+            plan, self.state, self.rollout_metrics, self.judge_metrics, self.reward_metrics,
+            self.verifier_update_metrics, self.generator_update_metrics, self.eval_metrics,
+        )  # fmt: skip
         self._record_peak()
         print(f"round {self.round_idx} done: " + ", ".join(f"{k}={v}" for k, v in self.metrics.items() if "eval/" in k))
 

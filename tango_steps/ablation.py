@@ -57,7 +57,7 @@ CURVES = {
     "eval/verifier_process_f1": "verifier_process_f1",
     "eval/verifier_balanced_accuracy": "verifier_balanced_accuracy",
     "reward/outcome_mean": "mean_outcome_reward",
-    "reward/alpha": "alpha",
+    "generator/alpha": "alpha",
     "reward/groups_with_signal_frac": "mixed_outcome_groups",
     "generator/adv_step_abs_mean": "adv_step_abs_mean",
     "judge/first_incorrect_none": "verdicts_all_steps_correct",

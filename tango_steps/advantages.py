@@ -26,11 +26,13 @@ Verifier (TANGO.md §5): GRPO over the N verifications of one solution, then cla
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+
+from tango_steps.config import ESTIMATORS, AlgorithmConfig, schema_default
+from tango_steps.registry import check_name
 
 EPS = 1e-6  # TANGO.md §4: A_out = (r - mean) / (std + 1e-6)
 
@@ -79,13 +81,6 @@ def register_token_estimator(name: str) -> Callable[[TokenEstimator], TokenEstim
 def generator_estimator_names() -> list[str]:
     """Every name ``compute_generator_advantages`` accepts: response- and token-level (TANGO.md §4)."""
     return sorted({*OUTCOME_ESTIMATORS, *TOKEN_ESTIMATORS})
-
-
-def _lookup(registry: dict, name: str, what: str, known: Sequence[str] | None = None):
-    try:
-        return registry[name]
-    except KeyError:
-        raise ValueError(f"unknown {what} '{name}'; known: {', '.join(sorted(known or registry))}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,9 +352,8 @@ def compute_generator_advantages(
         a_out_tok, a_step = token_fn(r_out, step_rewards, step_mask, step_token_index, response_mask, group_index, eps)
         mask = response_mask.to(a_step.dtype)
     else:
-        names = generator_estimator_names()
-        outcome_fn = _lookup(OUTCOME_ESTIMATORS, estimator, "advantage estimator", names)
-        step_fn = _lookup(STEP_ESTIMATORS, estimator, "advantage estimator", names)
+        check_name(estimator, generator_estimator_names(), "advantage estimator")
+        outcome_fn, step_fn = OUTCOME_ESTIMATORS[estimator], STEP_ESTIMATORS[estimator]
         a_out = outcome_fn(r_out, group_index, eps)  # (B,)
 
         flat_group = group_index[:, None].expand_as(step_mask)[step_mask]  # (S,)
@@ -384,46 +378,6 @@ def compute_generator_advantages(
 
 
 # ----------------------------------------------------------------------------------------------
-# alpha schedule
-# ----------------------------------------------------------------------------------------------
-
-ALPHA_SCHEDULES = ("exp", "constant", "linear", "cosine")
-
-
-def alpha_schedule(step: int, total_steps: int, alpha0: float, alpha_min: float = 1e-3, kind: str = "exp") -> float:
-    """Weight of the step advantage after ``step`` generator updates (TANGO.md §4).
-
-    - ``exp`` (paper): alpha(s) = max(alpha_min, alpha0 * exp(-k s)), k = ln(alpha0 / alpha_min) / T_g;
-    - ``constant``: alpha0 throughout;
-    - ``linear``: from alpha0 to alpha_min over T_g;
-    - ``cosine``: alpha_min + (alpha0 - alpha_min) (1 + cos(pi s / T_g)) / 2.
-    Past T_g every decaying schedule stays at alpha_min. Paper: alpha0 = 0.1 (GRPO, RLOO) or 0.5
-    (REINFORCE++), alpha_min = 1e-3, T_g = total generator updates.
-    """
-    if kind not in ALPHA_SCHEDULES:
-        raise ValueError(f"unknown alpha schedule '{kind}'; known: {', '.join(ALPHA_SCHEDULES)}")
-    if not 0.0 <= alpha_min <= alpha0 <= 1.0:
-        raise ValueError(f"need 0 <= alpha_min <= alpha0 <= 1, got alpha0={alpha0}, alpha_min={alpha_min}")
-    if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    if kind == "constant":
-        return float(alpha0)
-    if step >= total_steps:
-        return float(alpha_min)
-    frac = step / total_steps
-    if kind == "exp":
-        if alpha_min <= 0.0:
-            raise ValueError("the exp alpha schedule needs alpha_min > 0 (k = ln(alpha0 / alpha_min) / T_g)")
-        k = math.log(alpha0 / alpha_min) / total_steps
-        return max(alpha_min, alpha0 * math.exp(-k * step))
-    if kind == "linear":
-        return alpha0 + (alpha_min - alpha0) * frac
-    return alpha_min + 0.5 * (alpha0 - alpha_min) * (1.0 + math.cos(math.pi * frac))
-
-
-# ----------------------------------------------------------------------------------------------
 # Verifier advantages and class-aware reweighting
 # ----------------------------------------------------------------------------------------------
 
@@ -445,11 +399,11 @@ class VerifierReweighter:
     checkpoint and restore it with :meth:`from_dict` (the released code loses it on resume).
     """
 
-    decay: float = 0.8
+    decay: float = schema_default(AlgorithmConfig, "reweight_decay")
     ema_correct: float | None = None
     ema_incorrect: float | None = None
     updates: int = 0
-    power: float = 0.5
+    power: float = schema_default(AlgorithmConfig, "reweight_power")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
@@ -520,3 +474,12 @@ class VerifierReweighter:
         if unknown:
             raise ValueError(f"unknown VerifierReweighter state keys: {', '.join(sorted(unknown))}")
         return cls(**state)
+
+
+# The configuration validates estimator names against config.ESTIMATORS without importing torch; the
+# implementations registered above must be exactly those names.
+if set(generator_estimator_names()) != set(ESTIMATORS) or set(STEP_ESTIMATORS) != set(OUTCOME_ESTIMATORS):
+    raise ImportError(
+        f"advantage estimators registered {generator_estimator_names()} (step: {sorted(STEP_ESTIMATORS)}) "
+        f"differ from tango_steps.config.ESTIMATORS {list(ESTIMATORS)}"
+    )

@@ -65,7 +65,7 @@ def needed(length: int) -> int:
 def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: int = SAMPLE) -> dict[str, Any]:
     """The p99 token lengths of the task's prompts, gold solutions and verifications (TANGO.md §2-§3)."""
     from tango_steps.formats import format_verification, parse_solution
-    from tango_steps.round import heldout_problems
+    from tango_steps.stages import heldout_problems
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
 

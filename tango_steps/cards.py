@@ -199,7 +199,7 @@ ROUND_CHARTS = (
         ("eval/verifier_balanced_accuracy", "eval/verifier_format_ok_frac", "eval/verifier_majority_frac"),
     ),
     ("rewards", ("reward/outcome_mean", "reward/verifier_reward_mean")),
-    ("alpha", ("reward/alpha",)),
+    ("alpha", ("generator/alpha",)),
     ("KL to the reference", ("generator_update/kl", "verifier_update/kl")),
     ("held-out response length", ("eval/generator_mean_length",)),
 )

@@ -15,7 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # Rollout engine names (TANGO.md §3). Defined here, not in tango_steps.rollout, so that validating a
 # configuration never imports torch (every pipeline step validates its configuration first).
-ENGINES = ("auto", "hf", "vllm")
+# Each engine's class as "module:Class", imported only when an engine is built: adding an engine is
+# its module plus one line here.
+ENGINES = {
+    "auto": "",  # vLLM when installed and a GPU is present, else hf (tango_steps.rollout.resolve_engine)
+    "hf": "tango_steps.rollout.hf:HFEngine",
+    "vllm": "tango_steps.rollout.vllm_engine:VLLMEngine",
+}
+# Advantage estimator names (TANGO.md §4), for the same reason: tango_steps.advantages registers one
+# implementation under each of these names and refuses to import if the two ever differ.
+ESTIMATORS = ("grpo", "reinforce_pp", "rloo")
 
 
 class _Section(BaseModel):
@@ -64,9 +73,14 @@ class RolloutConfig(_Section):
     @field_validator("engine")
     @classmethod
     def _known_engine(cls, v: str) -> str:
-        if v not in ENGINES:
-            raise ValueError(f"unknown rollout engine '{v}'; known: {', '.join(ENGINES)}")
-        return v
+        from tango_steps.registry import check_name
+
+        return check_name(v, ENGINES, "rollout engine")
+
+
+def schema_default(section: type[BaseModel], name: str) -> Any:
+    """The default of ``section.name``: runtime settings objects take their defaults from here, never a copy."""
+    return section.model_fields[name].get_default(call_default_factory=True)
 
 
 def _format_error(e: ValidationError, source: str) -> str:
@@ -79,11 +93,11 @@ def _format_error(e: ValidationError, source: str) -> str:
 
 
 class ConfigError(ValueError):
-    """A configuration that failed validation (TANGO.md §3: settings are configuration); names each bad field."""
+    """A configuration that failed validation; its message names each bad field."""
 
 
 def validate(schema: type[BaseModel], data: dict[str, Any], source: str = "configuration") -> BaseModel:
-    """Validate a dict against a schema; errors name the field path (TANGO.md §3 settings are configuration)."""
+    """Validate a dict against a schema; errors name the field path."""
     try:
         return schema.model_validate(data or {})
     except ValidationError as e:
@@ -91,7 +105,7 @@ def validate(schema: type[BaseModel], data: dict[str, Any], source: str = "confi
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into a dict (TANGO.md §3); a missing file or a non-mapping top level is a clear error."""
+    """Read a YAML recipe into a dict; a missing file or a non-mapping top level is a clear error."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file '{p}' does not exist")
@@ -142,13 +156,19 @@ class ScheduleConfig(_Section):
 class AlgorithmConfig(_Section):
     """Rewards and advantages (TANGO.md §4-§5)."""
 
-    estimator: Literal["grpo", "rloo", "reinforce_pp"] = Field("grpo", description="advantage estimator, both parts")
+    estimator: str = Field("grpo", description="advantage estimator, both parts: " + ", ".join(ESTIMATORS))
     alpha0: float = Field(
         0.1, ge=0, le=1, description="alpha_0, step-advantage weight at the start (0.5 for REINFORCE++)"
     )
     alpha_min: float = Field(1e-3, ge=0, le=1, description="alpha_min, the floor reached after T_g generator updates")
     alpha_schedule: Literal["exp", "constant", "linear", "cosine"] = Field(
         "exp", description="alpha decay (paper: exp)"
+    )
+    alpha_horizon: int | None = Field(
+        None,
+        ge=1,
+        description="T_g, the generator updates over which alpha decays (TANGO.md §4); null: the run's own, "
+        "fixed at its start (a fork keeps its source's)",
     )
     gamma: float = Field(0.8, ge=0, description="gamma, weight of the verifier format score in r_v (TANGO.md §5)")
     rloo_step_scale: float = Field(1.0, gt=0, description="factor on the RLOO step part (released code: 10)")
@@ -172,6 +192,13 @@ class AlgorithmConfig(_Section):
         "(the study's equal-compute floor; set generator_update.kl_coef and entropy_coef to 0)",
     )
     sft_sequences: int = Field(256, ge=1, description="sft objective: gold solutions per generator round")
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, v: str) -> str:
+        from tango_steps.registry import check_name
+
+        return check_name(v, ESTIMATORS, "advantage estimator")
 
     @model_validator(mode="after")
     def _alpha_range(self) -> AlgorithmConfig:
@@ -206,14 +233,6 @@ class UpdateConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="bf16 on GPU, fp32 on CPU when auto")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
     lora: LoraConfig | None = Field(None, description="LoRA settings; null = full fine-tuning")
-
-    def settings(self, temperature: float = 1.0, seed: int = 0):
-        """The :class:`~tango_steps.training.UpdateSettings` this section describes (TANGO.md §6)."""
-        from tango_steps.training import LoraSettings, UpdateSettings
-
-        data = self.model_dump(exclude={"lora"})
-        lora = LoraSettings(**self.lora.model_dump()) if self.lora is not None else None
-        return UpdateSettings(**data, lora=lora, temperature=temperature, seed=seed)
 
 
 class EvaluationConfig(_Section):
@@ -330,7 +349,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``"schedule.train_verifier": False``) in a recipe dict, in place (TANGO.md §3)."""
+    """Set dotted keys (``"schedule.train_verifier": False``) in a recipe dict, in place."""
     for key, value in overrides.items():
         node = data
         parts = key.split(".")

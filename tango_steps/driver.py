@@ -178,7 +178,7 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
     other path is loaded as it is. Each checkpoint is also its model's frozen KL reference.
     """
     from tango_steps.modeling import resolve_model_ref
-    from tango_steps.training import init_checkpoint
+    from tango_steps.training import init_checkpoint, update_settings
     from tango_steps.warmup import warmed_up_models, warmup_settings
 
     out = Path(out_dir)
@@ -192,22 +192,8 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
             src = resolve_model_ref(mcfg.path)
         ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
         log(f"{role}: initial checkpoint from {src}")
-        dirs[role] = init_checkpoint(src, out / role, ucfg.settings(seed=cfg.seed), extra={"source": src})
+        dirs[role] = init_checkpoint(src, out / role, update_settings(ucfg, seed=cfg.seed), extra={"source": src})
     return dirs
-
-
-def initial_state(refs: dict[str, dict]) -> dict[str, Any]:
-    """The state a first round starts from (TANGO.md §9): model references, counters, no reweighting yet."""
-    return {
-        "round": 0,
-        "generator": refs["generator"],
-        "verifier": refs["verifier"],
-        "generator_init": refs["generator"],
-        "verifier_init": refs["verifier"],
-        "reweighter": None,
-        "generator_updates": 0,
-        "verifier_updates": 0,
-    }
 
 
 def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -216,9 +202,10 @@ def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any
     Shared by TangoFlow's ``start`` and AblationFlow's ``init``, so every ablation branch starts
     exactly as a TangoFlow run does. Returns ``(state, eval_table, first history row)``.
     """
-    from tango_steps import round as stages
+    from tango_steps import stages
     from tango_steps.budgets import check_budgets
     from tango_steps.model_store import task_key
+    from tango_steps.state import RoundState
 
     lengths = check_budgets(cfg)  # before any warm-up or training: the limits must hold the task
     log(f"token budgets hold (99th percentiles of the task's gold data: {lengths})")
@@ -226,19 +213,34 @@ def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any
         dirs = initial_checkpoints(cfg, tmp, log=log)
         refs = {r: store.save(d, task_key(r), meta={"role": r, "round": 0}) for r, d in dirs.items()}
     eval_table, res = stages.evaluate(cfg, store.load(refs["generator"]), store.load(refs["verifier"]), log=log)
-    return initial_state(refs), eval_table, {"round": 0, **res.metrics}
+    return RoundState.initial(refs, stages.alpha_horizon(cfg)).to_dict(), eval_table, {"round": 0, **res.metrics}
 
 
-def fork_source(pathspec: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """State and metrics of a finished round run to fork from (TANGO.md §9): ``Flow/run`` or its end task."""
+def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """State and metrics of a finished round run to fork from (TANGO.md §9): ``Flow/run`` or its end task.
+
+    The fork keeps its source's T_g (the alpha schedule's horizon, TANGO.md §4), so a fork that changes
+    nothing continues exactly as its source would have; ``algorithm.alpha_horizon`` in the fork's
+    recipe overrides it. A source older than the state's ``alpha_horizon`` gets ``cfg``'s, said in the log.
+    """
+    from dataclasses import replace
+
     from metaflow import Run, namespace
 
+    from tango_steps.stages import alpha_horizon
+    from tango_steps.state import RoundState
+
     namespace(None)
-    state = read_task_state(pathspec)
+    raw = read_task_state(pathspec)
+    state = RoundState.from_dict(raw, alpha_horizon=alpha_horizon(cfg))
+    if "alpha_horizon" not in raw:
+        log(f"{pathspec} predates the stored alpha horizon: T_g = {state.alpha_horizon} from the fork's recipe")
+    if cfg.algorithm.alpha_horizon is not None:
+        state = replace(state, alpha_horizon=cfg.algorithm.alpha_horizon)
     run_spec = "/".join(pathspec.strip("/").split("/")[:2])
     end = Run(run_spec)["end"].task
     metrics = end["metrics"].data if "metrics" in end else {}
-    return state, metrics
+    return state.to_dict(), metrics
 
 
 def round_models(pathspec: str) -> dict[str, Path]:

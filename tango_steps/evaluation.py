@@ -8,7 +8,7 @@
   samples and their harmonic mean, the process-level F1 (ProcessBench protocol).
 
 The verifier's outcome metrics on the generator's own held-out samples, and process F1 on the
-embedded task's exact labels, are computed each round by :func:`tango_steps.round.evaluate`.
+embedded task's exact labels, are computed each round by :func:`tango_steps.stages.evaluate`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from tango_steps.benchmarks import BenchmarkProblem, ProcessSample
+from tango_steps.datasets import BenchmarkProblem, ProcessSample
 from tango_steps.formats import ParsedSolution, last_boxed, parse_verification
-from tango_steps.round import process_f1
+from tango_steps.metrics import process_f1
 
 Log = Callable[[str], None]
 
@@ -34,7 +34,7 @@ def evaluate_generator(
     """
     from tango_steps.grading import Grader
     from tango_steps.rollout import SamplingSettings
-    from tango_steps.round import _generate
+    from tango_steps.stages import _generate
 
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -89,7 +89,7 @@ def evaluate_processbench(
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """The verifier's process-level F1 on ProcessBench samples (TANGO.md §8 protocol)."""
     from tango_steps.rollout import SamplingSettings
-    from tango_steps.round import _generate
+    from tango_steps.stages import _generate
 
     if not samples:
         raise ValueError("no ProcessBench samples to evaluate")
@@ -145,8 +145,9 @@ def check_request(
 
     Unknown benchmark names are an error listing the known ones; ProcessBench entries need a verifier.
     """
-    from tango_steps.benchmarks import BENCHMARKS, PROCESSBENCH_SUBSETS, BenchmarkError
     from tango_steps.config import ENGINES
+    from tango_steps.datasets import BENCHMARKS, PROCESSBENCH_SUBSETS, BenchmarkError
+    from tango_steps.registry import check_name
     from tango_steps.templates import get_template
 
     items = [b.strip() for b in benchmarks.split(",") if b.strip()]
@@ -163,8 +164,7 @@ def check_request(
     if any(b.startswith("processbench/") for b in items) and not verifier:
         raise ValueError("--verifier is required for processbench/* entries")
     get_template(template)
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine '{engine}'; known: {', '.join(ENGINES)}")
+    check_name(engine, ENGINES, "rollout engine")
     if limit < 0 or max_tokens < 1:
         raise ValueError(f"--limit must be >= 0 and --max-tokens >= 1, got {limit} and {max_tokens}")
     return items
@@ -175,8 +175,8 @@ def run_item(
     limit: int | None, max_tokens: int, log: Log = print,
 ) -> tuple[pd.DataFrame, dict[str, float]]:  # fmt: skip
     """Evaluate one EvalFlow item (TANGO.md §7-§8): a generator benchmark or ``processbench/<subset>``."""
-    from tango_steps.benchmarks import load_benchmark, load_processbench
     from tango_steps.config import RolloutConfig
+    from tango_steps.datasets import load_benchmark, load_processbench
     from tango_steps.rollout import engine_from_config
     from tango_steps.templates import get_template
 

@@ -82,11 +82,6 @@ def extract_gold(gold: Gold) -> str | None:
     return text or None
 
 
-def extract_prediction(response: str) -> str | None:
-    """The answer a response gives (TANGO.md §2): its last ``\\boxed{}`` content, else the whole stripped text."""
-    return _prediction(response)[0]
-
-
 def _prediction(response: str) -> tuple[str | None, bool]:
     """(answer text or None, whether it came from a box)."""
     if not isinstance(response, str):
@@ -303,8 +298,3 @@ def is_correct(response: str, gold: Gold, timeout: float = _DEFAULT_TIMEOUT) -> 
             _default = Grader(timeout=timeout)
         _default.timeout = float(timeout)
         return _default.is_correct(response, gold)
-
-
-def grading_stats() -> GradeStats:
-    """Counts of the module-level :func:`is_correct` calls so far (TANGO.md §4)."""
-    return _default.stats if _default is not None else GradeStats()

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from tango_steps.registry import lookup
+
 KL_CLAMP = 10.0  # TANGO.md §6: k3 clamped to [-10, 10] so one outlier token cannot dominate
 
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
@@ -37,10 +39,7 @@ def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
 
 def get_policy_loss(name: str) -> PolicyLoss:
     """Look a policy loss up by name (TANGO.md §6); the error lists the known names."""
-    try:
-        return POLICY_LOSSES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy loss '{name}'; known: {', '.join(sorted(POLICY_LOSSES))}") from None
+    return lookup(POLICY_LOSSES, name, "policy loss")
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = KL_CLAMP) -> torch.Tensor:

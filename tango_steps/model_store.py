@@ -159,13 +159,6 @@ def load_model_dir(ref: dict[str, Any]) -> Path:
     return ModelStore.for_ref(ref).load(ref)
 
 
-def describe(ref: dict[str, Any] | None) -> str:
-    """One line naming a stored model for logs and cards (TANGO.md §9 lineage)."""
-    if not ref:
-        return "(none)"
-    return f"{ref['key']} ({ref.get('bytes', 0) / 2**20:.1f} MiB)"
-
-
 def task_key(name: str) -> str:
     """Storage key of a model written by the current task: flow/run/step/task/attempt/name (TANGO.md §9)."""
     from metaflow import current

@@ -7,15 +7,16 @@
 - verifier reward: r_v = 1[final verdict == true correctness] + gamma x format score, gamma = 0.8.
 
 "Last token of step k" is the token holding the step's last character (the ``>`` of its
-``</step>``), found from the tokenizer's character offsets. The reference code is off by up to one
-token here; :func:`step_end_token_indices` is tested at the boundary exactly.
+``</step>``), found on the SAMPLED token ids (:func:`sampled_step_end_tokens`, computed once in the rollout). The
+reference code is off by up to one token here; the tests check the boundary exactly against the
+tokenizer's character offsets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+from tango_steps.config import AlgorithmConfig, schema_default
 
 
 def outcome_reward(correct: bool, format_score: float = 0.0, format_weight: float = 0.0) -> float:
@@ -39,7 +40,10 @@ def step_rewards(step_verdicts: Sequence[bool] | None) -> list[float] | None:
 
 
 def verifier_reward(
-    final_verdict: bool | None, solution_correct: bool, format_score: float, gamma: float = 0.8
+    final_verdict: bool | None,
+    solution_correct: bool,
+    format_score: float,
+    gamma: float = schema_default(AlgorithmConfig, "gamma"),
 ) -> float:
     """Verifier reward r_v = 1[final verdict == true correctness] + gamma * format score (TANGO.md §5).
 
@@ -48,37 +52,6 @@ def verifier_reward(
     if final_verdict is None:
         return 0.0
     return float(final_verdict == bool(solution_correct)) + gamma * float(format_score)
-
-
-def step_end_token_indices(step_spans: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, int]]) -> list[int]:
-    """Index of the last token of each step (TANGO.md §4 "placed on the last token of step k").
-
-    The last token of a step spanning characters ``[start, end)`` is the last token that starts
-    before ``end``, i.e. the token holding character ``end - 1`` even when that token runs on past
-    the step (BPE may merge ``>`` with a following newline). Tokens with empty offsets (special
-    tokens) are ignored. A step whose end lies beyond the tokenised text (a truncated decode) maps to
-    the last token.
-
-    Args:
-        step_spans: character spans of the steps, as ``ParsedSolution.step_spans``.
-        offsets: ``(start, end)`` character offsets of each response token, as returned by a fast
-            tokenizer with ``return_offsets_mapping=True`` on the response text.
-
-    Returns:
-        One token index per step, non-decreasing; ``-1`` for a step before any token.
-    """
-    starts = [s if e > s else None for s, e in offsets]
-    out: list[int] = []
-    t = -1
-    for _, end in step_spans:
-        # Advance to the last non-empty token with start < end (spans are increasing, so t only grows).
-        while t + 1 < len(starts) and (starts[t + 1] is None or starts[t + 1] < end):
-            t += 1
-        last = t
-        while last >= 0 and starts[last] is None:
-            last -= 1
-        out.append(last)
-    return out
 
 
 def sampled_step_end_tokens(tokenizer, response_ids: list[int], step_spans: list[tuple[int, int]]) -> list[int]:
@@ -111,27 +84,6 @@ def sampled_step_end_tokens(tokenizer, response_ids: list[int], step_spans: list
         out.append(lo)
         lo_start = lo
     return out
-
-
-def token_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
-    """Character offsets of the tokens of ``text`` (no special tokens), from a fast HF tokenizer (TANGO.md §4)."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return [tuple(o) for o in enc["offset_mapping"]]
-
-
-def place_step_rewards(rewards: Sequence[float], token_indices: Sequence[int], num_tokens: int) -> torch.Tensor:
-    """Dense (T,) tensor with reward k added at token ``token_indices[k]`` (TANGO.md §4).
-
-    Two steps ending in the same token (an empty step) add up. Indices outside ``[0, T)`` are
-    dropped: the step ended beyond the tokens kept (truncation).
-    """
-    if len(rewards) != len(token_indices):
-        raise ValueError(f"got {len(rewards)} step rewards but {len(token_indices)} token indices")
-    dense = torch.zeros(num_tokens, dtype=torch.float32)
-    for r, t in zip(rewards, token_indices, strict=True):
-        if 0 <= t < num_tokens:
-            dense[t] += r
-    return dense
 
 
 def outcome_rewards(

@@ -9,7 +9,13 @@ not when it is skipped (the reason is recorded with the round).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from tango_steps.config import AlgorithmConfig, ScheduleConfig, schema_default
+
+_WARMUP = schema_default(ScheduleConfig, "verifier_warmup_rounds")  # paper: 40
+_G_PER_V = schema_default(ScheduleConfig, "generator_per_verifier")  # paper: 3
 
 
 @dataclass(frozen=True)
@@ -24,6 +30,8 @@ class RoundPlan:
         slot: "generator" or "verifier", the model the schedule gives this round to (a frozen
             model's slot keeps its sampling sizes; only the update is skipped).
         evaluate: whether the round ends with the held-out evaluation (``evaluation.every`` / ``last``).
+        alpha: the step-advantage weight alpha(s) of a generator slot (TANGO.md §4; 0 without step
+            rewards), None in a verifier slot. Planned here, with T_g fixed at the run's start.
     """
 
     round_idx: int
@@ -34,6 +42,7 @@ class RoundPlan:
     skip_verifier: str = ""
     slot: str = "generator"
     evaluate: bool = True
+    alpha: float | None = None
 
 
 def evaluates(round_idx: int, every: int, rounds: int, last: int = 1) -> bool:
@@ -53,8 +62,8 @@ def evaluates(round_idx: int, every: int, rounds: int, last: int = 1) -> bool:
 
 def plan_round(
     round_idx: int,
-    verifier_warmup_rounds: int = 40,
-    generator_per_verifier: int = 3,
+    verifier_warmup_rounds: int = _WARMUP,
+    generator_per_verifier: int = _G_PER_V,
     train_generator: bool = True,
     train_verifier: bool = True,
 ) -> RoundPlan:
@@ -108,6 +117,50 @@ def _slot(r: int, warmup: int, g_per_v: int) -> str:
     return "verifier" if (r - warmup - 1) % (g_per_v + 1) == g_per_v else "generator"
 
 
-def total_generator_updates(rounds: int, verifier_warmup_rounds: int = 40, generator_per_verifier: int = 3) -> int:
+def total_generator_updates(
+    rounds: int, verifier_warmup_rounds: int = _WARMUP, generator_per_verifier: int = _G_PER_V
+) -> int:
     """T_g: generator slots in ``rounds`` rounds, the horizon of the alpha schedule (TANGO.md §4)."""
     return sum(_slot(r, verifier_warmup_rounds, generator_per_verifier) == "generator" for r in range(1, rounds + 1))
+
+
+ALPHA_SCHEDULES = ("exp", "constant", "linear", "cosine")
+
+
+def alpha_schedule(
+    step: int,
+    total_steps: int,
+    alpha0: float,
+    alpha_min: float = schema_default(AlgorithmConfig, "alpha_min"),
+    kind: str = schema_default(AlgorithmConfig, "alpha_schedule"),
+) -> float:
+    """Weight of the step advantage after ``step`` generator updates (TANGO.md §4).
+
+    - ``exp`` (paper): alpha(s) = max(alpha_min, alpha0 * exp(-k s)), k = ln(alpha0 / alpha_min) / T_g;
+    - ``constant``: alpha0 throughout;
+    - ``linear``: from alpha0 to alpha_min over T_g;
+    - ``cosine``: alpha_min + (alpha0 - alpha_min) (1 + cos(pi s / T_g)) / 2.
+    Past T_g every decaying schedule stays at alpha_min. Paper: alpha0 = 0.1 (GRPO, RLOO) or 0.5
+    (REINFORCE++), alpha_min = 1e-3, T_g = total generator updates.
+    """
+    if kind not in ALPHA_SCHEDULES:
+        raise ValueError(f"unknown alpha schedule '{kind}'; known: {', '.join(ALPHA_SCHEDULES)}")
+    if not 0.0 <= alpha_min <= alpha0 <= 1.0:
+        raise ValueError(f"need 0 <= alpha_min <= alpha0 <= 1, got alpha0={alpha0}, alpha_min={alpha_min}")
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if kind == "constant":
+        return float(alpha0)
+    if step >= total_steps:
+        return float(alpha_min)
+    frac = step / total_steps
+    if kind == "exp":
+        if alpha_min <= 0.0:
+            raise ValueError("the exp alpha schedule needs alpha_min > 0 (k = ln(alpha0 / alpha_min) / T_g)")
+        k = math.log(alpha0 / alpha_min) / total_steps
+        return max(alpha_min, alpha0 * math.exp(-k * step))
+    if kind == "linear":
+        return alpha0 + (alpha_min - alpha0) * frac
+    return alpha_min + 0.5 * (alpha0 - alpha_min) * (1.0 + math.cos(math.pi * frac))

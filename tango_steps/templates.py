@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tango_steps.formats import ParsedSolution
+from tango_steps.registry import lookup
 
 _PLACEHOLDER = re.compile(r"\{(problem|solution|num_steps)\}")
 GENERATOR_PLACEHOLDERS = frozenset({"problem"})
@@ -169,7 +170,4 @@ def register_template(template: PromptTemplate, overwrite: bool = False) -> Prom
 
 def get_template(name: str) -> PromptTemplate:
     """Look a template up by name (TANGO.md §2); the error lists the known names."""
-    try:
-        return TEMPLATES[name]
-    except KeyError:
-        raise ValueError(f"unknown prompt template '{name}'; known: {', '.join(sorted(TEMPLATES))}") from None
+    return lookup(TEMPLATES, name, "prompt template")

@@ -7,8 +7,8 @@ A policy checkpoint is a directory:
     adapter/            LoRA only: the peft adapter that training continues from
     optimizer.pt        AdamW state (absent before the first update)
     rng_state.pt        torch / python RNG states at save time
-    trainer_state.json  update counter, reference model, LoRA base, extra state (e.g. the
-                        verifier's reweighting EMAs, TANGO.md §5), settings used
+    trainer_state.json  update counter, reference model, LoRA base, provenance (``extra``), settings
+                        used (the verifier's reweighting EMAs live in the round state, not here)
 
 :func:`rl_update` loads one, computes old and reference log-probs, runs the configured number of
 optimizer steps (paper: one, fully on-policy) over micro-batches with gradient accumulation through
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from tango_steps.atomic import atomic_directory
+from tango_steps.config import LoraConfig, UpdateConfig, schema_default
 from tango_steps.loss import chunked_token_logprobs, get_policy_loss
 
 STATE_FILE = "trainer_state.json"
@@ -43,10 +44,10 @@ class LoraSettings:
         target_modules: module names, or "all-linear".
     """
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
+    r: int = schema_default(LoraConfig, "r")
+    alpha: int = schema_default(LoraConfig, "alpha")
+    dropout: float = schema_default(LoraConfig, "dropout")
+    target_modules: str | list[str] = schema_default(LoraConfig, "target_modules")  # noqa: RUF009 (a str)
 
 
 @dataclass(frozen=True)
@@ -75,21 +76,21 @@ class UpdateSettings:
             probability already rose by 20% (continued SFT, not a trust region).
     """
 
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.0
+    learning_rate: float = schema_default(UpdateConfig, "learning_rate")
+    weight_decay: float = schema_default(UpdateConfig, "weight_decay")
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    optimizer_steps: int = 1
-    micro_batch_size: int = 4
+    grad_clip: float = schema_default(UpdateConfig, "grad_clip")
+    optimizer_steps: int = schema_default(UpdateConfig, "optimizer_steps")
+    micro_batch_size: int = schema_default(UpdateConfig, "micro_batch_size")
     loss: str = "ppo_clip"
-    clip_eps: float = 0.2
-    kl_coef: float = 0.001
-    entropy_coef: float = 0.001
-    logprob_chunk_size: int = 2048
+    clip_eps: float = schema_default(UpdateConfig, "clip_eps")
+    kl_coef: float = schema_default(UpdateConfig, "kl_coef")
+    entropy_coef: float = schema_default(UpdateConfig, "entropy_coef")
+    logprob_chunk_size: int = schema_default(UpdateConfig, "logprob_chunk_size")
     temperature: float = 1.0
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
+    dtype: str = schema_default(UpdateConfig, "dtype")
+    gradient_checkpointing: bool = schema_default(UpdateConfig, "gradient_checkpointing")
     lora: LoraSettings | None = None
     seed: int = 0
     ratio_to_current: bool = False
@@ -109,6 +110,13 @@ class UpdateSettings:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"update settings: {msg}")
+
+
+def update_settings(section: UpdateConfig, temperature: float = 1.0, seed: int = 0) -> UpdateSettings:
+    """The :class:`UpdateSettings` a config section describes (TANGO.md §6), with the sampling temperature."""
+    data = section.model_dump(exclude={"lora"})
+    lora = LoraSettings(**section.lora.model_dump()) if section.lora is not None else None
+    return UpdateSettings(**data, lora=lora, temperature=temperature, seed=seed)
 
 
 @dataclass
@@ -155,7 +163,7 @@ class TrainerState:
         updates: optimizer updates done so far.
         reference_model: path of the frozen reference for the KL term (full fine-tuning).
         lora_base: path of the base model the LoRA adapter sits on (LoRA only).
-        extra: other state to carry, e.g. ``{"reweighter": VerifierReweighter.to_dict()}``.
+        extra: provenance carried with the checkpoint, e.g. ``{"source": <the model it started from>}``.
     """
 
     updates: int = 0
@@ -366,19 +374,20 @@ def rl_update(
     batch: RLBatch,
     settings: UpdateSettings,
     out_dir: str | Path,
-    extra_state: dict | None = None,
     log=None,
     reference_model: str | None = None,
     lora_base: str | None = None,
 ) -> dict[str, float]:
     """One RL update from checkpoint ``ckpt`` to a new checkpoint ``out_dir`` (TANGO.md §6).
 
+    Set up the policy, compute the frozen old and reference log-probs, take the optimizer steps,
+    write the checkpoint: each a function below.
+
     Args:
         ckpt: the policy checkpoint to start from.
         batch: prompts, sampled responses and per-token advantages.
         settings: update settings.
         out_dir: where the new checkpoint goes (must not exist; written atomically).
-        extra_state: replaces keys of the trainer state's ``extra`` (e.g. the reweighting EMAs).
         log: optional callable for progress lines.
         reference_model / lora_base: override the paths recorded in the checkpoint (the frozen
             reference, the LoRA base) when the models moved, e.g. to another machine's datastore cache.
@@ -390,12 +399,44 @@ def rl_update(
     Raises:
         FloatingPointError: a non-finite loss or gradient norm; ``out_dir`` is not created.
     """
-    from accelerate import Accelerator
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
+    run = _setup_update(ckpt, settings, reference_model, lora_base)
+    old_lp, ref_lp = _frozen_logprobs(run, batch, settings, ckpt)
+    where = f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
+    sums, grad_norms, tokens = _optimizer_steps(run, batch, settings, old_lp, ref_lp, where, t0, log)
+    _write_checkpoint(out_dir, run.accelerator.unwrap_model(run.model), run.tok, run.optimizer, run.state, settings)
+    metrics = {k: v / max(tokens, 1) for k, v in sums.items() if k != "loss"}
+    metrics.update(
+        loss=sums.get("loss", 0.0) / settings.optimizer_steps,
+        grad_norm=sum(grad_norms) / max(len(grad_norms), 1),
+        tokens=float(tokens),
+        seconds=time.perf_counter() - t0,
+        updates=float(run.state.updates),
+        lr=settings.learning_rate,
+    )
+    return metrics
+
+
+@dataclass
+class _UpdateRun:
+    """What one update works on: the accelerator, the prepared policy and optimizer, its saved state."""
+
+    accelerator: Any
+    model: Any
+    tok: Any
+    optimizer: Any
+    state: TrainerState
+
+
+def _setup_update(
+    ckpt: str | Path, settings: UpdateSettings, reference_model: str | None, lora_base: str | None
+) -> _UpdateRun:
+    """Load the policy, optimizer and RNG state of ``ckpt`` onto this machine's device (TANGO.md §6, §9)."""
+    from accelerate import Accelerator
+
     cuda = torch.cuda.is_available()
     bf16 = settings.dtype == "bfloat16" or (settings.dtype == "auto" and cuda)
     _reset_accelerate_state()  # an earlier Accelerator in this process (a TRL trainer, say) must not leak in
@@ -408,29 +449,34 @@ def rl_update(
     if settings.gradient_checkpointing:
         _causal_lm(model).gradient_checkpointing_enable()
     model, optimizer = accelerator.prepare(model, optimizer)
-    loss_fn = get_policy_loss(settings.loss)
-    weights = torch.tensor(batch.sample_weights, dtype=torch.float32) if batch.sample_weights is not None else None
-    pad = tok.pad_token_id
+    return _UpdateRun(accelerator, model, tok, optimizer, state)
 
-    # Old and reference log-probs, before any step. With ONE optimizer step the policy that sampled
-    # is the current one, so old = current log-probs detached (identical, one forward saved);
-    # ratio_to_current (the sft objective) asks for that on every step.
+
+def _frozen_logprobs(
+    run: _UpdateRun, batch: RLBatch, settings: UpdateSettings, ckpt: str | Path
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Old and reference log-probs of every sample, before any step (TANGO.md §6), by sample index.
+
+    With ONE optimizer step the policy that sampled is the current one, so old = current log-probs
+    detached (identical, one forward saved) and none are computed here; ``ratio_to_current`` (the sft
+    objective) asks for that on every step. Reference log-probs only when ``kl_coef`` > 0.
+    """
     need_old = settings.optimizer_steps > 1 and not settings.ratio_to_current
     need_ref = settings.kl_coef > 0
+    accelerator, model = run.accelerator, run.model
     reference = None
     if need_ref and settings.lora is None:
         from tango_steps.modeling import load_model
 
-        if state.reference_model is None:
+        if run.state.reference_model is None:
             raise ValueError(f"checkpoint '{ckpt}' names no reference model but kl_coef > 0")
-        reference = load_model(state.reference_model, "float32").to(accelerator.device).eval()
-    all_idx = list(range(len(batch)))
+        reference = load_model(run.state.reference_model, "float32").to(accelerator.device).eval()
     old_lp: dict[int, torch.Tensor] = {}
     ref_lp: dict[int, torch.Tensor] = {}
     model.eval()
     with torch.no_grad(), accelerator.autocast():
-        for mb in _micro_batches(all_idx, settings.micro_batch_size):
-            t = _pack(batch, mb, pad, accelerator.device)
+        for mb in _micro_batches(list(range(len(batch))), settings.micro_batch_size):
+            t = _pack(batch, mb, run.tok.pad_token_id, accelerator.device)
             if need_old:
                 lp, _ = sequence_logprobs(model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature)
                 for r, i in enumerate(mb):
@@ -447,12 +493,32 @@ def rl_update(
                         )
                 for r, i in enumerate(mb):
                     ref_lp[i] = lp[r].float()
-    del reference
+    return old_lp, ref_lp
 
-    # Optimizer steps over equal slices of the batch, micro-batched with gradient accumulation.
+
+def _optimizer_steps(
+    run: _UpdateRun,
+    batch: RLBatch,
+    settings: UpdateSettings,
+    old_lp: dict[int, torch.Tensor],
+    ref_lp: dict[int, torch.Tensor],
+    where: str,
+    t0: float,
+    log,
+) -> tuple[dict[str, float], list[float], int]:
+    """``optimizer_steps`` steps over equal slices of the batch, micro-batched with gradient accumulation (§6).
+
+    Returns the token-weighted metric sums (``loss`` summed per micro-batch), each step's gradient
+    norm and the response tokens trained on. ``where`` ends the error of a non-finite loss or norm.
+    """
+    accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
+    need_old, need_ref = bool(old_lp), bool(ref_lp)
+    loss_fn = get_policy_loss(settings.loss)
+    weights = torch.tensor(batch.sample_weights, dtype=torch.float32) if batch.sample_weights is not None else None
+    all_idx = list(range(len(batch)))
     model.train()
     sums: dict[str, float] = {}
-    grad_norms = []
+    grad_norms: list[float] = []
     tokens_total = 0
     slices = [all_idx[s :: settings.optimizer_steps] for s in range(settings.optimizer_steps)]
     for step_idx, mini in enumerate(slices):
@@ -465,7 +531,7 @@ def rl_update(
             if log is not None and (mb_idx % max(1, len(mbs) // 10) == 0 or mb_idx == len(mbs) - 1):
                 rate = tokens_total / max(time.perf_counter() - t0, 1e-9)
                 log(f"update step {step_idx + 1}: micro-batch {mb_idx + 1}/{len(mbs)}, {rate:.0f} tokens/s so far")
-            t = _pack(batch, mb, pad, accelerator.device)
+            t = _pack(batch, mb, run.tok.pad_token_id, accelerator.device)
             with accelerator.autocast():
                 logp, ent = sequence_logprobs(
                     model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
@@ -488,8 +554,8 @@ def rl_update(
             )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) in optimizer step {step_idx + 1}, micro-batch of samples {mb}; "
-                    f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
+                    f"non-finite loss ({loss.item()}) in optimizer step {step_idx + 1}, micro-batch of samples "
+                    f"{mb}; {where}"
                 )
             accelerator.backward(loss)
             mb_tokens = float(t["resp"].sum())
@@ -497,30 +563,12 @@ def rl_update(
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v * mb_tokens
-        gn = accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        gn = float(gn)
+        gn = float(accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip))
         if not math.isfinite(gn):
-            raise FloatingPointError(
-                f"non-finite gradient norm ({gn}) in optimizer step {step_idx + 1}; "
-                f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
-            )
+            raise FloatingPointError(f"non-finite gradient norm ({gn}) in optimizer step {step_idx + 1}; {where}")
         grad_norms.append(gn)
         optimizer.step()
-        state.updates += 1
+        run.state.updates += 1
         if log is not None:
             log(f"update step {step_idx + 1}/{len(slices)}: grad norm {gn:.4f}")
-
-    if extra_state:
-        state.extra.update(extra_state)
-    unwrapped = accelerator.unwrap_model(model)
-    _write_checkpoint(out_dir, unwrapped, tok, optimizer, state, settings)
-    metrics = {k: v / max(tokens_total, 1) for k, v in sums.items() if k != "loss"}
-    metrics.update(
-        loss=sums.get("loss", 0.0) / len(slices),
-        grad_norm=sum(grad_norms) / max(len(grad_norms), 1),
-        tokens=float(tokens_total),
-        seconds=time.perf_counter() - t0,
-        updates=float(state.updates),
-        lr=settings.learning_rate,
-    )
-    return metrics
+    return sums, grad_norms, tokens_total

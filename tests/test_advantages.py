@@ -16,7 +16,6 @@ from tango_steps.advantages import (
     EPS,
     OUTCOME_ESTIMATORS,
     VerifierReweighter,
-    alpha_schedule,
     collate_steps,
     compute_generator_advantages,
     compute_verifier_advantages,
@@ -26,6 +25,7 @@ from tango_steps.advantages import (
     step_advantages,
 )
 from tango_steps.rewards import step_rewards
+from tango_steps.schedule import alpha_schedule
 
 # ----------------------------------------------------------------------------------------------
 # The hand-worked example (also written out in docs/advantages.md)

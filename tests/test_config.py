@@ -65,10 +65,11 @@ def test_whole_recipe_errors_name_each_field(tmp_path):
 
 def test_overrides_with_dotted_keys():
     from tango_steps.config import load_config
+    from tango_steps.training import update_settings
 
     cfg = load_config(overrides={"rounds": 3, "generator_update.lora": {"r": 4}, "algorithm.estimator": "rloo"})
     assert cfg.rounds == 3 and cfg.algorithm.estimator == "rloo"
-    s = cfg.generator_update.settings(temperature=0.7, seed=5)
+    s = update_settings(cfg.generator_update, temperature=0.7, seed=5)
     assert s.lora.r == 4 and s.temperature == 0.7 and s.seed == 5
     with pytest.raises(ConfigError, match="'rounds' is not a section"):
         load_config(overrides={"rounds": 3, "rounds.x": 1})
@@ -79,3 +80,46 @@ def test_command_line_overrides_are_yaml_values_and_name_a_bad_pair():
     assert got == {"generator_update.learning_rate": 1e-4, "schedule.train_verifier": False, "task.name": "x"}
     with pytest.raises(ConfigError, match="'seed' is not KEY=VALUE"):
         parse_overrides(["seed"])
+
+
+def test_runtime_settings_take_their_defaults_from_the_schema():
+    """Issue #13: every default lives once, in tango_steps/config.py; settings objects carry no copy."""
+    import dataclasses
+
+    from tango_steps.advantages import VerifierReweighter
+    from tango_steps.config import AlgorithmConfig, SamplingConfig, UpdateConfig
+    from tango_steps.rollout import SamplingSettings
+    from tango_steps.training import UpdateSettings
+
+    for settings, section in ((UpdateSettings, UpdateConfig), (SamplingSettings, SamplingConfig)):
+        shared = [f for f in dataclasses.fields(settings) if f.name in section.model_fields]
+        assert len(shared) >= 4
+        for f in shared:
+            assert f.default == section.model_fields[f.name].default, (settings.__name__, f.name)
+    rw = VerifierReweighter()
+    assert (rw.decay, rw.power) == (AlgorithmConfig().reweight_decay, AlgorithmConfig().reweight_power)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"algorithm.estimator": "ppo"}, "algorithm.estimator: unknown advantage estimator 'ppo'; known: grpo, "
+         "reinforce_pp, rloo"),
+        ({"rollout.engine": "vlm"}, "rollout.engine: unknown rollout engine 'vlm'; known: auto, hf, vllm"),
+        ({"task.name": "sudoku"}, "task: unknown task 'sudoku'; known: arithmetic, dataset, last_letters"),
+        ({"template": "chatml"}, "template: unknown prompt template 'chatml'; known: compact, full"),
+    ],
+)  # fmt: skip
+def test_names_are_checked_against_the_registries_with_one_error(overrides, message):
+    from tango_steps.config import load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert message in str(e.value)
+
+
+def test_the_estimator_names_are_the_registered_estimators():
+    from tango_steps.advantages import generator_estimator_names
+    from tango_steps.config import ESTIMATORS
+
+    assert sorted(ESTIMATORS) == generator_estimator_names()

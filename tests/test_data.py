@@ -37,3 +37,38 @@ def test_the_default_warmup_is_read_from_data_not_rebuilt(monkeypatch):
     # other settings (another seed) are never served from data/: they build into the cache
     with pytest.raises(AssertionError, match="rebuilt"):
         warmed_up_models(WarmupSettings(seed=12345))
+
+
+@pytest.mark.parametrize("task", ["arithmetic", "last_letters"])
+def test_shipped_heldout_sets_are_what_the_task_generates(task):
+    """data/heldout/<task>.jsonl is the task's held-out list (rebuild: python data/build_heldout.py)."""
+    from tango_steps.heldout import HELDOUT_DIR, SHIPPED_SIZE, generated, heldout_set
+    from tango_steps.tasks import get_task
+
+    rows = [json.loads(line) for line in (HELDOUT_DIR / f"{task}.jsonl").read_text().splitlines()]
+    want = [json.loads(json.dumps(p.to_dict())) for p in generated(task, SHIPPED_SIZE)]
+    assert rows == want, "stale held-out file: rebuild it with `python data/build_heldout.py`"
+    assert len({r["id"] for r in rows}) == SHIPPED_SIZE
+    loaded = heldout_set(task, 40)
+    assert [p.id for p in loaded] == [r["id"] for r in rows[:40]]
+    checker = get_task(task)
+    for p in loaded:  # problems read back from JSON grade their gold solutions as the generator's do
+        check = checker.check(p, p.gold_solution)
+        assert check.correct and all(check.step_labels) and check.first_error == -1
+
+
+def test_heldout_sets_are_shared_by_seeds_and_read_from_the_file(tmp_path, monkeypatch):
+    import tango_steps.heldout as heldout
+    from tango_steps.config import TangoConfig
+    from tango_steps.stages import heldout_problems
+
+    a = heldout_problems(TangoConfig.model_validate({"seed": 0, "evaluation": {"heldout_problems": 7}}))
+    b = heldout_problems(TangoConfig.model_validate({"seed": 3, "evaluation": {"heldout_problems": 7}}))
+    assert [p.id for p in a] == [p.id for p in b]
+    # the file is what is read: a one-line file that differs from the generator changes the list
+    fake = dict(a[0].to_dict(), id="arithmetic-from-the-file")
+    (tmp_path / "arithmetic.jsonl").write_text(json.dumps(fake) + "\n")
+    monkeypatch.setattr(heldout, "HELDOUT_DIR", tmp_path)
+    assert [p.id for p in heldout.heldout_set("arithmetic", 1)] == ["arithmetic-from-the-file"]
+    # other parameters are drawn from the generator
+    assert heldout.heldout_set("arithmetic", 1, {"max_ops": 2})[0].id != "arithmetic-from-the-file"

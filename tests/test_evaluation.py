@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.benchmarks import BenchmarkError, BenchmarkProblem, ProcessSample
+from tango_steps.datasets import BenchmarkError, BenchmarkProblem, ProcessSample
 from tango_steps.evaluation import check_request, evaluate_generator, evaluate_processbench, processbench_solution
 from tango_steps.rollout import HFEngine
 from tango_steps.tasks import get_task

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tango_steps.config import ConfigError, load_config, load_yaml
+from tango_steps.training import update_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -27,8 +28,8 @@ def test_recipe_validates(path, gsm8k_file):
         overrides = {"task.params.path": gsm8k_file, "task.params.benchmark": "gsm8k"}
     cfg = load_config(path, overrides)
     assert cfg.rounds >= 1
-    cfg.generator_update.settings()  # maps onto the training settings without error
-    cfg.verifier_update.settings()
+    update_settings(cfg.generator_update)  # maps onto the training settings without error
+    update_settings(cfg.verifier_update)
     if cfg.task.name == "dataset":
         from tango_steps.tasks import get_task
 

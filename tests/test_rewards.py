@@ -3,20 +3,52 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
-import torch
 
 from tango_steps.formats import format_solution, parse_solution
-from tango_steps.rewards import (
-    outcome_reward,
-    outcome_rewards,
-    place_step_rewards,
-    step_end_token_indices,
-    step_rewards,
-    token_offsets,
-    verifier_reward,
-)
+from tango_steps.rewards import outcome_reward, outcome_rewards, sampled_step_end_tokens, step_rewards, verifier_reward
+
+
+# The offset method: an independent way to find the token holding each step's last character, from
+# the tokenizer's character offsets of its OWN split. The pipeline works on sampled ids instead
+# (sampled_step_end_tokens); on canonical ids both must agree.
+def step_end_token_indices(step_spans: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """Index of the last token of each step (TANGO.md §4 "placed on the last token of step k").
+
+    The last token of a step spanning characters ``[start, end)`` is the last token that starts
+    before ``end``, i.e. the token holding character ``end - 1`` even when that token runs on past
+    the step (BPE may merge ``>`` with a following newline). Tokens with empty offsets (special
+    tokens) are ignored. A step whose end lies beyond the tokenised text (a truncated decode) maps to
+    the last token.
+
+    Args:
+        step_spans: character spans of the steps, as ``ParsedSolution.step_spans``.
+        offsets: ``(start, end)`` character offsets of each response token, as returned by a fast
+            tokenizer with ``return_offsets_mapping=True`` on the response text.
+
+    Returns:
+        One token index per step, non-decreasing; ``-1`` for a step before any token.
+    """
+    starts = [s if e > s else None for s, e in offsets]
+    out: list[int] = []
+    t = -1
+    for _, end in step_spans:
+        # Advance to the last non-empty token with start < end (spans are increasing, so t only grows).
+        while t + 1 < len(starts) and (starts[t + 1] is None or starts[t + 1] < end):
+            t += 1
+        last = t
+        while last >= 0 and starts[last] is None:
+            last -= 1
+        out.append(last)
+    return out
+
+
+def token_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
+    """Character offsets of the tokens of ``text`` (no special tokens), from a fast HF tokenizer (TANGO.md §4)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return [tuple(o) for o in enc["offset_mapping"]]
 
 
 def test_outcome_reward():
@@ -123,15 +155,6 @@ def test_step_end_token_is_exactly_the_token_holding_the_closing_bracket(bpe_tok
     assert straddled > 0  # BPE merged "><" across a step boundary: the case the reference code gets wrong
 
 
-def test_place_step_rewards():
-    dense = place_step_rewards([0.5, -0.5, 0.25], [1, 3, 3], num_tokens=5)
-    assert dense.tolist() == [0.0, 0.5, 0.0, -0.25, 0.0]
-    assert place_step_rewards([1.0], [9], num_tokens=4).tolist() == [0.0] * 4  # beyond truncation: dropped
-    with pytest.raises(ValueError, match="2 step rewards but 1 token indices"):
-        place_step_rewards([1.0, 2.0], [0], 3)
-    assert place_step_rewards([], [], 2).dtype == torch.float32
-
-
 def test_outcome_rewards_truncated_completions_get_zero_and_are_counted():
     correct = [True, True, False, False, False]
     truncated = [False, True, False, True, False]
@@ -143,3 +166,15 @@ def test_outcome_rewards_truncated_completions_get_zero_and_are_counted():
     assert r == [1.5]
     with pytest.raises(ValueError, match="got 1 verdicts, 2 truncation flags"):
         outcome_rewards([True], [False, False], [True])
+
+
+def test_sampled_step_end_tokens_equal_offset_method_on_canonical_ids(tiny_tokenizer):
+    rng = random.Random(0)
+    for _ in range(30):
+        steps = [f"{rng.randint(0, 20)} + {rng.randint(1, 9)} = {rng.randint(0, 30)}" for _ in range(rng.randint(1, 4))]
+        text = format_solution(steps, str(rng.randint(0, 30)))
+        spans = parse_solution(text).step_spans
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert sampled_step_end_tokens(tiny_tokenizer, ids, spans) == step_end_token_indices(
+            spans, token_offsets(tiny_tokenizer, text)
+        )

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tango_steps.advantages import VerifierReweighter
 from tango_steps.loss import ppo_clip_loss
 from tango_steps.training import (
     LoraSettings,
@@ -150,14 +149,6 @@ def test_ratio_to_current_makes_each_optimizer_step_a_plain_gradient_step(tmp_pa
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
     clipped = rl_update(ckpt0, ones, UpdateSettings(optimizer_steps=3, **kw), tmp_path / "clipped")
     assert clipped["clip_frac"] > 0.0
-
-
-def test_extra_state_survives_resume(tmp_path, ckpt0, batch):
-    rw = VerifierReweighter()
-    rw(torch.tensor([True, False, False]))
-    rl_update(ckpt0, batch, SETTINGS, tmp_path / "c1", extra_state={"reweighter": rw.to_dict()})
-    restored = VerifierReweighter.from_dict(read_state(tmp_path / "c1").extra["reweighter"])
-    assert restored == rw
 
 
 def test_nan_loss_fails_clearly_and_leaves_checkpoint_intact(tmp_path, ckpt0, batch):

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from tango_steps.config import ENGINES  # one list of names, importable without torch
+from tango_steps.registry import check_name
 from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
 from tango_steps.rollout.hf import HFEngine
 from tango_steps.rollout.vllm_engine import VLLMEngine, vllm_available
@@ -14,8 +15,7 @@ from tango_steps.rollout.vllm_engine import VLLMEngine, vllm_available
 
 def resolve_engine(kind: str) -> str:
     """``auto`` -> ``vllm`` when vLLM is installed AND a GPU is present, else ``hf`` (TANGO.md §3)."""
-    if kind not in ENGINES:
-        raise ValueError(f"unknown rollout engine '{kind}'; known: {', '.join(ENGINES)}")
+    check_name(kind, ENGINES, "rollout engine")
     if kind == "auto":
         return "vllm" if vllm_available() and torch.cuda.is_available() else "hf"
     if kind == "vllm" and not vllm_available():
@@ -23,32 +23,28 @@ def resolve_engine(kind: str) -> str:
     return kind
 
 
+def engine_class(kind: str) -> type[RolloutEngine]:
+    """The engine class registered under ``kind`` in ``config.ENGINES`` (``auto`` resolved first), imported now."""
+    import importlib
+
+    module, _, name = ENGINES[resolve_engine(kind)].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def make_engine(kind: str, model_path: str, **options: Any) -> RolloutEngine:
     """Build a rollout engine by name over a model checkpoint (TANGO.md §3); options go to its constructor."""
-    kind = resolve_engine(kind)
-    cls = VLLMEngine if kind == "vllm" else HFEngine
-    return cls(model_path, **options)
+    return engine_class(kind)(model_path, **options)
 
 
 def engine_from_config(cfg, model_path: str, seed: int = 0) -> RolloutEngine:
     """Build the engine a ``RolloutConfig`` describes over a checkpoint (TANGO.md §3).
 
-    dtype ``auto`` is bf16 on a GPU and fp32 on a CPU (where fp32 makes HF and vLLM agree exactly).
+    dtype ``auto`` is bf16 on a GPU and fp32 on a CPU (where fp32 makes HF and vLLM agree exactly);
+    each engine's ``from_config`` takes its own options from the section.
     """
-    kind = resolve_engine(cfg.engine)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
     common = {"max_prompt_tokens": cfg.max_prompt_tokens, "on_long_prompt": cfg.on_long_prompt, "dtype": dtype}
-    if kind == "vllm":
-        return VLLMEngine(
-            model_path,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            enforce_eager=cfg.enforce_eager,
-            max_model_len=cfg.max_model_len,
-            seed=seed,
-            **common,
-        )
-    return HFEngine(model_path, batch_size=cfg.hf_batch_size, **common)
+    return engine_class(cfg.engine).from_config(cfg, model_path, seed=seed, **common)
 
 
 __all__ = [
@@ -58,6 +54,7 @@ __all__ = [
     "RolloutEngine",
     "SamplingSettings",
     "VLLMEngine",
+    "engine_class",
     "engine_from_config",
     "make_engine",
     "prepare_prompts",

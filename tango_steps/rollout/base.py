@@ -7,7 +7,10 @@ before top-p: what the trainer recomputes as old log-probs) and why it stopped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
+
+from tango_steps.config import SamplingConfig, schema_default
 
 
 @dataclass(frozen=True)
@@ -22,10 +25,10 @@ class SamplingSettings:
         seed: sampling seed; the same prompts, settings and weights give the same samples.
     """
 
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 256
+    n: int = schema_default(SamplingConfig, "n")
+    temperature: float = schema_default(SamplingConfig, "temperature")
+    top_p: float = schema_default(SamplingConfig, "top_p")
+    max_tokens: int = schema_default(SamplingConfig, "max_tokens")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,7 +59,6 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
     prompt_truncated: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def truncated(self) -> bool:
@@ -68,6 +70,12 @@ class RolloutEngine:
     """Base class (TANGO.md §3): ``generate`` n completions per prompt; ``load_weights`` swaps checkpoints."""
 
     name = "base"
+    tokenizer: Any = None  # the model's tokenizer: callers count prompt tokens and align steps with it
+
+    @classmethod
+    def from_config(cls, cfg, model_path: str, seed: int = 0, **common: Any) -> RolloutEngine:
+        """The engine a ``RolloutConfig`` section describes; ``common``: prompt limits and dtype (TANGO.md §3)."""
+        return cls(model_path, **common)
 
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Completion]]:  # pragma: no cover
         """n completions for each prompt, in prompt order (TANGO.md §3)."""

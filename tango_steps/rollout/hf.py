@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from tango_steps.config import RolloutConfig, schema_default
 from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
 
 
@@ -29,9 +30,9 @@ class HFEngine(RolloutEngine):
         model_path: str,
         dtype: str = "float32",
         device: str | None = None,
-        batch_size: int = 64,
-        max_prompt_tokens: int = 256,
-        on_long_prompt: str = "truncate",
+        batch_size: int = schema_default(RolloutConfig, "hf_batch_size"),
+        max_prompt_tokens: int = schema_default(RolloutConfig, "max_prompt_tokens"),
+        on_long_prompt: str = schema_default(RolloutConfig, "on_long_prompt"),
         model=None,
         tokenizer=None,
     ) -> None:
@@ -45,6 +46,11 @@ class HFEngine(RolloutEngine):
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         self.model = model if model is not None else load_model(model_path, dtype=dtype)
         self.model.to(self.device).eval()
+
+    @classmethod
+    def from_config(cls, cfg, model_path: str, seed: int = 0, **common) -> HFEngine:
+        """The HF engine a ``RolloutConfig`` describes (``seed`` is per call: ``SamplingSettings.seed``)."""
+        return cls(model_path, batch_size=cfg.hf_batch_size, **common)
 
     def load_weights(self, model_path: str) -> None:
         """Load another checkpoint's weights into the same model (TANGO.md §3)."""

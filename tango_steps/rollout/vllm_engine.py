@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from tango_steps.config import RolloutConfig, schema_default
 from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
 
 
@@ -42,13 +43,13 @@ class VLLMEngine(RolloutEngine):
         self,
         model_path: str,
         dtype: str = "float32",
-        gpu_memory_utilization: float = 0.5,
-        tensor_parallel_size: int = 1,
-        enforce_eager: bool = True,
-        max_model_len: int = 1024,
+        gpu_memory_utilization: float = schema_default(RolloutConfig, "gpu_memory_utilization"),
+        tensor_parallel_size: int = schema_default(RolloutConfig, "tensor_parallel_size"),
+        enforce_eager: bool = schema_default(RolloutConfig, "enforce_eager"),
+        max_model_len: int = schema_default(RolloutConfig, "max_model_len"),
         kv_cache_gib: int = 2,
-        max_prompt_tokens: int = 256,
-        on_long_prompt: str = "truncate",
+        max_prompt_tokens: int = schema_default(RolloutConfig, "max_prompt_tokens"),
+        on_long_prompt: str = schema_default(RolloutConfig, "on_long_prompt"),
         seed: int = 0,
     ) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -70,6 +71,19 @@ class VLLMEngine(RolloutEngine):
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,
             seed=seed,
+        )
+
+    @classmethod
+    def from_config(cls, cfg, model_path: str, seed: int = 0, **common) -> VLLMEngine:
+        """The vLLM engine a ``RolloutConfig`` describes; ``seed`` seeds the engine (TANGO.md §3)."""
+        return cls(
+            model_path,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            enforce_eager=cfg.enforce_eager,
+            max_model_len=cfg.max_model_len,
+            seed=seed,
+            **common,
         )
 
     def load_weights(self, model_path: str) -> None:

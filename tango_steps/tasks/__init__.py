@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tango_steps.registry import lookup
 from tango_steps.tasks.arithmetic import ArithmeticTask
 from tango_steps.tasks.base import CheckResult, Problem, Task, split_of
 from tango_steps.tasks.dataset import DatasetTask
@@ -19,10 +20,7 @@ TASKS: dict[str, type[Task]] = {
 
 def get_task(name: str, **params: Any) -> Task:
     """Build an embedded task by name with its parameters (TANGO.md §8); errors name what is wrong."""
-    try:
-        cls = TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task '{name}'; known: {', '.join(sorted(TASKS))}") from None
+    cls = lookup(TASKS, name, "task")
     try:
         return cls(**params)
     except TypeError as e:

@@ -1,7 +1,7 @@
 """Prompts from a benchmark-format file (GSM8K, MATH...), graded by answer only (TANGO.md §7).
 
 ``task: {name: dataset, params: {benchmark: gsm8k, path: /data/gsm8k/train.jsonl}}`` trains on a
-real dataset: the file is read by :func:`tango_steps.benchmarks.load_benchmark` (local path or
+real dataset: the file is read by :func:`tango_steps.datasets.load_benchmark` (local path or
 ``s3://``), split into train/held-out by a hash of each question as the embedded tasks are, and a
 candidate is correct when its boxed answer is equivalent to the gold one (the core grader). There
 are no step labels: ``check`` returns ``step_labels=None``, and the process-level metrics that need
@@ -19,7 +19,7 @@ class DatasetTask(Task):
     """A benchmark file as a task (TANGO.md §7): answer-graded, no step labels.
 
     Args:
-        benchmark: the file's format, one of ``tango_steps.benchmarks.BENCHMARKS``.
+        benchmark: the file's format, one of ``tango_steps.datasets.BENCHMARKS``.
         path: the file, or a folder with the benchmark's usual layout (local or ``s3://``).
         limit: read at most this many rows.
     """
@@ -35,7 +35,7 @@ class DatasetTask(Task):
         heldout_percent: int = 20,
     ) -> None:
         super().__init__(split_seed, heldout_percent)
-        from tango_steps.benchmarks import BENCHMARKS, _exists
+        from tango_steps.datasets import BENCHMARKS, _exists
 
         if benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark format '{benchmark}'; known: {', '.join(BENCHMARKS)}")
@@ -48,7 +48,7 @@ class DatasetTask(Task):
 
     def _load(self) -> dict[str, list[Problem]]:
         if self._splits is None:
-            from tango_steps.benchmarks import load_benchmark
+            from tango_steps.datasets import load_benchmark
 
             rows, _ = load_benchmark(self.benchmark, self.path, self.limit)
             self._splits = {"train": [], "heldout": []}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.benchmarks import (
+from tango_steps.datasets import (
     BENCHMARKS,
     PROCESSBENCH_SUBSETS,
     BenchmarkError,

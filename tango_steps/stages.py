@@ -29,11 +29,17 @@ from typing import Any
 import pandas as pd
 
 from tango_steps.config import TangoConfig
-from tango_steps.schedule import RoundPlan, evaluates, plan_round, total_generator_updates
+from tango_steps.metrics import (
+    hacking_diagnostics,
+    predicted_first_error,
+    step_verdict_histogram,
+    verifier_alarm,
+    verifier_metrics,
+)
+from tango_steps.schedule import RoundPlan, alpha_schedule, evaluates, plan_round, total_generator_updates
 
 Log = Callable[[str], None]
 FAIL_ENV = "TANGO_FAIL_AT"  # test-only switch, "<round>:<stage>", e.g. "2:judge" (see README)
-HELDOUT_SEED_OFFSET = 10_000  # held-out problems differ from the warm-up's stopping set
 
 
 def maybe_fail(round_idx: int, stage: str) -> None:
@@ -43,13 +49,40 @@ def maybe_fail(round_idx: int, stage: str) -> None:
         raise RuntimeError(f"failure injected by {FAIL_ENV}={target} (test-only switch)")
 
 
-def round_plan(cfg: TangoConfig, round_idx: int) -> RoundPlan:
-    """The TANGO.md §3 plan of round ``round_idx`` under ``cfg.schedule``."""
+def alpha_horizon(cfg: TangoConfig) -> int:
+    """T_g of a run started with ``cfg`` (TANGO.md §4): ``algorithm.alpha_horizon``, else its generator slots.
+
+    Fixed once, at the run's start, and carried in the round state: a fork keeps its source's.
+    """
     s = cfg.schedule
+    explicit = cfg.algorithm.alpha_horizon
+    return (
+        explicit
+        if explicit is not None
+        else total_generator_updates(cfg.rounds, s.verifier_warmup_rounds, s.generator_per_verifier)
+    )
+
+
+def round_plan(cfg: TangoConfig, round_idx: int, horizon: int | None = None) -> RoundPlan:
+    """The TANGO.md §3 plan of round ``round_idx`` under ``cfg.schedule``, with its alpha (TANGO.md §4).
+
+    ``horizon``: the run's T_g (:class:`~tango_steps.state.RoundState` carries it); None takes
+    :func:`alpha_horizon` of ``cfg``.
+    """
+    s, a = cfg.schedule, cfg.algorithm
     plan = plan_round(
         round_idx, s.verifier_warmup_rounds, s.generator_per_verifier, s.train_generator, s.train_verifier
     )
-    return replace(plan, evaluate=evaluates(round_idx, cfg.evaluation.every, cfg.rounds, cfg.evaluation.last))
+    alpha = None
+    if plan.slot == "generator":
+        t_g = horizon if horizon is not None else alpha_horizon(cfg)
+        alpha = (
+            alpha_schedule(plan.generator_step, max(t_g, 1), a.alpha0, a.alpha_min, a.alpha_schedule)
+            if a.step_rewards
+            else 0.0
+        )
+    evaluate = evaluates(round_idx, cfg.evaluation.every, cfg.rounds, cfg.evaluation.last)
+    return replace(plan, evaluate=evaluate, alpha=alpha)
 
 
 def round_problems(cfg: TangoConfig, round_idx: int, n: int):
@@ -64,16 +97,16 @@ def heldout_problems(cfg: TangoConfig):
     """The held-out evaluation problems (TANGO.md §7): the same in every round, seed and variant of a task.
 
     They depend on the task and ``evaluation.heldout_problems`` only, never on ``seed``, so runs with
-    different seeds (and every arm of a study) are scored on the same problems, paired per problem.
+    different seeds (and every arm of a study) are scored on the same problems, paired per problem;
+    the embedded tasks' lists are shipped in ``data/heldout/`` (:mod:`tango_steps.heldout`).
     """
-    from tango_steps.tasks import get_task
+    from tango_steps.heldout import heldout_set
 
-    task = get_task(cfg.task.name, **cfg.task.params)
-    return task.problems(cfg.evaluation.heldout_problems, "heldout", seed=HELDOUT_SEED_OFFSET)
+    return heldout_set(cfg.task.name, cfg.evaluation.heldout_problems, cfg.task.params)
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (TANGO.md §9; each Metaflow step is its own process)."""
+    """Peak resident memory of this process so far, in MiB (each Metaflow step is its own process)."""
     import resource
     import sys
 
@@ -82,7 +115,7 @@ def peak_rss_mb() -> float:
 
 
 def progress_bar(done: int, total: int, width: int = 20) -> str:
-    """``[#####-----] 128/256``: a one-line progress bar for task logs (TANGO.md §3 long steps)."""
+    """``[#####-----] 128/256``: a one-line progress bar for task logs."""
     filled = int(width * done / total) if total else width
     return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
 
@@ -133,7 +166,8 @@ def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
 
 
 def _sample(cfg: TangoConfig, ckpt: Path, prompts: list[str], scfg, n: int, round_idx: int, what: str, log: Log):
-    """Sample ``n`` completions per prompt from a checkpoint; return them with the prompt ids the engine used.
+    """Sample ``n`` completions per prompt from a checkpoint; return them, the prompt ids the engine used
+    and the engine's tokenizer.
 
     The ids come from the engine's own tokenizer and prompt-length policy, so the RL batch trains on
     exactly the prompts that were sampled from, truncation included (TANGO.md §3, §6).
@@ -149,7 +183,7 @@ def _sample(cfg: TangoConfig, ckpt: Path, prompts: list[str], scfg, n: int, roun
         prompt_ids, _ = prepare_prompts(
             engine.tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt
         )
-    return comps, prompt_ids
+    return comps, prompt_ids, engine.tokenizer
 
 
 def rollout(
@@ -160,10 +194,14 @@ def rollout(
     Generator rounds: ``batch.generator_prompts`` prompts x M = ``generator_sampling.n``; verifier
     rounds: ``batch.verifier_prompts`` prompts x 1 solution. Columns: ``prompt_id``, ``prompt_index``,
     ``sample``, ``question``, ``gold``, ``prompt``, ``text``, ``prompt_ids``, ``response_ids``,
-    ``finish_reason``, ``truncated``, ``steps``, ``answer``, ``format_score``, ``well_formed``, and the
-    embedded task's exact labels ``label_correct``, ``step_labels``, ``first_error``.
+    ``finish_reason``, ``truncated``, the parse (``steps``, ``step_spans``, ``answer``,
+    ``format_score``, ``well_formed``), ``step_end_tokens`` (the sampled token holding each step's
+    last character, where its step reward goes: TANGO.md §4) and the task's verdict (``label_correct``,
+    with its exact ``step_labels`` and ``first_error`` where the task has them). Each completion is
+    parsed and checked here, once; later stages read these columns.
     """
     from tango_steps.formats import parse_solution
+    from tango_steps.rewards import sampled_step_end_tokens
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
 
@@ -175,13 +213,16 @@ def rollout(
     problems = round_problems(cfg, plan.round_idx, n_prompts)
     prompts = [template.generator_prompt(p.question) for p in problems]
     t0 = time.perf_counter()
-    comps, prompt_ids = _sample(cfg, generator_ckpt, prompts, cfg.generator_sampling, n, plan.round_idx, "rollout", log)
-    compute = time.perf_counter() - t0
+    comps, prompt_ids, tok = _sample(
+        cfg, generator_ckpt, prompts, cfg.generator_sampling, n, plan.round_idx, "rollout", log
+    )
+    compute = time.perf_counter() - t0  # sampling only: tokens_per_s stays the engine's throughput
     rows = []
     for i, (p, prompt, cs) in enumerate(zip(problems, prompts, comps, strict=True)):
         for j, c in enumerate(cs):
             parsed = parse_solution(c.text)
             check = task.check(p, c.text)
+            ends = sampled_step_end_tokens(tok, list(c.token_ids), parsed.step_spans) if parsed.steps else []
             rows.append(
                 {
                     "prompt_id": p.id,
@@ -196,6 +237,8 @@ def rollout(
                     "finish_reason": c.finish_reason,
                     "truncated": c.truncated,
                     "steps": list(parsed.steps),
+                    "step_spans": [list(span) for span in parsed.step_spans],
+                    "step_end_tokens": ends,
                     "answer": parsed.answer,
                     "format_score": parsed.format_score,
                     "well_formed": parsed.well_formed,
@@ -245,12 +288,12 @@ def judge(
     ``response_ids``, ``truncated``, ``num_steps``, ``step_verdicts``, ``final_verdict``,
     ``format_score``, ``num_judged``.
     """
-    from tango_steps.formats import parse_solution, parse_verification
+    from tango_steps.formats import parse_verification
 
     generator_round = _is_generator_slot(plan)
-    if generator_round and not cfg.algorithm.step_rewards:
+    if not needs_judge(cfg, plan):
         log("judge: skipped (algorithm.step_rewards is false: outcome reward only)")
-        return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({"judge/skipped": 1}, 0.0)
+        return no_judgments()
     if generator_round and cfg.algorithm.step_verdicts != "verifier":
         df = oracle_judgments(rollouts, cfg.algorithm.step_verdicts, cfg.algorithm.oracle_flip_prob,
                               _seed(cfg, plan.round_idx, "oracle"))  # fmt: skip
@@ -258,11 +301,11 @@ def judge(
         metrics = {"judge/oracle": 1, **step_verdict_histogram(list(df["step_verdicts"]))}
         return df, StageResult(metrics, 0.0)
     n = 1 if generator_round else cfg.verifier_sampling.n
-    parsed = [parse_solution(t) for t in rollouts["text"]]
+    parsed = parsed_solutions(rollouts)
     questions, texts = list(rollouts["question"]), list(rollouts["text"])
     prompts, cut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
     t0 = time.perf_counter()
-    comps, prompt_ids = _sample(cfg, verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log)
+    comps, prompt_ids, _ = _sample(cfg, verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log)
     compute = time.perf_counter() - t0
     rows = []
     for i, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
@@ -302,6 +345,32 @@ def judge(
         log(f"judge: {sum(cut)} of {len(cut)} verifier prompts over rollout.max_prompt_tokens: solution tail cut")
     log(f"judge: {len(df)} verifications, {tokens} tokens in {compute:.1f} s")
     return df, StageResult(metrics, compute)
+
+
+def needs_judge(cfg: TangoConfig, plan: RoundPlan) -> bool:
+    """Whether the round judges its solutions: not in a generator round without step rewards (vanilla GRPO)."""
+    return not (_is_generator_slot(plan) and not cfg.algorithm.step_rewards)
+
+
+def no_judgments() -> tuple[pd.DataFrame, StageResult]:
+    """The judge stage's result when nothing is judged: an empty table with the judge's columns."""
+    return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({"judge/skipped": 1}, 0.0)
+
+
+def parsed_solutions(rollouts: pd.DataFrame) -> list:
+    """The rollout's parse of each solution back as :class:`~tango_steps.formats.ParsedSolution` (TANGO.md §2).
+
+    Built from the columns :func:`rollout` wrote, so no stage parses a completion a second time.
+    """
+    from tango_steps.formats import ParsedSolution
+
+    return [
+        ParsedSolution(list(steps), [tuple(x) for x in spans], answer, fmt, bool(ok))
+        for steps, spans, answer, fmt, ok in zip(
+            rollouts["steps"], rollouts["step_spans"], rollouts["answer"], rollouts["format_score"],
+            rollouts["well_formed"], strict=True,
+        )
+    ]  # fmt: skip
 
 
 _JUDGE_COLUMNS = [
@@ -364,31 +433,52 @@ def verifier_prompts(
     return [p for p, _ in fitted], [c for _, c in fitted]
 
 
-def step_verdict_histogram(step_verdicts: list[list[bool] | None]) -> dict[str, float]:
-    """Where the verifier puts the first INCORRECT step, as fractions of verifications (TANGO.md §4 step rewards).
-
-    Keys ``judge/first_incorrect_none`` (every step CORRECT), ``judge/first_incorrect_0`` ..
-    ``_3``, ``judge/first_incorrect_4plus`` and ``judge/step_verdicts_unusable`` (count != K:
-    no step reward). A verifier that only ever flags the last step, or never any, shows here.
-    """
-    keys = ["none", "0", "1", "2", "3", "4plus", "unusable"]
-    counts = dict.fromkeys(keys, 0)
-    for v in step_verdicts:
-        if v is None:
-            counts["unusable"] += 1
-            continue
-        first = next((k for k, ok in enumerate(v) if not ok), None)
-        counts["none" if first is None else str(first) if first < 4 else "4plus"] += 1
-    n = max(len(step_verdicts), 1)
-    return {
-        f"judge/{'step_verdicts_unusable' if k == 'unusable' else 'first_incorrect_' + k}": c / n
-        for k, c in counts.items()
-    }
-
-
 # ----------------------------------------------------------------------------------------------
 # reward
 # ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GeneratorRewards:
+    """The generator's side of a round's rewards (TANGO.md §4).
+
+    ``rollouts`` gains ``step_rewards``, ``advantage_first_token`` and ``advantage_mean``; ``batch``
+    is the RL batch (:class:`~tango_steps.training.RLBatch` as a dict), or None for the ``sft``
+    objective, whose batch of gold solutions :func:`update` builds where the tokenizer is loaded.
+    """
+
+    rollouts: pd.DataFrame
+    batch: dict[str, Any] | None
+    alpha: float
+    metrics: dict[str, Any]
+
+
+@dataclass
+class VerifierRewards:
+    """The verifier's side of a round's rewards (TANGO.md §5).
+
+    ``judgments`` gains ``verifier_reward``, ``advantage`` and ``sample_weight``; ``reweighter`` is
+    the class-count state after this round (the run's only copy of it).
+    """
+
+    judgments: pd.DataFrame
+    batch: dict[str, Any]
+    reweighter: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+@dataclass
+class RoundRewards:
+    """What :func:`reward` returns: the tables with their reward columns and the round's one RL batch."""
+
+    rollouts: pd.DataFrame
+    judgments: pd.DataFrame
+    generator_batch: dict[str, Any] | None
+    verifier_batch: dict[str, Any] | None
+    reweighter: dict[str, Any] | None
+    alpha: float | None
+    metrics: dict[str, Any]
+    compute_seconds: float
 
 
 def reward(
@@ -396,33 +486,50 @@ def reward(
     plan: RoundPlan,
     rollouts: pd.DataFrame,
     judgments: pd.DataFrame,
-    tokenizer_dir: Path,
     reweighter_state: dict | None,
     log: Log = print,
-) -> dict[str, Any]:
-    """Rewards, advantages and the RL batches of the round (TANGO.md §4-§5).
+) -> RoundRewards:
+    """Rewards, advantages and the RL batch of the round's slot (TANGO.md §4-§5).
 
-    Returns a dict with ``rollouts`` and ``judgments`` (copies with reward/advantage columns),
-    ``generator_batch`` / ``verifier_batch`` (:class:`~tango_steps.training.RLBatch` as a dict, or
-    None when the round has no such update slot), ``reweighter`` (new state), ``alpha`` and ``metrics``.
+    Outcome rewards come from the task's verdict in the rollout (one correctness oracle per task),
+    step-reward positions from the rollout's ``step_end_tokens``: nothing is parsed or tokenised
+    here, and no model library is imported beyond torch for the estimators.
     """
-    import torch
-
-    from tango_steps.advantages import (
-        VerifierReweighter,
-        alpha_schedule,
-        collate_steps,
-        compute_generator_advantages,
-        compute_verifier_advantages,
-    )
-    from tango_steps.formats import parse_solution
-    from tango_steps.modeling import load_tokenizer
-    from tango_steps.rewards import outcome_rewards, sampled_step_end_tokens, step_rewards, verifier_reward
-
     t0 = time.perf_counter()
-    rollouts = rollouts.copy()
-    judgments = judgments.copy()
-    # The task's own verdict from the rollout (Task.check): one correctness oracle per task.
+    rollouts, judgments, metrics = graded(rollouts, judgments)
+    gen: GeneratorRewards | None = None
+    ver: VerifierRewards | None = None
+    if _is_generator_slot(plan):
+        gen = generator_rewards(cfg, plan, rollouts, judgments)
+        rollouts, alpha, batch = gen.rollouts, gen.alpha, gen.batch
+        metrics.update(gen.metrics)
+    else:
+        ver = verifier_rewards(cfg, rollouts, judgments, reweighter_state)
+        judgments, alpha, batch = ver.judgments, None, ver.batch
+        metrics.update(ver.metrics)
+    compute = time.perf_counter() - t0
+    log(f"reward: outcome mean {metrics['reward/outcome_mean']:.3f}, alpha {alpha}, {compute:.1f} s")
+    return RoundRewards(
+        rollouts=rollouts,
+        judgments=judgments,
+        generator_batch=batch if gen else None,
+        verifier_batch=batch if ver else None,
+        reweighter=ver.reweighter if ver else reweighter_state,
+        alpha=alpha,
+        metrics=metrics,
+        compute_seconds=compute,
+    )
+
+
+def graded(rollouts: pd.DataFrame, judgments: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Both tables with the truth columns every reward needs (TANGO.md §4-§5), as copies.
+
+    ``rollouts`` gains ``outcome_reward`` r_out (0 for a truncated completion) and ``correct``;
+    ``judgments`` (when anything was judged) ``solution_correct`` and ``verdict_right``.
+    """
+    from tango_steps.rewards import outcome_rewards
+
+    rollouts, judgments = rollouts.copy(), judgments.copy()
     r_out, counts = outcome_rewards(
         list(rollouts["label_correct"]), list(rollouts["truncated"]), list(rollouts["answer"].notna())
     )
@@ -430,121 +537,119 @@ def reward(
     rollouts["correct"] = [r > 0 for r in r_out]
     metrics: dict[str, Any] = {f"reward/{k}": v for k, v in counts.items()}
     metrics["reward/outcome_mean"] = float(sum(r_out) / max(len(r_out), 1))
-    out: dict[str, Any] = {"generator_batch": None, "verifier_batch": None, "reweighter": reweighter_state}
-    generator_round = _is_generator_slot(plan)
-    use_steps = cfg.algorithm.step_rewards
-
-    # Verifier-side metrics of whatever was judged: agreement with the graded outcome.
     if len(judgments):
         truth = rollouts["correct"].to_numpy()[judgments["solution"].to_numpy()]
         verdict = judgments["final_verdict"]
         judgments["solution_correct"] = truth
         judgments["verdict_right"] = [v is not None and bool(v) == bool(t) for v, t in zip(verdict, truth, strict=True)]
         metrics["judge/verdict_accuracy"] = float(judgments["verdict_right"].mean())
+    return rollouts, judgments, metrics
 
-    if generator_round:
-        alpha = 0.0
-        if use_steps:
-            t_g = total_generator_updates(
-                cfg.rounds, cfg.schedule.verifier_warmup_rounds, cfg.schedule.generator_per_verifier
-            )
-            a = cfg.algorithm
-            alpha = alpha_schedule(plan.generator_step, max(t_g, 1), a.alpha0, a.alpha_min, a.alpha_schedule)
-        tok = load_tokenizer(str(tokenizer_dir))
-        srewards: list[list[float] | None] = []
-        sindex: list[list[int] | None] = []
-        verdicts = {}
-        if use_steps and len(judgments):
-            verdicts = dict(zip(judgments["solution"], judgments["step_verdicts"], strict=True))
-        for i, text in enumerate(rollouts["text"]):
-            sr = step_rewards(verdicts.get(i)) if use_steps else None
-            if sr:
-                spans = parse_solution(text).step_spans
-                srewards.append(sr)
-                sindex.append(sampled_step_end_tokens(tok, list(rollouts["response_ids"].iloc[i]), spans))
-            else:
-                srewards.append(None)
-                sindex.append(None)
-        lengths = [len(r) for r in rollouts["response_ids"]]
-        width = max([*lengths, 1])
-        resp_mask = torch.zeros(len(lengths), width)
-        for i, n in enumerate(lengths):
-            resp_mask[i, :n] = 1
-        rw, smask, sidx = collate_steps(srewards, sindex)
-        adv, gm = compute_generator_advantages(
-            torch.tensor(r_out, dtype=torch.float32),
-            rw,
-            smask,
-            sidx,
-            resp_mask,
-            torch.tensor(list(rollouts["prompt_index"]), dtype=torch.long),
-            alpha,
-            cfg.algorithm.estimator,
-            cfg.algorithm.rloo_step_scale,
+
+def generator_rewards(
+    cfg: TangoConfig, plan: RoundPlan, rollouts: pd.DataFrame, judgments: pd.DataFrame
+) -> GeneratorRewards:
+    """Step rewards and the generator's per-token advantages with the plan's alpha (TANGO.md §4).
+
+    ``rollouts`` and ``judgments`` as returned by :func:`graded`.
+    """
+    import torch
+
+    from tango_steps.advantages import collate_steps, compute_generator_advantages
+    from tango_steps.rewards import step_rewards
+
+    rollouts = rollouts.copy()
+    use_steps = cfg.algorithm.step_rewards
+    alpha = float(plan.alpha or 0.0)
+    verdicts = {}
+    if use_steps and len(judgments):
+        verdicts = dict(zip(judgments["solution"], judgments["step_verdicts"], strict=True))
+    srewards: list[list[float] | None] = []
+    sindex: list[list[int] | None] = []
+    for i, ends in enumerate(rollouts["step_end_tokens"]):
+        sr = step_rewards(verdicts.get(i)) if use_steps else None
+        srewards.append(sr if sr else None)
+        sindex.append(list(ends) if sr else None)
+    lengths = [len(r) for r in rollouts["response_ids"]]
+    resp_mask = torch.zeros(len(lengths), max([*lengths, 1]))
+    for i, n in enumerate(lengths):
+        resp_mask[i, :n] = 1
+    rw, smask, sidx = collate_steps(srewards, sindex)
+    r_out = torch.tensor(list(rollouts["outcome_reward"]), dtype=torch.float32)
+    group = torch.tensor(list(rollouts["prompt_index"]), dtype=torch.long)
+    a = cfg.algorithm
+    adv, metrics = compute_generator_advantages(
+        r_out, rw, smask, sidx, resp_mask, group, alpha, a.estimator, a.rloo_step_scale
+    )
+    rollouts["step_rewards"] = srewards
+    rollouts["advantage_first_token"] = [float(adv[i, 0]) if n else 0.0 for i, n in enumerate(lengths)]
+    rollouts["advantage_mean"] = [float(adv[i, :n].mean()) if n else 0.0 for i, n in enumerate(lengths)]
+    groups = rollouts.groupby("prompt_index")["outcome_reward"].agg(lambda s: s.nunique() > 1)
+    metrics["reward/groups_with_signal_frac"] = float(groups.mean())
+    batch: dict[str, Any] | None = {
+        "prompt_ids": [list(x) for x in rollouts["prompt_ids"]],
+        "response_ids": [list(x) for x in rollouts["response_ids"]],
+        "advantages": [adv[i, :n].tolist() for i, n in enumerate(lengths)],
+        "sample_weights": None,
+    }
+    if a.generator_objective == "sft":
+        batch = None  # gold solutions instead, tokenised by update() (sft_batch)
+        metrics["reward/sft_sequences"] = a.sft_sequences
+    return GeneratorRewards(rollouts, batch, alpha, metrics)
+
+
+def verifier_rewards(
+    cfg: TangoConfig, rollouts: pd.DataFrame, judgments: pd.DataFrame, reweighter_state: dict | None
+) -> VerifierRewards:
+    """r_v, the verifier's GRPO advantages within each solution's N verifications and the class weights (TANGO.md §5).
+
+    ``rollouts`` and ``judgments`` as returned by :func:`graded`; ``reweighter_state``: the EMAs
+    after the previous verifier round (None before the first).
+    """
+    import torch
+
+    from tango_steps.advantages import VerifierReweighter, compute_verifier_advantages
+    from tango_steps.rewards import verifier_reward
+
+    judgments = judgments.copy()
+    a = cfg.algorithm
+    truth = torch.tensor(list(judgments["solution_correct"]), dtype=torch.bool)
+    group = torch.tensor(list(judgments["solution"]), dtype=torch.long)
+    r_v = [
+        verifier_reward(v, t, f, a.gamma) if not tr else 0.0
+        for v, t, f, tr in zip(
+            judgments["final_verdict"], judgments["solution_correct"], judgments["format_score"],
+            judgments["truncated"], strict=True,
         )
-        rollouts["step_rewards"] = srewards
-        rollouts["advantage_first_token"] = [float(adv[i, 0]) if n else 0.0 for i, n in enumerate(lengths)]
-        rollouts["advantage_mean"] = [float(adv[i, :n].mean()) if n else 0.0 for i, n in enumerate(lengths)]
-        metrics.update(gm)
-        metrics["reward/alpha"] = alpha
-        groups = rollouts.groupby("prompt_index")["outcome_reward"].agg(lambda s: s.nunique() > 1)
-        metrics["reward/groups_with_signal_frac"] = float(groups.mean())
-        out["alpha"] = alpha
-        out["generator_batch"] = {
-            "prompt_ids": [list(x) for x in rollouts["prompt_ids"]],
-            "response_ids": [list(x) for x in rollouts["response_ids"]],
-            "advantages": [adv[i, :n].tolist() for i, n in enumerate(lengths)],
-            "sample_weights": None,
-        }
-        if cfg.algorithm.generator_objective == "sft":
-            out["generator_batch"] = sft_batch(cfg, plan.round_idx, tok)
-            metrics["reward/sft_sequences"] = len(out["generator_batch"]["response_ids"])
-    else:
-        out["alpha"] = None
-        truth = torch.tensor(list(judgments["solution_correct"]), dtype=torch.bool)
-        group = torch.tensor(list(judgments["solution"]), dtype=torch.long)
-        r_v = [
-            verifier_reward(v, t, f, cfg.algorithm.gamma) if not tr else 0.0
-            for v, t, f, tr in zip(
-                judgments["final_verdict"], judgments["solution_correct"], judgments["format_score"],
-                judgments["truncated"], strict=True,
-            )
-        ]  # fmt: skip
-        adv = compute_verifier_advantages(torch.tensor(r_v, dtype=torch.float32), group)
-        rw = (
-            VerifierReweighter.from_dict({**reweighter_state, "power": cfg.algorithm.reweight_power})
-            if reweighter_state
-            else VerifierReweighter(decay=cfg.algorithm.reweight_decay, power=cfg.algorithm.reweight_power)
-        )
-        weights = rw(truth, group)
-        judgments["verifier_reward"] = r_v
-        judgments["advantage"] = adv.tolist()
-        judgments["sample_weight"] = weights.tolist()
-        out["reweighter"] = rw.to_dict()
-        metrics.update(
-            {
-                "reward/verifier_reward_mean": float(sum(r_v) / max(len(r_v), 1)),
-                "reward/verifier_adv_abs_mean": float(adv.abs().mean()),
-                "reward/solutions_correct_frac": float(rollouts["correct"].mean()),
-                # groups whose N rewards are all equal carry no GRPO signal (TANGO.md §5)
-                "reward/verifier_flat_groups_frac": float(
-                    judgments.groupby("solution")["verifier_reward"].agg(lambda r: r.nunique() == 1).mean()
-                ),
-                "reward/verifier_weight_correct": float(weights[truth].mean()) if truth.any() else math.nan,
-                "reward/verifier_weight_incorrect": float(weights[~truth].mean()) if (~truth).any() else math.nan,
-            }
-        )
-        out["verifier_batch"] = {
-            "prompt_ids": [list(x) for x in judgments["prompt_ids"]],
-            "response_ids": [list(x) for x in judgments["response_ids"]],
-            "advantages": [[float(a)] * len(r) for a, r in zip(adv.tolist(), judgments["response_ids"], strict=True)],
-            "sample_weights": weights.tolist(),
-        }
-    out["rollouts"], out["judgments"], out["metrics"] = rollouts, judgments, metrics
-    compute = time.perf_counter() - t0
-    out["compute_seconds"] = compute
-    log(f"reward: outcome mean {metrics['reward/outcome_mean']:.3f}, alpha {out['alpha']}, {compute:.1f} s")
-    return out
+    ]  # fmt: skip
+    adv = compute_verifier_advantages(torch.tensor(r_v, dtype=torch.float32), group)
+    rw = (
+        VerifierReweighter.from_dict({**reweighter_state, "power": a.reweight_power})
+        if reweighter_state
+        else VerifierReweighter(decay=a.reweight_decay, power=a.reweight_power)
+    )
+    weights = rw(truth, group)
+    judgments["verifier_reward"] = r_v
+    judgments["advantage"] = adv.tolist()
+    judgments["sample_weight"] = weights.tolist()
+    metrics = {
+        "reward/verifier_reward_mean": float(sum(r_v) / max(len(r_v), 1)),
+        "reward/verifier_adv_abs_mean": float(adv.abs().mean()),
+        "reward/solutions_correct_frac": float(rollouts["correct"].mean()),
+        # groups whose N rewards are all equal carry no GRPO signal (TANGO.md §5)
+        "reward/verifier_flat_groups_frac": float(
+            judgments.groupby("solution")["verifier_reward"].agg(lambda r: r.nunique() == 1).mean()
+        ),
+        "reward/verifier_weight_correct": float(weights[truth].mean()) if truth.any() else math.nan,
+        "reward/verifier_weight_incorrect": float(weights[~truth].mean()) if (~truth).any() else math.nan,
+    }
+    batch = {
+        "prompt_ids": [list(x) for x in judgments["prompt_ids"]],
+        "response_ids": [list(x) for x in judgments["response_ids"]],
+        "advantages": [[float(x)] * len(r) for x, r in zip(adv.tolist(), judgments["response_ids"], strict=True)],
+        "sample_weights": weights.tolist(),
+    }
+    return VerifierRewards(judgments, batch, rw.to_dict(), metrics)
 
 
 def sft_batch(cfg: TangoConfig, round_idx: int, tokenizer) -> dict[str, Any]:
@@ -583,28 +688,33 @@ def sft_batch(cfg: TangoConfig, round_idx: int, tokenizer) -> dict[str, Any]:
 
 def update(
     cfg: TangoConfig,
+    plan: RoundPlan,
     role: str,
     ckpt: Path,
     reference: Path,
-    batch: dict[str, Any],
+    batch: dict[str, Any] | None,
     out_dir: Path,
-    extra_state: dict | None = None,
     log: Log = print,
 ) -> dict[str, float]:
     """One RL update of ``role`` ("generator" or "verifier") from ``ckpt`` into ``out_dir`` (TANGO.md §6).
 
     ``reference`` is the initial checkpoint: its ``model/`` is the frozen KL reference (full
-    fine-tuning) or the LoRA base.
+    fine-tuning) or the LoRA base. ``batch`` is :func:`reward`'s; for the ``sft`` objective it is
+    None and the round's gold solutions are tokenised here (:func:`sft_batch`).
     """
-    from tango_steps.training import RLBatch, rl_update
+    from tango_steps.modeling import load_tokenizer
+    from tango_steps.training import RLBatch, rl_update, update_settings
 
     if role not in ("generator", "verifier"):
         raise ValueError(f"role must be 'generator' or 'verifier', got {role!r}")
     ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
     sampling = cfg.generator_sampling if role == "generator" else cfg.verifier_sampling
-    settings = ucfg.settings(temperature=sampling.temperature or 1.0, seed=cfg.seed)
+    settings = update_settings(ucfg, temperature=sampling.temperature or 1.0, seed=cfg.seed)
     if role == "generator" and cfg.algorithm.generator_objective == "sft":
         settings = replace(settings, ratio_to_current=True)  # NLL on every step (sft_batch)
+        batch = sft_batch(cfg, plan.round_idx, load_tokenizer(str(ckpt / "model")))
+    if batch is None:
+        raise ValueError(f"no {role} batch for round {plan.round_idx}: the reward stage made none")
     rl_batch = RLBatch(**batch)
     log(f"{role} update: {len(rl_batch)} sequences, micro-batch {settings.micro_batch_size}")
     ref_model = str(reference / "model")
@@ -613,7 +723,6 @@ def update(
         rl_batch,
         settings,
         out_dir,
-        extra_state=extra_state,
         log=log,
         reference_model=ref_model,
         lora_base=ref_model if settings.lora is not None else None,
@@ -628,79 +737,6 @@ def update(
 # ----------------------------------------------------------------------------------------------
 # evaluate
 # ----------------------------------------------------------------------------------------------
-
-
-def binary_metrics(pred: list[bool | None], truth: list[bool], prefix: str) -> dict[str, float]:
-    """Accuracy, balanced accuracy, precision, recall, F1 with positive = solution correct (TANGO.md §8).
-
-    A missing prediction (None, unparseable verdict) counts as INCORRECT (TANGO.md §2).
-    """
-    p = [bool(x) if x is not None else False for x in pred]
-    tp = sum(a and b for a, b in zip(p, truth, strict=True))
-    fp = sum(a and not b for a, b in zip(p, truth, strict=True))
-    fn = sum((not a) and b for a, b in zip(p, truth, strict=True))
-    tn = sum((not a) and (not b) for a, b in zip(p, truth, strict=True))
-    n = max(len(p), 1)
-    prec = tp / (tp + fp) if tp + fp else 0.0
-    rec = tp / (tp + fn) if tp + fn else 0.0
-    tnr = tn / (tn + fp) if tn + fp else 0.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    return {
-        f"{prefix}accuracy": (tp + tn) / n,
-        f"{prefix}balanced_accuracy": (rec + tnr) / 2,
-        f"{prefix}precision": prec,
-        f"{prefix}recall": rec,
-        f"{prefix}f1": f1,
-    }
-
-
-def process_f1(predicted_first_error: list[int], true_first_error: list[int]) -> dict[str, float]:
-    """ProcessBench protocol (TANGO.md §8): F1 of the accuracies on erroneous and on correct samples.
-
-    A sample is erroneous when its true first error is >= 0; its prediction is right when it names
-    the same step. A correct sample (-1) is right when the prediction is -1. The harmonic mean of the
-    two accuracies is the process-level F1 (0 when either class is empty or either accuracy is 0).
-    """
-    err = [(p, t) for p, t in zip(predicted_first_error, true_first_error, strict=True) if t >= 0]
-    cor = [(p, t) for p, t in zip(predicted_first_error, true_first_error, strict=True) if t < 0]
-    acc_err = sum(p == t for p, t in err) / len(err) if err else float("nan")
-    acc_cor = sum(p == -1 for p, _ in cor) / len(cor) if cor else float("nan")
-    f1 = 2 * acc_err * acc_cor / (acc_err + acc_cor) if err and cor and acc_err + acc_cor > 0 else 0.0
-    return {"process_acc_erroneous": acc_err, "process_acc_correct": acc_cor, "process_f1": f1}
-
-
-NO_PREDICTION = -2  # unusable step verdicts (count != K): matches neither a step index nor "none" (-1)
-
-
-def predicted_first_error(step_verdicts: list[bool] | None) -> int:
-    """The verifier's predicted first wrong step (ProcessBench protocol, TANGO.md §8).
-
-    The index of its first INCORRECT step verdict, -1 when every step is CORRECT, and
-    :data:`NO_PREDICTION` when the verdicts are unusable (missing, or their count differs from K):
-    an unusable verification predicts nothing, so it is wrong on every solution, correct ones included.
-    """
-    if step_verdicts is None:
-        return NO_PREDICTION
-    return next((k for k, ok in enumerate(step_verdicts) if not ok), -1)
-
-
-def process_metrics(eval_table: pd.DataFrame) -> dict[str, Any]:
-    """Process-level F1 of one evaluation table (TANGO.md §8, ProcessBench protocol), prefixed ``eval/verifier_``.
-
-    Scored on the solutions with exact step labels whose error is a step (correct ones, and wrong
-    ones with a first wrong step); a wrong solution whose steps are all right (it stopped early) and
-    a task without step labels are left out, counted in ``eval/process_excluded``.
-    """
-    usable = [
-        (pf, fe)
-        for pf, fe, c, lab in zip(
-            eval_table["predicted_first_error"], eval_table["first_error"], eval_table["correct"],
-            eval_table["step_labels"], strict=True,
-        )
-        if lab is not None and (c or fe >= 0)
-    ]  # fmt: skip
-    pm = process_f1([u[0] for u in usable], [u[1] for u in usable])
-    return {**{f"eval/verifier_{k}": v for k, v in pm.items()}, "eval/process_excluded": len(eval_table) - len(usable)}
 
 
 def evaluate(
@@ -767,62 +803,38 @@ def evaluate(
     return df, StageResult(metrics, compute)
 
 
-def verifier_alarm(metrics: dict[str, Any], majority: float = 0.95, min_format: float = 0.5) -> str | None:
-    """A degenerate verifier, in words, or None (TANGO.md §5: without reweighting it collapses to INCORRECT).
+def update_step(plan: RoundPlan) -> str:
+    """The step a round goes to after ``reward``: the update it makes, or ``evaluate`` when it updates nothing.
 
-    Raised when ``majority`` or more of its held-out final verdicts are one class (an unparseable
-    verdict counts as INCORRECT, TANGO.md §2) or its held-out format rate falls below ``min_format``.
+    The schedule gives each round one slot (TANGO.md §3), so at most one model is updated.
     """
-    problems = []
-    says_correct = metrics.get("eval/verifier_says_correct_frac")
-    if says_correct is not None and max(says_correct, 1 - says_correct) >= majority:
-        cls = "CORRECT" if says_correct >= 0.5 else "INCORRECT (or unparseable)"
-        problems.append(f"{max(says_correct, 1 - says_correct):.0%} of held-out verdicts are {cls}")
-    fmt = metrics.get("eval/verifier_format_ok_frac")
-    if fmt is not None and fmt < min_format:
-        problems.append(f"only {fmt:.0%} of its held-out verifications are well-formed")
-    return "verifier collapse: " + "; ".join(problems) if problems else None
+    if plan.update_generator and plan.update_verifier:
+        raise ValueError(f"round {plan.round_idx} plans both updates; a round has one slot")
+    if plan.update_verifier:
+        return "verifier_update"
+    return "generator_update" if plan.update_generator else "evaluate"
 
 
-def hacking_diagnostics(eval_table: pd.DataFrame) -> dict[str, float]:
-    """Reward-hacking diagnostics of one evaluation (TANGO.md §9): is the verifier right for the right reasons?
-
-    - verifier accuracy per class: on the correct solutions (``verifier_acc_on_correct``) and on
-      the wrong ones (``verifier_acc_on_wrong``): a verifier that says CORRECT to everything scores
-      1 and 0;
-    - ``verifier_right_verdict_wrong_steps``: among solutions whose final verdict is right and whose
-      step verdicts are usable, the fraction whose step verdicts differ from the exact step labels;
-    - ``verifier_step_mismatch_frac``: verifications whose number of judged steps differs from K.
-    Response-length drift and solutions without steps are in the generator's metrics.
-    """
-    truth = eval_table["correct"].astype(bool)
-    verdict = eval_table["final_verdict"].map(lambda v: bool(v) if v is not None else False)
-    right = verdict == truth
-    usable = eval_table["step_verdicts"].map(lambda v: v is not None)
-    steps_wrong = [
-        sv is not None and lab is not None and list(sv) != list(lab)
-        for sv, lab in zip(eval_table["step_verdicts"], eval_table["step_labels"], strict=True)
-    ]
-    labelled = eval_table["step_labels"].map(lambda v: v is not None)
-    base = right & usable & labelled
-    nan = float("nan")
-    return {
-        "eval/verifier_acc_on_correct": float(right[truth].mean()) if truth.any() else nan,
-        "eval/verifier_acc_on_wrong": float(right[~truth].mean()) if (~truth).any() else nan,
-        "eval/verifier_right_verdict_wrong_steps": (
-            float(pd.Series(steps_wrong)[base.to_numpy()].mean()) if base.any() else nan
-        ),
-        "eval/verifier_step_mismatch_frac": float((~usable).mean()) if len(usable) else nan,
+def round_metrics(plan: RoundPlan, state: dict[str, Any], *stage_metrics: dict[str, Any]) -> dict[str, Any]:
+    """One round's metrics for TangoFlow's table (TANGO.md §9): its place in the run, then each stage's."""
+    out: dict[str, Any] = {
+        "round": plan.round_idx,
+        "slot": plan.slot,
+        "generator_updates": state["generator_updates"],
+        "verifier_updates": state["verifier_updates"],
     }
+    for m in stage_metrics:
+        out.update(m)
+    return out
 
 
 def plan_dict(plan: RoundPlan) -> dict[str, Any]:
-    """The plan as a plain dict for artifacts (TANGO.md §3)."""
+    """The plan as a plain dict for artifacts."""
     return asdict(plan)
 
 
 def plan_from_dict(plan: dict[str, Any]) -> RoundPlan:
-    """The plan back from its artifact dict (TANGO.md §3)."""
+    """The plan back from its artifact dict."""
     return RoundPlan(**plan)
 
 
@@ -853,17 +865,6 @@ def with_verdicts(table: pd.DataFrame, verdicts: list) -> pd.DataFrame:
     df["predicted_first_error"] = [predicted_first_error(v.step_verdicts) for v in verdicts]
     df["verifier_format_score"] = [v.format_score for v in verdicts]
     return df
-
-
-def verifier_metrics(df: pd.DataFrame) -> dict[str, Any]:
-    """The verifier's held-out outcome, format and process metrics from an evaluation table (TANGO.md §5, §8)."""
-    metrics: dict[str, Any] = binary_metrics(list(df["final_verdict"]), list(df["correct"]), "eval/verifier_")
-    metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
-    says_correct = float(df["final_verdict"].map(lambda v: v is True).mean())
-    metrics["eval/verifier_says_correct_frac"] = says_correct
-    metrics["eval/verifier_majority_frac"] = max(says_correct, 1.0 - says_correct)
-    metrics.update(process_metrics(df))
-    return metrics
 
 
 def rejudge(cfg: TangoConfig, verifier_ckpt: Path, eval_table: pd.DataFrame, log: Log = print) -> dict[str, Any]:

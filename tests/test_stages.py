@@ -1,39 +1,18 @@
-"""The round stages of tango_steps.round without Metaflow: rewards/batches, metrics, failure switch, plans."""
+"""Round stages (tango_steps.stages) and metrics (tango_steps.metrics) without Metaflow: rewards, plans, metrics."""
 
 from __future__ import annotations
-
-import random
 
 import pandas as pd
 import pytest
 import torch
 
-from tango_steps.advantages import VerifierReweighter, alpha_schedule
+from tango_steps.advantages import VerifierReweighter
 from tango_steps.config import TangoConfig
 from tango_steps.formats import format_solution, format_verification, parse_solution
-from tango_steps.rewards import sampled_step_end_tokens, step_end_token_indices, token_offsets, verifier_reward
-from tango_steps.round import (
-    binary_metrics,
-    heldout_problems,
-    maybe_fail,
-    plan_dict,
-    process_f1,
-    reward,
-    round_plan,
-    round_problems,
-)
-
-
-def test_sampled_step_end_tokens_equal_offset_method_on_canonical_ids(tiny_tokenizer):
-    rng = random.Random(0)
-    for _ in range(30):
-        steps = [f"{rng.randint(0, 20)} + {rng.randint(1, 9)} = {rng.randint(0, 30)}" for _ in range(rng.randint(1, 4))]
-        text = format_solution(steps, str(rng.randint(0, 30)))
-        spans = parse_solution(text).step_spans
-        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert sampled_step_end_tokens(tiny_tokenizer, ids, spans) == step_end_token_indices(
-            spans, token_offsets(tiny_tokenizer, text)
-        )
+from tango_steps.metrics import binary_metrics, process_f1
+from tango_steps.rewards import sampled_step_end_tokens, verifier_reward
+from tango_steps.schedule import alpha_schedule
+from tango_steps.stages import heldout_problems, maybe_fail, plan_dict, reward, round_plan, round_problems
 
 
 def test_sampled_step_end_tokens_on_non_canonical_ids(tiny_tokenizer):
@@ -59,13 +38,14 @@ def _rollouts(tok, texts_by_prompt, golds, problems=None, task=None):
     rows = []
     for i, (texts, gold) in enumerate(zip(texts_by_prompt, golds, strict=True)):
         for j, t in enumerate(texts):
-            answer = parse_solution(t).answer
-            correct = task.check(problems[i], t).correct if task is not None else answer == gold
+            parsed = parse_solution(t)
+            correct = task.check(problems[i], t).correct if task is not None else parsed.answer == gold
+            ids = tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             rows.append(
                 {
                     "prompt_index": i, "sample": j, "gold": gold, "question": f"q{i}", "text": t,
-                    "truncated": False, "prompt_ids": [1, 2, 3], "answer": answer, "label_correct": correct,
-                    "response_ids": tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
+                    "truncated": False, "prompt_ids": [1, 2, 3], "answer": parsed.answer, "label_correct": correct,
+                    "response_ids": ids, "step_end_tokens": sampled_step_end_tokens(tok, ids, parsed.step_spans),
                 }
             )  # fmt: skip
     return pd.DataFrame(rows)
@@ -88,9 +68,9 @@ def test_outcome_reward_is_the_tasks_own_checker(tiny_model_dir, tiny_tokenizer,
     texts = [problem.gold_solution] + [format_solution(problem.steps, a) for a in wrong_answers]
     ro = _rollouts(tiny_tokenizer, [texts], [problem.answer], [problem], task)
     cfg = _cfg(task={"name": task_name}, algorithm={"step_rewards": False})
-    out = reward(cfg, round_plan(cfg, 2), ro, pd.DataFrame(columns=["solution"]), tiny_model_dir, None, log=print)
-    assert out["rollouts"]["outcome_reward"].tolist() == [1.0] + [0.0] * len(wrong_answers)
-    assert out["rollouts"]["correct"].tolist() == [True] + [False] * len(wrong_answers)
+    out = reward(cfg, round_plan(cfg, 2), ro, pd.DataFrame(columns=["solution"]), None, log=print)
+    assert out.rollouts["outcome_reward"].tolist() == [1.0] + [0.0] * len(wrong_answers)
+    assert out.rollouts["correct"].tolist() == [True] + [False] * len(wrong_answers)
     # the verifier's RL target is the same oracle: in a verifier round, "correct" marks the truth
     vcfg = _cfg(task={"name": task_name})
     ju = pd.DataFrame(
@@ -101,8 +81,8 @@ def test_outcome_reward_is_the_tasks_own_checker(tiny_model_dir, tiny_tokenizer,
             "step_verdicts": [None] * len(texts),
         }
     )  # fmt: skip
-    vout = reward(vcfg, round_plan(vcfg, 1), ro, ju, tiny_model_dir, None, log=print)
-    assert vout["judgments"]["solution_correct"].tolist() == [True] + [False] * len(wrong_answers)
+    vout = reward(vcfg, round_plan(vcfg, 1), ro, ju, None, log=print)
+    assert vout.judgments["solution_correct"].tolist() == [True] + [False] * len(wrong_answers)
 
 
 def test_generator_round_rewards_and_batch(tiny_model_dir, tiny_tokenizer):
@@ -122,22 +102,22 @@ def test_generator_round_rewards_and_batch(tiny_model_dir, tiny_tokenizer):
             "truncated": [False] * 4,
         }
     )
-    out = reward(cfg, plan, ro, ju, tiny_model_dir, None, log=lambda s: None)
-    assert out["rollouts"]["outcome_reward"].tolist() == [1.0, 0.0, 1.0, 1.0]
-    assert out["alpha"] == pytest.approx(alpha_schedule(0, 4, 0.1, 1e-3, "exp")) == pytest.approx(0.1)
-    batch = out["generator_batch"]
-    assert out["verifier_batch"] is None and batch["sample_weights"] is None
+    out = reward(cfg, plan, ro, ju, None, log=lambda s: None)
+    assert out.rollouts["outcome_reward"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert out.alpha == pytest.approx(alpha_schedule(0, 4, 0.1, 1e-3, "exp")) == pytest.approx(0.1)
+    batch = out.generator_batch
+    assert out.verifier_batch is None and batch["sample_weights"] is None
     assert [len(a) for a in batch["advantages"]] == [len(r) for r in ro["response_ids"]]
     adv = [torch.tensor(a) for a in batch["advantages"]]
     assert adv[0][0] > 0 > adv[1][0]  # the right answer of a mixed group is pushed up
     # group 2: same outcome for both and solution 2's verdicts unusable: only solution 3's step part
     assert torch.all(adv[2] == 0)
-    assert out["rollouts"]["step_rewards"].tolist()[2] is None
+    assert out.rollouts["step_rewards"].tolist()[2] is None
     # step rewards enter at the last token of each step: the advantage changes only there
     ends = sampled_step_end_tokens(tiny_tokenizer, list(ro["response_ids"][1]), parse_solution(wrong).step_spans)
     diffs = (adv[1][:-1] - adv[1][1:]).abs() > 1e-7
     assert set(torch.nonzero(diffs).flatten().tolist()) <= set(ends)
-    assert out["metrics"]["reward/groups_with_signal_frac"] == 0.5
+    assert out.metrics["reward/groups_with_signal_frac"] == 0.5
 
 
 def test_grpo_variant_uses_no_step_rewards(tiny_model_dir, tiny_tokenizer):
@@ -145,9 +125,9 @@ def test_grpo_variant_uses_no_step_rewards(tiny_model_dir, tiny_tokenizer):
     plan = round_plan(cfg, 2)
     right = format_solution(["1 + 2 = 3"], "3")
     ro = _rollouts(tiny_tokenizer, [[right, format_solution(["1 + 2 = 4"], "4")]], ["3"])
-    out = reward(cfg, plan, ro, pd.DataFrame(columns=["solution"]), tiny_model_dir, None, log=lambda s: None)
-    assert out["alpha"] == 0.0
-    a0, a1 = (torch.tensor(a) for a in out["generator_batch"]["advantages"])
+    out = reward(cfg, plan, ro, pd.DataFrame(columns=["solution"]), None, log=lambda s: None)
+    assert out.alpha == 0.0
+    a0, a1 = (torch.tensor(a) for a in out.generator_batch["advantages"])
     assert torch.allclose(a0, a0[0].expand_as(a0)) and a0[0] > 0 > a1[0]  # outcome only: constant per response
 
 
@@ -172,8 +152,8 @@ def test_verifier_round_rewards_weights_and_state(tiny_model_dir, tiny_tokenizer
             "step_verdicts": [[True], [False], [True], [False], [False], [False]],
         }
     )
-    out = reward(cfg, plan, ro, ju, tiny_model_dir, None, log=lambda s: None)
-    j = out["judgments"]
+    out = reward(cfg, plan, ro, ju, None, log=lambda s: None)
+    j = out.judgments
     expected = [verifier_reward(v, c, 1.0, 0.8) for v, c in zip(ju["final_verdict"], [1, 1, 0, 0, 0, 0], strict=True)]
     assert j["verifier_reward"].tolist() == pytest.approx(expected)
     adv = torch.tensor(j["advantage"].tolist())
@@ -181,12 +161,12 @@ def test_verifier_round_rewards_weights_and_state(tiny_model_dir, tiny_tokenizer
     assert adv[0] > 0 > adv[1] and adv[3] > 0 > adv[2]
     w = torch.tensor(j["sample_weight"].tolist())
     assert w.mean() == pytest.approx(1.0) and w[0] > w[2]  # the rarer class (1 right of 3) weighs more
-    assert VerifierReweighter.from_dict(out["reweighter"]).updates == 1
-    assert out["reweighter"]["ema_correct"] == 1.0 and out["reweighter"]["ema_incorrect"] == 2.0
-    b = out["verifier_batch"]
+    assert VerifierReweighter.from_dict(out.reweighter).updates == 1
+    assert out.reweighter["ema_correct"] == 1.0 and out.reweighter["ema_incorrect"] == 2.0
+    b = out.verifier_batch
     assert b["sample_weights"] == pytest.approx(w.tolist())
     assert all(len(set(a)) == 1 for a in b["advantages"])  # a sequence-level advantage on every token
-    assert out["generator_batch"] is None and out["alpha"] is None
+    assert out.generator_batch is None and out.alpha is None
 
 
 def test_binary_and_process_metrics_by_hand():
@@ -221,7 +201,7 @@ def test_round_data_is_a_pure_function_of_seed_and_round():
 
 def test_unusable_step_verdicts_are_wrong_in_process_f1():
     """ProcessBench protocol (TANGO.md §8): no usable prediction is right on no solution (issue #12, fix 3)."""
-    from tango_steps.round import NO_PREDICTION, predicted_first_error, process_metrics
+    from tango_steps.metrics import NO_PREDICTION, predicted_first_error, process_metrics
 
     assert predicted_first_error([True, False, False]) == 1
     assert predicted_first_error([True, True]) == -1
@@ -240,12 +220,12 @@ def test_unusable_step_verdicts_are_wrong_in_process_f1():
     assert m["eval/verifier_process_acc_correct"] == 0.5  # it was 1.0 when unusable counted as "none"
     assert m["eval/verifier_process_acc_erroneous"] == 0.5
     assert m["eval/verifier_process_f1"] == pytest.approx(0.5)
-    assert m["eval/process_excluded"] == 1
+    assert m["eval/verifier_process_excluded"] == 1
 
 
 def test_oracle_step_verdicts_are_the_exact_labels(tiny_model_dir, tiny_tokenizer, tmp_path):
     """The study's ceiling arm: step rewards from the task's exact labels, and a noisy copy of them."""
-    from tango_steps.round import judge, oracle_judgments
+    from tango_steps.stages import judge, oracle_judgments
     from tango_steps.tasks import get_task
 
     task = get_task("arithmetic")
@@ -258,8 +238,8 @@ def test_oracle_step_verdicts_are_the_exact_labels(tiny_model_dir, tiny_tokenize
     ju, res = judge(cfg, plan, tiny_model_dir.parent, ro, log=print)  # no verifier is loaded
     assert ju["step_verdicts"].tolist() == [[True, True, True], [True, False, False]]
     assert ju["final_verdict"].tolist() == [True, False] and res.metrics["judge/first_incorrect_1"] == 0.5
-    out = reward(cfg, plan, ro, ju, tiny_model_dir, None, log=print)
-    assert out["rollouts"]["step_rewards"].tolist() == [[1 / 3] * 3, [1 / 3, -1 / 3, -1 / 3]]
+    out = reward(cfg, plan, ro, ju, None, log=print)
+    assert out.rollouts["step_rewards"].tolist() == [[1 / 3] * 3, [1 / 3, -1 / 3, -1 / 3]]
     # noisy: each label flipped with the given probability, seeded
     many = pd.DataFrame({"step_labels": [[True] * 10] * 400, "label_correct": [True] * 400})
     noisy = oracle_judgments(many, "noisy_oracle", 0.25, seed=1)
@@ -278,7 +258,7 @@ def test_oracle_step_verdicts_are_the_exact_labels(tiny_model_dir, tiny_tokenize
 
 
 def test_verifier_alarm():
-    from tango_steps.round import verifier_alarm
+    from tango_steps.metrics import verifier_alarm
 
     healthy = {"eval/verifier_says_correct_frac": 0.4, "eval/verifier_format_ok_frac": 0.97}
     assert verifier_alarm(healthy) is None
@@ -295,7 +275,7 @@ def test_verifier_alarm():
 
 
 def test_step_verdict_histogram():
-    from tango_steps.round import step_verdict_histogram
+    from tango_steps.metrics import step_verdict_histogram
 
     h = step_verdict_histogram([[True, True], [False, True], [True, True, False], None, [True] * 4 + [False]])
     assert h == {
@@ -313,7 +293,7 @@ def test_heldout_set_is_shared_by_every_seed():
 
 
 def test_hacking_diagnostics_by_hand():
-    from tango_steps.round import hacking_diagnostics
+    from tango_steps.metrics import hacking_diagnostics
 
     table = pd.DataFrame(
         {
@@ -334,7 +314,7 @@ def test_sft_arm_batch_is_gold_and_its_update_is_the_sft_gradient(tiny_model_dir
     """The study's floor: advantage 1 on gold tokens through PPO-clip at ratio 1 is the NLL gradient."""
     from tango_steps.loss import ppo_clip_loss
     from tango_steps.modeling import load_model
-    from tango_steps.round import sft_batch
+    from tango_steps.stages import sft_batch
 
     cfg = _cfg(
         algorithm={"generator_objective": "sft", "step_rewards": False, "sft_sequences": 6},
@@ -368,20 +348,28 @@ def test_sft_arm_batch_is_gold_and_its_update_is_the_sft_gradient(tiny_model_dir
         _cfg(algorithm={"generator_objective": "sft"})
 
 
-def test_sft_arm_updates_take_each_optimizer_step_at_ratio_1(monkeypatch, tmp_path):
-    """round.update hands the sft objective's generator update ratio_to_current (no PPO clip across steps)."""
+def test_sft_arm_updates_take_each_optimizer_step_at_ratio_1(monkeypatch, tmp_path, tiny_model_dir):
+    """round.update hands the sft objective's generator update ratio_to_current (no PPO clip across steps)
+    and trains it on the round's gold solutions, tokenised there (the reward stage loads no tokenizer)."""
     import tango_steps.training as training
-    from tango_steps.round import update
+    from tango_steps.modeling import load_tokenizer
+    from tango_steps.stages import sft_batch, update
 
     seen = []
-    monkeypatch.setattr(training, "rl_update", lambda ckpt, b, settings, *a, **k: seen.append(settings) or {
+    monkeypatch.setattr(training, "rl_update", lambda ckpt, b, settings, *a, **k: seen.append((settings, b)) or {
         "loss": 0.0, "grad_norm": 0.0, "seconds": 0.0})  # fmt: skip
     batch = {"prompt_ids": [[1]], "response_ids": [[2]], "advantages": [[1.0]], "sample_weights": None}
-    sft = _cfg(algorithm={"generator_objective": "sft", "step_rewards": False},
+    sft = _cfg(algorithm={"generator_objective": "sft", "step_rewards": False, "sft_sequences": 3},
                generator_update={"kl_coef": 0.0, "entropy_coef": 0.0, "optimizer_steps": 4})  # fmt: skip
-    for cfg, role in ((sft, "generator"), (sft, "verifier"), (_cfg(), "generator")):
-        update(cfg, role, tmp_path, tmp_path, batch, tmp_path / "out", log=lambda *_: None)
-    assert [s.ratio_to_current for s in seen] == [True, False, False]
+    ckpt = tiny_model_dir.parent
+    for cfg, role, b in ((sft, "generator", None), (sft, "verifier", batch), (_cfg(), "generator", batch)):
+        update(cfg, round_plan(cfg, 2), role, ckpt, ckpt, b, tmp_path / "out", log=lambda *_: None)
+    assert [s.ratio_to_current for s, _ in seen] == [True, False, False]
+    gold = sft_batch(sft, 2, load_tokenizer(str(tiny_model_dir)))
+    assert seen[0][1].response_ids == gold["response_ids"] and len(gold["response_ids"]) == 3
+    assert seen[1][1].response_ids == [[2]]
+    with pytest.raises(ValueError, match="no verifier batch for round 2"):
+        update(_cfg(), round_plan(_cfg(), 2), "verifier", ckpt, ckpt, None, tmp_path / "out", log=lambda *_: None)
 
 
 def test_round_plan_evaluates_every_k_and_the_last_n_rounds():
@@ -389,3 +377,37 @@ def test_round_plan_evaluates_every_k_and_the_last_n_rounds():
     cfg = _cfg(rounds=22, evaluation={"every": 7, "last": 4})
     assert [k for k in range(1, 23) if round_plan(cfg, k).evaluate] == [7, 14, 19, 20, 21, 22]
     assert all(round_plan(_cfg(), k).evaluate for k in range(1, 6))
+
+
+def test_reward_parses_nothing_and_imports_no_model_library():
+    """Issue #13: the rollout parses each completion and aligns its steps once; ``reward`` reads the columns,
+    so the reward step of a flow never loads a tokenizer or imports transformers."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        import pandas as pd
+        import tango_steps.formats as formats
+        from tango_steps.config import TangoConfig
+        from tango_steps.stages import reward, round_plan
+
+        formats.parse_solution = None  # any second parse would fail here
+        cfg = TangoConfig.model_validate({"schedule": {"verifier_warmup_rounds": 1}, "rounds": 5})
+        ro = pd.DataFrame({
+            "prompt_index": [0, 0], "text": ["a", "b"], "truncated": [False, False], "answer": ["1", "2"],
+            "label_correct": [True, False], "prompt_ids": [[1], [1]], "response_ids": [[5, 6, 7], [5, 6]],
+            "step_end_tokens": [[1, 2], [0, 1]],
+        })
+        ju = pd.DataFrame({"solution": [0, 1], "step_verdicts": [[True, True], [True, False]],
+                           "final_verdict": [True, False]})
+        out = reward(cfg, round_plan(cfg, 2), ro, ju, None, log=lambda s: None)
+        assert out.alpha > 0 and out.generator_batch is not None
+        print(sorted(m for m in ("transformers", "tokenizers", "vllm") if m in sys.modules))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
