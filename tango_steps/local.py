@@ -67,7 +67,7 @@ class InProcessRun:
         if stages.needs_judge(cfg, plan):
             judgments, _ = stages.judge(cfg, plan, self.verifier, rollouts, log=log)
         else:
-            judgments, _ = stages.no_judgments()
+            judgments, _ = stages.no_judgments(log)
         t["judge"], t0 = time.perf_counter() - t0, time.perf_counter()
         out = stages.reward(cfg, plan, rollouts, judgments, self.reweighter, log=log)
         self.reweighter = out.reweighter

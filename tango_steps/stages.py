@@ -292,8 +292,7 @@ def judge(
 
     generator_round = _is_generator_slot(plan)
     if not needs_judge(cfg, plan):
-        log("judge: skipped (algorithm.step_rewards is false: outcome reward only)")
-        return no_judgments()
+        return no_judgments(log)
     if generator_round and cfg.algorithm.step_verdicts != "verifier":
         df = oracle_judgments(rollouts, cfg.algorithm.step_verdicts, cfg.algorithm.oracle_flip_prob,
                               _seed(cfg, plan.round_idx, "oracle"))  # fmt: skip
@@ -352,8 +351,9 @@ def needs_judge(cfg: TangoConfig, plan: RoundPlan) -> bool:
     return not (_is_generator_slot(plan) and not cfg.algorithm.step_rewards)
 
 
-def no_judgments() -> tuple[pd.DataFrame, StageResult]:
+def no_judgments(log: Log = print) -> tuple[pd.DataFrame, StageResult]:
     """The judge stage's result when nothing is judged: an empty table with the judge's columns."""
+    log("judge: skipped (algorithm.step_rewards is false: outcome reward only)")
     return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({"judge/skipped": 1}, 0.0)
 
 
