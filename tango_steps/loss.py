@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from tango_steps.config import UpdateConfig, schema_default
 from tango_steps.registry import lookup
 
 KL_CLAMP = 10.0  # TANGO.md §6: k3 clamped to [-10, 10] so one outlier token cannot dominate
@@ -65,9 +66,9 @@ def ppo_clip_loss(
     ref_logp: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     sample_weights: torch.Tensor | None = None,
-    clip_eps: float = 0.2,
-    kl_coef: float = 0.001,
-    entropy_coef: float = 0.001,
+    clip_eps: float = schema_default(UpdateConfig, "clip_eps"),
+    kl_coef: float = schema_default(UpdateConfig, "kl_coef"),
+    entropy_coef: float = schema_default(UpdateConfig, "entropy_coef"),
     num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip policy loss with k3 KL and entropy bonus, token-mean (TANGO.md §6).
