@@ -140,3 +140,19 @@ def test_engine_from_config(tiny_model_dir):
     e = engine_from_config(cfg, str(tiny_model_dir))
     assert isinstance(e, HFEngine) and e.batch_size == 3 and e.max_prompt_tokens == 40
     assert e.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
+
+
+def test_engine_from_config_hands_each_engine_its_options(monkeypatch):
+    """config.ENGINES maps names to classes imported on use; each class takes its own options from the section."""
+    import tango_steps.rollout as rollout
+    from tango_steps.config import RolloutConfig, validate
+    from tango_steps.rollout.vllm_engine import VLLMEngine
+
+    seen = {}
+    monkeypatch.setattr(rollout, "vllm_available", lambda: True)
+    monkeypatch.setattr(VLLMEngine, "__init__", lambda self, path, **kw: seen.update(path=path, **kw))
+    cfg = validate(RolloutConfig, {"engine": "vllm", "max_model_len": 512, "gpu_memory_utilization": 0.3})
+    assert rollout.engine_class("vllm") is VLLMEngine
+    assert isinstance(rollout.engine_from_config(cfg, "/m", seed=7), VLLMEngine)
+    assert seen["path"] == "/m" and seen["max_model_len"] == 512 and seen["gpu_memory_utilization"] == 0.3
+    assert seen["seed"] == 7 and seen["tensor_parallel_size"] == 1 and seen["max_prompt_tokens"] == 256
