@@ -196,7 +196,8 @@ def rollout(
     ``sample``, ``question``, ``gold``, ``prompt``, ``text``, ``prompt_ids``, ``response_ids``,
     ``finish_reason``, ``truncated``, the parse (``steps``, ``step_spans``, ``answer``,
     ``format_score``, ``well_formed``), ``step_end_tokens`` (the sampled token holding each step's
-    last character, where its step reward goes: TANGO.md §4) and the task's verdict (``label_correct``,
+    last character, where its step reward goes: TANGO.md §4; empty in rounds without step rewards)
+    and the task's verdict (``label_correct``,
     with its exact ``step_labels`` and ``first_error`` where the task has them). Each completion is
     parsed and checked here, once; later stages read these columns.
     """
@@ -206,6 +207,8 @@ def rollout(
     from tango_steps.templates import get_template
 
     generator_round = _is_generator_slot(plan)
+    # only a round that turns step verdicts into step rewards needs their token positions
+    aligned = generator_round and cfg.algorithm.step_rewards
     n_prompts = cfg.batch.generator_prompts if generator_round else cfg.batch.verifier_prompts
     n = cfg.generator_sampling.n if generator_round else 1
     task = get_task(cfg.task.name, **cfg.task.params)
@@ -221,8 +224,10 @@ def rollout(
     for i, (p, prompt, cs) in enumerate(zip(problems, prompts, comps, strict=True)):
         for j, c in enumerate(cs):
             parsed = parse_solution(c.text)
-            check = task.check(p, c.text)
-            ends = sampled_step_end_tokens(tok, list(c.token_ids), parsed.step_spans) if parsed.steps else []
+            check = task.check(p, c.text, parsed)
+            ends = (
+                sampled_step_end_tokens(tok, list(c.token_ids), parsed.step_spans) if aligned and parsed.steps else []
+            )
             rows.append(
                 {
                     "prompt_id": p.id,

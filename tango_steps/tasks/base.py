@@ -15,7 +15,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tango_steps.formats import format_solution, parse_solution
+from tango_steps.formats import ParsedSolution, format_solution, parse_solution
 
 SPLITS = ("train", "heldout")
 
@@ -143,15 +143,18 @@ class Task:
             out.append(p)
         return out
 
-    def check(self, problem: Problem, text: str) -> CheckResult:
+    def check(self, problem: Problem, text: str, parsed: ParsedSolution | None = None) -> CheckResult:
         """Outcome label and exact step labels of ANY candidate solution text (TANGO.md §8).
+
+        ``parsed``: the text's :func:`~tango_steps.formats.parse_solution`, when the caller has it
+        (the rollout parses each completion once).
 
         Step k (0-based) is right iff it is exactly what step k of a correct solution must state
         (see the subclass's definition) and k is below the gold step count; steps past the gold
         count are wrong. A candidate that stops early with every step right has first_error -1 but
         a wrong outcome: its error is the missing work, not a step.
         """
-        parsed = parse_solution(text)
+        parsed = parsed if parsed is not None else parse_solution(text)
         labels = [
             k < self._gold_step_count(problem) and self._step_ok(problem, k, s) for k, s in enumerate(parsed.steps)
         ]

@@ -75,10 +75,10 @@ class DatasetTask(Task):
 
         return is_correct(f"\\boxed{{{answer}}}", problem.answer)
 
-    def check(self, problem: Problem, text: str) -> CheckResult:
+    def check(self, problem: Problem, text: str, parsed=None) -> CheckResult:
         """Outcome only (TANGO.md §7): the boxed answer against the gold one; no step labels."""
         from tango_steps.formats import parse_solution
 
-        parsed = parse_solution(text)
+        parsed = parsed if parsed is not None else parse_solution(text)
         correct = parsed.answer is not None and self._answer_ok(problem, parsed.answer)
         return CheckResult(correct=correct, step_labels=None, first_error=-1)
