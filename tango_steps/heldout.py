@@ -31,7 +31,13 @@ def heldout_set(task: str, n: int, params: dict[str, Any] | None = None) -> list
     """The first ``n`` held-out problems of ``task``: from its shipped file when there is one, else generated."""
     path = HELDOUT_DIR / f"{task}.jsonl"
     if not params and task in SHIPPED_TASKS and n <= SHIPPED_SIZE and path.exists():
+        out = []
         with path.open() as f:
-            rows = [json.loads(line) for _, line in zip(range(n), f, strict=False)]
-        return [Problem(**r) for r in rows]
+            for k, line in zip(range(n), f, strict=False):
+                try:
+                    out.append(Problem(**json.loads(line)))
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"{path}, line {k + 1}: not a held-out problem ({e}); rebuild the file "
+                                     "with `python data/build_heldout.py`") from None  # fmt: skip
+        return out
     return generated(task, n, params)

@@ -70,5 +70,9 @@ def test_heldout_sets_are_shared_by_seeds_and_read_from_the_file(tmp_path, monke
     (tmp_path / "arithmetic.jsonl").write_text(json.dumps(fake) + "\n")
     monkeypatch.setattr(heldout, "HELDOUT_DIR", tmp_path)
     assert [p.id for p in heldout.heldout_set("arithmetic", 1)] == ["arithmetic-from-the-file"]
+    # a damaged file is an error naming the file and the line
+    (tmp_path / "arithmetic.jsonl").write_text(json.dumps(fake) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"arithmetic.jsonl, line 2: not a held-out problem"):
+        heldout.heldout_set("arithmetic", 2)
     # other parameters are drawn from the generator
     assert heldout.heldout_set("arithmetic", 1, {"max_ops": 2})[0].id != "arithmetic-from-the-file"
