@@ -26,6 +26,9 @@ class EvalFlow(FlowSpec):
     max_tokens = Parameter("max-tokens", type=int, default=512, help="generation limit")
     template = Parameter("template", type=str, default="full", help="prompt template: full or compact")
     engine = Parameter("engine", type=str, default="auto", help="rollout engine: auto, hf or vllm")
+    prompt_format = Parameter(
+        "prompt-format", type=str, default="auto", help="auto (the chat template when the model has one), chat or raw"
+    )
 
     @step
     def start(self):
@@ -33,8 +36,9 @@ class EvalFlow(FlowSpec):
         from tango_steps.evaluation import check_request
 
         self.items = check_request(
-            self.benchmarks, self.generator, self.verifier, self.template, self.engine, self.limit, self.max_tokens
-        )
+            self.benchmarks, self.generator, self.verifier, self.template, self.engine, self.limit, self.max_tokens,
+            self.prompt_format,
+        )  # fmt: skip
         self.next(self.evaluate, foreach="items")
 
     @step
@@ -45,7 +49,7 @@ class EvalFlow(FlowSpec):
         self.item = self.input
         self.table, self.metrics = run_item(
             self.item, self.generator, self.verifier, self.data or None, self.template, self.engine,
-            self.limit or None, self.max_tokens,
+            self.limit or None, self.max_tokens, prompt_format=self.prompt_format,
         )  # fmt: skip
         self.next(self.join)
 
@@ -65,7 +69,9 @@ class EvalFlow(FlowSpec):
         from metaflow.cards import Markdown, Table
 
         head = f"# EvalFlow {current.run_id}\n\ngenerator `{self.generator}`, verifier `{self.verifier or '-'}`"
-        current.card.append(Markdown(f"{head}, limit {self.limit}, template `{self.template}`"))
+        current.card.append(
+            Markdown(f"{head}, limit {self.limit}, template `{self.template}`, prompt format `{self.prompt_format}`")
+        )
         current.card.append(Table.from_dataframe(self.results.round(4)))
         print(self.results.to_string(index=False))
 

@@ -1,15 +1,17 @@
 """One Tango round as explicit steps (TANGO.md §3): one run of this flow is one round.
 
-    start -> rollout -> judge -> reward -> verifier_update -> evaluate -> end
-                   \\-------------/      \\-> generator_update -/  /
-                                          \\-----------------------/
+    start -> rollout -> (judge) -> reward -> (verifier_update | generator_update) -> (evaluate) -> end
+
+    (...) = a step the round runs only when it needs it
 
 Every stage is a step of the DAG, and a round runs only the ones it needs (Metaflow's conditional
 ``self.next({...}, condition=...)``): a generator round goes from ``reward`` past
 ``verifier_update``, a verifier round past ``generator_update``, a round that updates nothing
-(a frozen model's slot) straight to ``evaluate``, and a run without step rewards from ``rollout``
-past ``judge``. A skipped stage's artifacts are set by the step before it (an empty judgment
-table, the unchanged model and the reason of the skip).
+(a frozen model's slot) straight to ``evaluate``, a round that ``evaluation.every`` does not measure
+past ``evaluate`` to ``end``, and a run without step rewards from ``rollout`` past ``judge``. A
+skipped stage's artifacts are set by the step before it (an empty judgment table, the unchanged
+model and the reason of the skip, ``eval_table = None``); the skipped evaluation's note is on
+``reward``'s card.
 
 TangoFlow launches it once per round (you normally never run it by hand). Each step calls one
 function of ``tango_steps.stages`` and stores what it returns; models live in the datastore as
@@ -132,6 +134,8 @@ class TangoRoundFlow(FlowSpec):
         self.reweighter, self.alpha = out.reweighter, out.alpha
         self.reward_metrics, self.compute_seconds = out.metrics, out.compute_seconds
         self._card(cards.reward_components(self.rollouts, self.judgments, self.reward_metrics, self.alpha))
+        if not plan.evaluate:
+            self._card(cards.skipped_evaluation_components(self.cfg.evaluation.every, self.cfg.evaluation.last))
         self._record_peak()
         # A model the round does not update keeps its checkpoint; its update step is not run.
         self.generator_out, self.generator_update_metrics = (
@@ -142,12 +146,14 @@ class TangoRoundFlow(FlowSpec):
             self.state_in["verifier"],
             {"verifier_update/skipped": plan.skip_verifier},
         )
-        self.to_update = stages.update_step(plan)
-        if self.to_update == "evaluate":
+        if not plan.evaluate:  # evaluation.every > 1: measurement only, so the round goes past `evaluate`
+            self.eval_table, self.eval_metrics = None, {}
+        self.to_update, self.after_update = stages.update_step(plan), stages.after_update(plan)
+        if self.to_update == self.after_update:
             print(f"no update this round: {plan.skip_generator}; {plan.skip_verifier}")
         self.next(
             {"verifier_update": self.verifier_update, "generator_update": self.generator_update,
-             "evaluate": self.evaluate},
+             "evaluate": self.evaluate, "end": self.end},
             condition="to_update",
         )  # fmt: skip
 
@@ -186,7 +192,7 @@ class TangoRoundFlow(FlowSpec):
         )
         self._card(cards.update_components("verifier", self.verifier_update_metrics))
         self._record_peak()
-        self.next(self.evaluate)
+        self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
 
     @resources(
         cpu=config.resources.generator_update.cpu,
@@ -205,7 +211,7 @@ class TangoRoundFlow(FlowSpec):
         )
         self._card(cards.update_components("generator", self.generator_update_metrics))
         self._record_peak()
-        self.next(self.evaluate)
+        self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
 
     @resources(
         cpu=config.resources.evaluate.cpu, memory=config.resources.evaluate.memory, gpu=config.resources.evaluate.gpu
@@ -213,20 +219,15 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def evaluate(self):
-        """Held-out generator accuracy and verifier outcome/process metrics (TANGO.md §7-§8)."""
+        """Held-out generator accuracy and verifier outcome/process metrics (TANGO.md §7-§8); only
+        measured rounds come here (``evaluation.every``)."""
         from tango_steps import cards, stages
 
         self._check("evaluate")
-        if self.plan.get("evaluate", True):
-            store = self._store()
-            self.eval_table, res = stages.evaluate(
-                self.cfg, store.load(self.generator_out), store.load(self.verifier_out)
-            )
-            self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
-            self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
-        else:  # evaluation.every > 1: measurement only, no model depends on it
-            self.eval_table, self.eval_metrics, self.compute_seconds = None, {}, 0.0
-            self._card(cards.skipped_evaluation_components(self.cfg.evaluation.every, self.cfg.evaluation.last))
+        store = self._store()
+        self.eval_table, res = stages.evaluate(self.cfg, store.load(self.generator_out), store.load(self.verifier_out))
+        self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
+        self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
         self._record_peak()
         self.next(self.end)
 

@@ -6,7 +6,8 @@ past ``evaluation.max_tokens`` can never be solved, and a verifier prompt longer
 ``rollout.max_prompt_tokens`` loses its start (the problem) in the engine. :func:`check_budgets`
 measures, with the run's own tokenizer, the 99th percentile of
 
-- the generator's prompts (train and held-out) against ``rollout.max_prompt_tokens``;
+- the generator's prompts (train and held-out, in the generator's prompt format) against
+  ``rollout.max_prompt_tokens``;
 - the gold solutions of training problems against ``generator_sampling.max_tokens``, and of
   held-out problems against ``evaluation.max_tokens``;
 - the verifier's prompt showing a gold solution against ``rollout.max_prompt_tokens``;
@@ -65,6 +66,7 @@ def needed(length: int) -> int:
 def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: int = SAMPLE) -> dict[str, Any]:
     """The p99 token lengths of the task's prompts, gold solutions and verifications (TANGO.md §2-§3)."""
     from tango_steps.formats import format_verification, parse_solution
+    from tango_steps.rollout.base import format_prompts
     from tango_steps.stages import heldout_problems
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
@@ -75,6 +77,9 @@ def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: i
     def count(tok, text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
+    def count_prompt(tok, role: str, text: str) -> int:  # as the engine sees it: in the model's prompt format
+        return count(tok, format_prompts(tok, [text], getattr(cfg, role).prompt_format, role)[0])
+
     have = task.available("train")
     train = task.problems(sample if have is None else min(sample, have), "train", seed=cfg.seed)
     try:
@@ -83,7 +88,10 @@ def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: i
         raise ConfigError(f"invalid configuration:\n  evaluation.heldout_problems: {e}") from None
     out: dict[str, Any] = {
         "generator_prompt": percentile(
-            [count(generator_tokenizer, template.generator_prompt(p.question)) for p in train + heldout]
+            [
+                count_prompt(generator_tokenizer, "generator", template.generator_prompt(p.question))
+                for p in train + heldout
+            ]
         ),
     }
     with_steps = [p for p in train if p.steps]
@@ -95,7 +103,10 @@ def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: i
         )
         parsed = [(p, parse_solution(p.gold_solution)) for p in with_steps]
         out["verifier_prompt"] = percentile(
-            [count(verifier_tokenizer, template.verifier_prompt(p.question, s, p.gold_solution)) for p, s in parsed]
+            [
+                count_prompt(verifier_tokenizer, "verifier", template.verifier_prompt(p.question, s, p.gold_solution))
+                for p, s in parsed
+            ]
         )
         # a self_check verifier writes each step's redo as its analysis: about the step's own length
         analyses = (lambda s: list(s.steps)) if cfg.verifier.warmup == "self_check" else (lambda s: None)

@@ -55,6 +55,12 @@ class ModelConfig(_Section):
         "derived from the outcome; self_check: initialised from the generator, step verdicts from the "
         "generator redoing each step). See tango_steps.warmup",
     )
+    prompt_format: Literal["auto", "chat", "raw"] = Field(
+        "auto",
+        description="auto: the prompt inside the tokenizer's chat template (a user turn, then the assistant's "
+        "turn) when the tokenizer has one, else the prompt as is; chat: require a template; raw: never. The same "
+        "formatted token ids are sampled from and trained on",
+    )
 
 
 class RolloutConfig(_Section):

@@ -248,8 +248,10 @@ def round_models(pathspec: str) -> dict[str, Path]:
 
     ``pathspec``: a TangoRoundFlow run (its models after the round), a TangoFlow run (its final
     models) or any task with a ``state`` artifact (e.g. a TangoFlow ``start`` task: round 0). Each
-    directory holds ``model/`` (safetensors + tokenizer, loadable with ``from_pretrained``),
-    ``optimizer.pt``, ``rng_state.pt`` and ``trainer_state.json``. S3 models are downloaded once into
+    directory holds ``model/`` (safetensors + tokenizer, loadable with ``from_pretrained``; a LoRA
+    checkpoint after its first update holds ``adapter/`` instead of the weights:
+    :func:`~tango_steps.training.servable_model` gives the merged model), ``optimizer.pt``,
+    ``rng_state.pt`` and ``trainer_state.json``. S3 models are downloaded once into
     the local cache.
     """
     from metaflow import Run, namespace

@@ -1,7 +1,9 @@
 """Evaluation on benchmarks: generator greedy pass@1 and the verifier's ProcessBench score (TANGO.md §7-§8).
 
 - :func:`evaluate_generator`: greedy pass@1 with the generator template through any rollout
-  engine, graded by the core grader (gold first); accuracy, truncation rate, mean length.
+  engine, graded by the core grader (gold first), read two ways: ``accuracy`` strict (the last
+  ``\\boxed{}``, TANGO.md §2) and ``flexible_accuracy`` (the last number, as common harnesses read
+  GSM8K), each with its unanswered rate; truncation rate (a truncated response is wrong), mean length.
 - :func:`evaluate_processbench`: the verifier judges each ProcessBench solution (its paragraphs
   are the steps); predicted earliest error = first INCORRECT step verdict, -1 if none (an
   unparseable verification also predicts -1 and is counted); accuracy on erroneous and on correct
@@ -32,7 +34,7 @@ def evaluate_generator(
 
     A completion that hits ``max_tokens`` counts as wrong (truncated), whatever it says.
     """
-    from tango_steps.grading import Grader
+    from tango_steps.grading import ANSWER_EXTRACTIONS, Grader, extract_answer
     from tango_steps.rollout import SamplingSettings
     from tango_steps.stages import _generate
 
@@ -43,33 +45,43 @@ def evaluate_generator(
     comps = _generate(engine, [template.generator_prompt(p.question) for p in problems], greedy, "evaluate", log)
     texts = [c[0].text for c in comps]
     truncated = [c[0].truncated for c in comps]
+    golds = [p.gold for p in problems]
+    answers = {how: [extract_answer(t, how) for t in texts] for how in ANSWER_EXTRACTIONS}
     with Grader() as grader:
-        graded = grader.grade(texts, [p.gold for p in problems])
+        graded = {how: grader.grade_answers(answers[how], golds) for how in ANSWER_EXTRACTIONS}
         stats = grader.stats.as_dict()
-    correct = [g and not t for g, t in zip(graded, truncated, strict=True)]
+    # a response that hit the token limit is wrong whatever it says (counted in truncated_frac)
+    correct = {how: [g and not t for g, t in zip(graded[how], truncated, strict=True)] for how in ANSWER_EXTRACTIONS}
     df = pd.DataFrame(
         {
             "benchmark": [p.benchmark for p in problems],
             "id": [p.id for p in problems],
             "question": [p.question for p in problems],
-            "gold": [p.gold for p in problems],
+            "gold": golds,
             "text": texts,
-            "predicted": [last_boxed(t) for t in texts],
+            "predicted": answers["strict"],
+            "predicted_flexible": answers["flexible"],
             "truncated": truncated,
             "length": [len(c[0].token_ids) for c in comps],
-            "correct": correct,
+            "correct": correct["strict"],
+            "correct_flexible": correct["flexible"],
         }
     )
     metrics = {
         "accuracy": float(df["correct"].mean()),
+        "unanswered_frac": float(df["predicted"].isna().mean()),
+        "flexible_accuracy": float(df["correct_flexible"].mean()),
+        "flexible_unanswered_frac": float(df["predicted_flexible"].isna().mean()),
         "truncated_frac": float(df["truncated"].mean()),
         "mean_length": float(df["length"].mean()),
-        "no_boxed_frac": float(df["predicted"].isna().mean()),
         "problems": len(df),
         "seconds": time.perf_counter() - t0,
         **{f"grading_{k}": v for k, v in stats.items()},
     }
-    log(f"generator: accuracy {metrics['accuracy']:.3f} on {len(df)} problems ({metrics['seconds']:.1f} s)")
+    log(
+        f"generator: accuracy {metrics['accuracy']:.3f} strict (boxed), {metrics['flexible_accuracy']:.3f} flexible "
+        f"(last number), truncated {metrics['truncated_frac']:.3f}, on {len(df)} problems ({metrics['seconds']:.1f} s)"
+    )
     return df, metrics
 
 
@@ -133,14 +145,16 @@ def resolve_model(ref: str, role: str) -> str:
 
     if ref.split("/", 1)[0] in ("TangoFlow", "TangoRoundFlow"):
         from tango_steps.driver import round_models
+        from tango_steps.training import servable_model
 
-        return str(round_models(ref)[role] / "model")
+        return str(servable_model(round_models(ref)[role]))
     return resolve_model_ref(ref)
 
 
 def check_request(
-    benchmarks: str, generator: str, verifier: str, template: str, engine: str, limit: int, max_tokens: int
-) -> list[str]:
+    benchmarks: str, generator: str, verifier: str, template: str, engine: str, limit: int, max_tokens: int,
+    prompt_format: str = "auto",
+) -> list[str]:  # fmt: skip
     """Validate an EvalFlow request before any model is loaded (TANGO.md §7); returns the benchmark list.
 
     Unknown benchmark names are an error listing the known ones; ProcessBench entries need a verifier.
@@ -165,6 +179,8 @@ def check_request(
         raise ValueError("--verifier is required for processbench/* entries")
     get_template(template)
     check_name(engine, ENGINES, "rollout engine")
+    if prompt_format not in ("auto", "chat", "raw"):
+        raise ValueError(f"--prompt-format must be auto, chat or raw, got {prompt_format!r}")
     if limit < 0 or max_tokens < 1:
         raise ValueError(f"--limit must be >= 0 and --max-tokens >= 1, got {limit} and {max_tokens}")
     return items
@@ -172,9 +188,10 @@ def check_request(
 
 def run_item(
     item: str, generator: str, verifier: str, data: str | None, template: str, engine: str,
-    limit: int | None, max_tokens: int, log: Log = print,
+    limit: int | None, max_tokens: int, log: Log = print, prompt_format: str = "auto",
 ) -> tuple[pd.DataFrame, dict[str, float]]:  # fmt: skip
-    """Evaluate one EvalFlow item (TANGO.md §7-§8): a generator benchmark or ``processbench/<subset>``."""
+    """Evaluate one EvalFlow item (TANGO.md §7-§8): a generator benchmark or ``processbench/<subset>``;
+    ``prompt_format`` as ``ModelConfig.prompt_format`` (both models)."""
     from tango_steps.config import RolloutConfig
     from tango_steps.datasets import load_benchmark, load_processbench
     from tango_steps.rollout import engine_from_config
@@ -184,11 +201,11 @@ def run_item(
     rollout = RolloutConfig(engine=engine, max_prompt_tokens=2048, max_model_len=2048 + max_tokens)
     if item.startswith("processbench/"):
         samples, stats = load_processbench(item.split("/", 1)[1], data, limit)
-        with engine_from_config(rollout, resolve_model(verifier, "verifier")) as eng:
+        with engine_from_config(rollout, resolve_model(verifier, "verifier"), prompt_format=prompt_format) as eng:
             df, m = evaluate_processbench(eng, samples, tpl, max_tokens, log)
     else:
         problems, stats = load_benchmark(item, data, limit)
-        with engine_from_config(rollout, resolve_model(generator, "generator")) as eng:
+        with engine_from_config(rollout, resolve_model(generator, "generator"), prompt_format=prompt_format) as eng:
             df, m = evaluate_generator(eng, problems, tpl, max_tokens, log)
     m["rows_skipped"] = stats.skipped
     return df, m

@@ -82,6 +82,36 @@ def extract_gold(gold: Gold) -> str | None:
     return text or None
 
 
+ANSWER_EXTRACTIONS = ("strict", "flexible")
+# lm-evaluation-harness's GSM8K "flexible-extract": runs of digits, $ . , (2+ chars) or a bare integer
+_NUMBER_RUN = re.compile(r"-?[$0-9.,]{2,}|-?[0-9]+")
+
+
+def last_number(response: str) -> str | None:
+    """The last number written in a response ("... so she pays $1,250." -> "1250"), or None.
+
+    The flexible reading of an answer that common evaluation harnesses use for GSM8K (the last
+    match of ``-?[$0-9.,]{2,}|-?[0-9]+``, with ``$``, thousands commas and a trailing period removed).
+    """
+    if not isinstance(response, str):
+        return None
+    for run in reversed(_NUMBER_RUN.findall(response)):
+        text = run.replace("$", "").replace(",", "").rstrip(".")
+        if any(c.isdigit() for c in text):
+            return text
+    return None
+
+
+def extract_answer(response: str, how: str = "strict") -> str | None:
+    """The answer a response gives, read ``strict`` (its last ``\\boxed{}``, TANGO.md §2) or ``flexible``
+    (:func:`last_number`); None when it gives none (unanswered)."""
+    if how == "strict":
+        return last_boxed(response) if isinstance(response, str) else None
+    if how == "flexible":
+        return last_number(response)
+    raise ValueError(f"answer extraction must be one of {', '.join(ANSWER_EXTRACTIONS)}, got {how!r}")
+
+
 def _prediction(response: str) -> tuple[str | None, bool]:
     """(answer text or None, whether it came from a box)."""
     if not isinstance(response, str):
@@ -198,6 +228,10 @@ class Grader:
     def is_correct(self, response: str, gold: Gold) -> bool:
         """Whether ``response``'s final answer equals ``gold`` (TANGO.md §4); see module docstring."""
         return self.grade([response], [gold])[0]
+
+    def grade_answers(self, answers: Sequence[str | None], golds: Sequence[Gold]) -> list[bool]:
+        """Grade extracted answers (:func:`extract_answer`); a missing answer is wrong and counted unparseable."""
+        return self.grade([f"\\boxed{{{a}}}" if a is not None else "" for a in answers], golds)
 
     def grade(self, responses: Sequence[str], golds: Sequence[Gold]) -> list[bool]:
         """Grade many responses (TANGO.md §4): fast path in-process, the rest spread over the workers."""

@@ -73,7 +73,7 @@ class InProcessRun:
         self.reweighter = out.reweighter
         t["reward"], t0 = time.perf_counter() - t0, time.perf_counter()
         step = stages.update_step(plan)
-        if step != "evaluate":
+        if step in ("verifier_update", "generator_update"):
             role = step.removesuffix("_update")
             batch = out.generator_batch if role == "generator" else out.verifier_batch
             new = self.work / f"r{k}" / role

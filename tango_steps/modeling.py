@@ -71,6 +71,20 @@ def load_tokenizer(ref: str):
     return tok
 
 
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The token ids that end a completion: the tokenizer's eos first, then any other ``eos_token_id`` of
+    the model's generation config (a chat model's end-of-turn and end-of-text tokens: Qwen2.5-Instruct
+    lists ``<|im_end|>`` and ``<|endoftext|>``)."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    extra = getattr(generation_config, "eos_token_id", None)
+    for i in [extra] if isinstance(extra, int) else list(extra or []):
+        if i not in ids:
+            ids.append(int(i))
+    if not ids:
+        raise ValueError("the model has no eos token (neither its tokenizer nor its generation config names one)")
+    return ids
+
+
 def ensure_pad_token(tok, ref: str = "tokenizer"):
     """Give a tokenizer without a pad token its eos token as pad, with a warning (TANGO.md §3 bad input).
 

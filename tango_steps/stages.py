@@ -137,10 +137,18 @@ class StageResult:
 # ----------------------------------------------------------------------------------------------
 
 
-def _engine(cfg: TangoConfig, model_dir: Path, seed: int):
+def _engine(cfg: TangoConfig, role: str, model_dir: Path, seed: int):
+    """The rollout engine over a checkpoint of ``role`` ("generator" / "verifier"), in that model's prompt format."""
     from tango_steps.rollout import engine_from_config
 
-    return engine_from_config(cfg.rollout, str(model_dir), seed=seed)
+    return engine_from_config(cfg.rollout, str(model_dir), seed=seed, prompt_format=getattr(cfg, role).prompt_format)
+
+
+def _servable(ckpt: Path) -> Path:
+    """The model an engine loads for a policy checkpoint (a LoRA adapter merged into its base, once)."""
+    from tango_steps.training import servable_model
+
+    return servable_model(ckpt)
 
 
 def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
@@ -165,24 +173,25 @@ def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
     return out
 
 
-def _sample(cfg: TangoConfig, ckpt: Path, prompts: list[str], scfg, n: int, round_idx: int, what: str, log: Log):
-    """Sample ``n`` completions per prompt from a checkpoint; return them, the prompt ids the engine used
-    and the engine's tokenizer.
+def _sample(
+    cfg: TangoConfig, role: str, ckpt: Path, prompts: list[str], scfg, n: int, round_idx: int, what: str, log: Log
+):
+    """Sample ``n`` completions per prompt from a checkpoint of ``role``; return them, the prompt ids the
+    engine used and the engine's tokenizer.
 
-    The ids come from the engine's own tokenizer and prompt-length policy, so the RL batch trains on
-    exactly the prompts that were sampled from, truncation included (TANGO.md §3, §6).
+    The ids come from the engine itself (its tokenizer, prompt format and prompt-length policy), so the
+    RL batch trains on exactly the prompts that were sampled from, chat template and truncation
+    included (TANGO.md §3, §6).
     """
-    from tango_steps.rollout import SamplingSettings, prepare_prompts
+    from tango_steps.rollout import SamplingSettings
 
     seed = _seed(cfg, round_idx, what)
-    with _engine(cfg, ckpt / "model", seed) as engine:
+    with _engine(cfg, role, _servable(ckpt), seed) as engine:
         sampling = SamplingSettings(
             n=n, temperature=scfg.temperature, top_p=scfg.top_p, max_tokens=scfg.max_tokens, seed=seed
         )
         comps = _generate(engine, prompts, sampling, what, log)
-        prompt_ids, _ = prepare_prompts(
-            engine.tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt
-        )
+        prompt_ids, _ = engine.prompt_ids(prompts)
     return comps, prompt_ids, engine.tokenizer
 
 
@@ -217,7 +226,7 @@ def rollout(
     prompts = [template.generator_prompt(p.question) for p in problems]
     t0 = time.perf_counter()
     comps, prompt_ids, tok = _sample(
-        cfg, generator_ckpt, prompts, cfg.generator_sampling, n, plan.round_idx, "rollout", log
+        cfg, "generator", generator_ckpt, prompts, cfg.generator_sampling, n, plan.round_idx, "rollout", log
     )
     compute = time.perf_counter() - t0  # sampling only: tokens_per_s stays the engine's throughput
     rows = []
@@ -309,7 +318,9 @@ def judge(
     questions, texts = list(rollouts["question"]), list(rollouts["text"])
     prompts, cut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
     t0 = time.perf_counter()
-    comps, prompt_ids, _ = _sample(cfg, verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log)
+    comps, prompt_ids, _ = _sample(
+        cfg, "verifier", verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log
+    )
     compute = time.perf_counter() - t0
     rows = []
     for i, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
@@ -423,12 +434,14 @@ def verifier_prompts(
     (the problem statement). Returns the prompts and a flag per prompt that was cut.
     """
     from tango_steps.modeling import load_tokenizer
+    from tango_steps.rollout import format_prompts
     from tango_steps.templates import get_template
 
     template = get_template(cfg.template)
     tok = load_tokenizer(str(verifier_model))
 
-    def count(text: str) -> int:
+    def count(text: str) -> int:  # as the engine will see it: in the verifier's prompt format
+        text = format_prompts(tok, [text], cfg.verifier.prompt_format, "verifier")[0]
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
     fitted = [
@@ -674,7 +687,9 @@ def sft_batch(cfg: TangoConfig, round_idx: int, tokenizer) -> dict[str, Any]:
     template = get_template(cfg.template)
     problems = round_problems(cfg, round_idx, cfg.algorithm.sft_sequences)
     prompts = [template.generator_prompt(p.question) for p in problems]
-    prompt_ids, _ = prepare_prompts(tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt)
+    prompt_ids, _ = prepare_prompts(
+        tokenizer, prompts, cfg.rollout.max_prompt_tokens, cfg.rollout.on_long_prompt, cfg.generator.prompt_format
+    )
     responses = [
         tokenizer(p.gold_solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for p in problems
     ]
@@ -764,7 +779,7 @@ def evaluate(
     problems = heldout_problems(cfg)
     t0 = time.perf_counter()
     greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.evaluation.max_tokens)
-    with _engine(cfg, generator_ckpt / "model", cfg.seed) as engine:
+    with _engine(cfg, "generator", _servable(generator_ckpt), cfg.seed) as engine:
         comps = _generate(
             engine, [template.generator_prompt(p.question) for p in problems], greedy, "evaluate generator", log
         )
@@ -809,7 +824,8 @@ def evaluate(
 
 
 def update_step(plan: RoundPlan) -> str:
-    """The step a round goes to after ``reward``: the update it makes, or ``evaluate`` when it updates nothing.
+    """The step a round goes to after ``reward``: the update it makes, or :func:`after_update`'s step
+    when it updates nothing.
 
     The schedule gives each round one slot (TANGO.md §3), so at most one model is updated.
     """
@@ -817,7 +833,13 @@ def update_step(plan: RoundPlan) -> str:
         raise ValueError(f"round {plan.round_idx} plans both updates; a round has one slot")
     if plan.update_verifier:
         return "verifier_update"
-    return "generator_update" if plan.update_generator else "evaluate"
+    return "generator_update" if plan.update_generator else after_update(plan)
+
+
+def after_update(plan: RoundPlan) -> str:
+    """The step after the updates: ``evaluate`` in a measured round, ``end`` in one ``evaluation.every``
+    skips (its evaluation is measurement only, so skipping the step changes no model)."""
+    return "evaluate" if plan.evaluate else "end"
 
 
 def round_metrics(plan: RoundPlan, state: dict[str, Any], *stage_metrics: dict[str, Any]) -> dict[str, Any]:
@@ -856,7 +878,7 @@ def judge_texts(
 
     vgreedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.verifier_sampling.max_tokens)
     vprompts, vcut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
-    with _engine(cfg, verifier_ckpt / "model", cfg.seed) as engine:
+    with _engine(cfg, "verifier", _servable(verifier_ckpt), cfg.seed) as engine:
         vcomps = _generate(engine, vprompts, vgreedy, "evaluate verifier", log)
     verdicts = [parse_verification(c[0].text, s.num_steps, s.well_formed) for c, s in zip(vcomps, parsed, strict=True)]
     return verdicts, vcut

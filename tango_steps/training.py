@@ -202,12 +202,14 @@ def _write_checkpoint(
 ) -> Path:
     """Write a checkpoint to a temporary sibling directory, then rename it into place (never overwrites)."""
     with atomic_directory(out_dir) as tmp:
-        if settings.lora is not None:
-            model.save_pretrained(tmp / "adapter")
-            merged = model.merge_and_unload(safe_merge=True) if hasattr(model, "merge_and_unload") else model
-            merged.save_pretrained(tmp / "model", safe_serialization=True)
-        else:
+        if settings.lora is None:
             model.save_pretrained(tmp / "model", safe_serialization=True)
+        elif state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
+            model.save_pretrained(tmp / "adapter")
+            model.merge_and_unload(safe_merge=True).save_pretrained(tmp / "model", safe_serialization=True)
+        else:  # later ones only the adapter: small I/O per update; engines merge it at load (servable_model)
+            model.save_pretrained(tmp / "adapter")
+            _causal_lm(model).config.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -215,6 +217,41 @@ def _write_checkpoint(
         payload = {**asdict(state), "settings": json.loads(json.dumps(asdict(settings), default=str))}
         (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
     return out_dir
+
+
+def servable_model(ckpt: str | Path, log=None) -> Path:
+    """The model directory an engine loads for a policy checkpoint (TANGO.md §3, §6).
+
+    A full checkpoint's ``model/``. A LoRA checkpoint after its first update holds only the adapter
+    (and the tokenizer and config in ``model/``); its servable model is the base with the adapter
+    merged, built once per adapter (keyed by the adapter's bytes and the base's path) under
+    ``<cache_dir>/merged/`` and reused by every later rollout, judge and evaluation on this machine.
+    """
+    import hashlib
+
+    from tango_steps.atomic import exclusive_lock
+    from tango_steps.modeling import cache_dir, load_model, load_tokenizer
+    from tango_steps.tiny import save_pretrained_atomic
+
+    ckpt = Path(ckpt)
+    model_dir = ckpt / "model"
+    if any(model_dir.glob("*.safetensors")) or not (ckpt / "adapter").exists():
+        return model_dir
+    base = read_state(ckpt).lora_base
+    if base is None or not (Path(base) / "config.json").exists():
+        raise ValueError(f"LoRA checkpoint '{ckpt}' names the base '{base}', which is not a model directory here")
+    h = hashlib.sha256(str(Path(base).resolve()).encode())
+    for f in sorted((ckpt / "adapter").glob("*")):
+        h.update(f.name.encode() + f.read_bytes())
+    out = cache_dir() / "merged" / h.hexdigest()[:20]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out.parent / f"{out.name}.lock", f"waiting for another process to merge {ckpt}", log or print):
+        if not (out / "config.json").exists():
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(load_model(base, "float32"), str(ckpt / "adapter")).merge_and_unload()
+            save_pretrained_atomic(merged, load_tokenizer(str(model_dir)), out, extra={"adapter_of": str(ckpt)})
+    return out
 
 
 def init_checkpoint(model_ref: str, out_dir: str | Path, settings: UpdateSettings, extra: dict | None = None) -> Path:

@@ -187,3 +187,51 @@ def test_worker_grade_one_in_process():
     assert grade_one("\\boxed{1}", "\\boxed{2}") == ("incorrect", "")
     assert grade_one("", "\\boxed{2}") == ("unparseable", "gold")
     assert grade_one("\\boxed{2}", "") == ("unparseable", "prediction")
+
+
+@pytest.mark.parametrize(
+    ("response", "strict", "flexible"),
+    [
+        ("so she pays $1,250.", None, "1250"),
+        ("<answer>\\boxed{18}</answer> (I counted 3 ducks)", "18", "3"),
+        ("The answer is -7 and then 2.5", None, "2.5"),
+        ("no number here", None, None),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", "2"),
+        ("It costs 3. ...", None, "3"),
+    ],
+)
+def test_strict_and_flexible_answers(response, strict, flexible):
+    from tango_steps.grading import extract_answer, last_number
+
+    assert extract_answer(response, "strict") == strict
+    assert extract_answer(response, "flexible") == flexible == last_number(response)
+    with pytest.raises(ValueError, match="answer extraction must be one of strict, flexible"):
+        extract_answer(response, "lenient")
+
+
+def test_grade_answers_counts_a_missing_answer_as_unparseable(grader):
+    before = grader.stats.unparseable
+    assert grader.grade_answers(["18", None, "1250", "\\frac{1}{2}"], ["18", "3", "1,250", "0.5"]) == [
+        True, False, True, True,
+    ]  # fmt: skip
+    assert grader.stats.unparseable == before + 1
+
+
+def test_dataset_task_reads_the_answer_strict_or_flexible(tmp_path):
+    from tango_steps.tasks import get_task
+
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text('{"question": "1 + 2?", "answer": "1 + 2 = 3\\n#### 3"}\n')
+    strict = get_task("dataset", benchmark="gsm8k", path=str(data))
+    flexible = get_task("dataset", benchmark="gsm8k", path=str(data), answer="flexible")
+    problem = strict.problems(1, split=strict_split(strict))[0]
+    prose, boxed = "1 plus 2 makes 3.", "<step>1 + 2 = 3</step>\n<answer>\\boxed{3}</answer>"
+    assert not strict.check(problem, prose).correct and strict.check(problem, boxed).correct
+    assert flexible.check(problem, prose).correct and flexible.check(problem, boxed).correct
+    with pytest.raises(ValueError, match=r"params\.answer must be one of strict, flexible"):
+        get_task("dataset", benchmark="gsm8k", path=str(data), answer="lenient")
+
+
+def strict_split(task) -> str:
+    """The split the one-row file's problem fell in."""
+    return "train" if task.available("train") else "heldout"

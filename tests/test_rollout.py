@@ -26,18 +26,44 @@ def vllm_engine(tiny_model_dir):
     engine.close()
 
 
-def test_hf_returns_n_samples_with_logprobs_matching_a_forward_pass(hf):
-    out = hf.generate(PROMPTS, SamplingSettings(n=3, temperature=1.0, max_tokens=12, seed=1))
-    assert [len(x) for x in out] == [3, 3, 3]
-    c = out[1][2]
-    assert len(c.token_ids) == len(c.logprobs) <= 12
-    # recompute the sampled tokens' log-probs with a plain forward pass
-    prompt = hf.tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([prompt + c.token_ids])
+def _forward_logprobs(hf, prompt: str, token_ids: list[int]) -> torch.Tensor:
+    """The sampled tokens' log-probs recomputed with a plain forward pass (raw distribution)."""
+    ids = hf.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        logits = hf.model(ids).logits[0, len(prompt) - 1 : -1]
-    ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(-1)
-    torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=0)
+        logits = hf.model(torch.tensor([ids + token_ids])).logits[0, len(ids) - 1 : -1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(token_ids)[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "repetition_penalty"), [(1.0, 1.0, None), (0.7, 0.9, 1.3), (0.0, 1.0, None)]
+)
+def test_hf_logprobs_are_the_raw_distributions_for_every_completion(hf, temperature, top_p, repetition_penalty):
+    """Every completion of a batch (left-padded prompts of different lengths), sampled or greedy, with a
+    model whose generation config adds a processor: the recorded log-probs are the raw model's."""
+    hf.model.generation_config.repetition_penalty = repetition_penalty
+    try:
+        out = hf.generate(PROMPTS, SamplingSettings(n=3, temperature=temperature, top_p=top_p, max_tokens=12, seed=1))
+    finally:
+        hf.model.generation_config.repetition_penalty = None
+    assert [len(x) for x in out] == [3, 3, 3]
+    for prompt, comps in zip(PROMPTS, out, strict=True):
+        for c in comps:
+            assert len(c.token_ids) == len(c.logprobs) <= 12
+            torch.testing.assert_close(
+                torch.tensor(c.logprobs), _forward_logprobs(hf, prompt, c.token_ids), atol=1e-4, rtol=0
+            )
+    assert not hf.model._forward_hooks  # the recorder's hook is gone
+
+
+def test_hf_recorder_hook_is_removed_when_generate_fails(hf, monkeypatch):
+    def failing_generate(**kwargs):
+        hf.model(kwargs["input_ids"])  # the recorder's hook fires, then generation fails
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(hf.model, "generate", failing_generate)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        hf.generate(PROMPTS[:1], GREEDY)
+    assert not hf.model._forward_hooks
 
 
 def test_hf_sampling_is_seeded(hf):
@@ -156,3 +182,20 @@ def test_engine_from_config_hands_each_engine_its_options(monkeypatch):
     assert isinstance(rollout.engine_from_config(cfg, "/m", seed=7), VLLMEngine)
     assert seen["path"] == "/m" and seen["max_model_len"] == 512 and seen["gpu_memory_utilization"] == 0.3
     assert seen["seed"] == 7 and seen["tensor_parallel_size"] == 1 and seen["max_prompt_tokens"] == 256
+
+
+def test_a_chat_models_other_end_tokens_stop_generation(tiny_model_dir):
+    """The generation config's extra eos ids (a chat model's end-of-turn) end a completion, as the eos does."""
+    from tango_steps.modeling import stop_token_ids
+
+    engine = HFEngine(str(tiny_model_dir), batch_size=4)
+    eos = engine.tokenizer.eos_token_id
+    assert engine.stop_ids == [eos]
+    first = engine.generate(PROMPTS[:1], GREEDY)[0][0].token_ids[0]  # the token greedy decoding writes first
+    assert first != eos
+    engine.model.generation_config.eos_token_id = [eos, first]
+    assert stop_token_ids(engine.tokenizer, engine.model.generation_config) == [eos, first]
+    engine.stop_ids = stop_token_ids(engine.tokenizer, engine.model.generation_config)
+    c = engine.generate(PROMPTS[:1], GREEDY)[0][0]
+    assert c.token_ids == [first] and c.finish_reason == "stop" and not c.truncated
+    assert stop_token_ids(engine.tokenizer, None) == [eos]

@@ -22,6 +22,7 @@ from tango_steps.training import (
     read_state,
     rl_update,
     sequence_logprobs,
+    servable_model,
 )
 
 SETTINGS = UpdateSettings(learning_rate=5e-3, kl_coef=0.01, entropy_coef=0.0, micro_batch_size=2)
@@ -167,7 +168,10 @@ def test_existing_output_is_never_overwritten(tmp_path, ckpt0, batch):
         rl_update(ckpt0, batch, SETTINGS, tmp_path / "taken")
 
 
-def test_lora_update_reference_is_base_with_adapters_disabled(tmp_path, tiny_model_dir, batch):
+def test_lora_update_reference_is_base_with_adapters_disabled(tmp_path, tiny_model_dir, batch, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("TANGO_CACHE", str(tmp_path / "cache"))  # where merged models are built
     lora = UpdateSettings(learning_rate=2e-2, kl_coef=0.05, entropy_coef=0.0, lora=LoraSettings(r=4, alpha=8))
     c0 = init_checkpoint(str(tiny_model_dir), tmp_path / "l0", lora)
     assert read_state(c0).lora_base is not None
@@ -175,11 +179,24 @@ def test_lora_update_reference_is_base_with_adapters_disabled(tmp_path, tiny_mod
     assert m["kl"] == 0.0  # first step: adapter B = 0, policy equals the base
     m2 = rl_update(tmp_path / "l1", batch, lora, tmp_path / "l2")
     assert m2["kl"] > 0.0
+    # after the first checkpoint (the base), a LoRA checkpoint holds the adapter only: small I/O per update
+    size = lambda d: sum(f.stat().st_size for f in Path(d).rglob("*") if f.is_file())  # noqa: E731
+    assert not list((tmp_path / "l2/model").glob("*.safetensors")) and (tmp_path / "l2/adapter").exists()
+    assert size(tmp_path / "l2/adapter") < size(tmp_path / "l0/model") / 5
+    # engines load the base with the adapter merged, built once per adapter and reused
+    served = servable_model(tmp_path / "l2")
+    assert servable_model(tmp_path / "l2") == served and servable_model(c0) == c0 / "model"
     base = load_file(Path(tiny_model_dir) / "model.safetensors")
-    merged = load_file(tmp_path / "l2/model/model.safetensors")
+    merged = load_file(served / "model.safetensors")
     assert set(base) == set(merged)  # merged weights in the standard layout: HF and vLLM load it as is
     assert any(not torch.equal(base[k], merged[k]) for k in base)
-    assert (tmp_path / "l2/adapter/adapter_config.json").exists()
+    # the merged model computes what the policy (base + adapter) computes
+    policy = load_policy(tmp_path / "l2", lora)[0].eval()
+    ids = torch.tensor([batch.prompt_ids[0] + batch.response_ids[0]])
+    with torch.no_grad():
+        want = policy(ids).logits
+        got = AutoModelForCausalLM.from_pretrained(served)(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="holds a LoRA adapter but the settings ask for full fine-tuning"):
         load_policy(tmp_path / "l2", SETTINGS)
 
@@ -230,3 +247,34 @@ def test_update_after_another_accelerator_in_the_same_process(tmp_path, ckpt0, b
     Accelerator(cpu=True, mixed_precision="bf16")
     m = rl_update(ckpt0, batch, SETTINGS, tmp_path / "after")
     assert m["updates"] == 1.0
+
+
+def test_lora_rounds_sample_from_the_merged_adapter(tmp_path, tiny_model_dir, monkeypatch):
+    """Rounds with LoRA updates (both models): after an update the checkpoint holds the adapter only, and
+    the next round's rollout and the evaluation load the base with that adapter merged."""
+    from tango_steps.config import TangoConfig
+    from tango_steps.driver import initial_checkpoints
+    from tango_steps.local import InProcessRun
+
+    monkeypatch.setenv("TANGO_CACHE", str(tmp_path / "cache"))
+    model = {"path": str(tiny_model_dir)}
+    update = {"learning_rate": 1e-2, "micro_batch_size": 4, "lora": {"r": 4, "alpha": 8}}
+    cfg = TangoConfig.model_validate(
+        {
+            "rounds": 3, "generator": model, "verifier": model, "rollout": {"engine": "hf", "max_prompt_tokens": 192},
+            "generator_sampling": {"n": 2, "max_tokens": 16}, "verifier_sampling": {"n": 2, "max_tokens": 24},
+            "batch": {"generator_prompts": 2, "verifier_prompts": 2},
+            "schedule": {"verifier_warmup_rounds": 1, "generator_per_verifier": 3},
+            "generator_update": update, "verifier_update": update,
+            "evaluation": {"heldout_problems": 3, "max_tokens": 16},
+        }
+    )  # fmt: skip
+    run = InProcessRun(cfg, initial_checkpoints(cfg, tmp_path / "init", log=lambda s: None), tmp_path / "work")
+    slots = [run.round().plan.slot for _ in range(3)]
+    assert slots == ["verifier", "generator", "generator"]
+    for ckpt in (run.generator, run.verifier):
+        assert (ckpt / "adapter").exists() and not list((ckpt / "model").glob("*.safetensors"))
+    _, res = run.evaluate()
+    assert 0 <= res.metrics["eval/generator_accuracy"] <= 1
+    # round 3 sampled from round 2's merged generator; the evaluation from round 3's; one verifier update
+    assert len(list((tmp_path / "cache" / "merged").glob("*/config.json"))) == 3

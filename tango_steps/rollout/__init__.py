@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from tango_steps.config import ENGINES  # one list of names, importable without torch
+from tango_steps.config import ENGINES, ModelConfig, schema_default  # importable without torch
 from tango_steps.registry import check_name
-from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
+from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, format_prompts, prepare_prompts
 from tango_steps.rollout.hf import HFEngine
 from tango_steps.rollout.vllm_engine import VLLMEngine, vllm_available
 
@@ -36,14 +36,18 @@ def make_engine(kind: str, model_path: str, **options: Any) -> RolloutEngine:
     return engine_class(kind)(model_path, **options)
 
 
-def engine_from_config(cfg, model_path: str, seed: int = 0) -> RolloutEngine:
-    """Build the engine a ``RolloutConfig`` describes over a checkpoint (TANGO.md §3).
+def engine_from_config(
+    cfg, model_path: str, seed: int = 0, prompt_format: str = schema_default(ModelConfig, "prompt_format")
+) -> RolloutEngine:
+    """Build the engine a ``RolloutConfig`` describes over a checkpoint (TANGO.md §3); ``prompt_format``
+    is the model's (``ModelConfig.prompt_format``).
 
     dtype ``auto`` is bf16 on a GPU and fp32 on a CPU (where fp32 makes HF and vLLM agree exactly);
     each engine's ``from_config`` takes its own options from the section.
     """
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
-    common = {"max_prompt_tokens": cfg.max_prompt_tokens, "on_long_prompt": cfg.on_long_prompt, "dtype": dtype}
+    common = {"max_prompt_tokens": cfg.max_prompt_tokens, "on_long_prompt": cfg.on_long_prompt, "dtype": dtype,
+              "prompt_format": prompt_format}  # fmt: skip
     return engine_class(cfg.engine).from_config(cfg, model_path, seed=seed, **common)
 
 
@@ -56,6 +60,7 @@ __all__ = [
     "VLLMEngine",
     "engine_class",
     "engine_from_config",
+    "format_prompts",
     "make_engine",
     "prepare_prompts",
     "resolve_engine",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from tango_steps.config import RolloutConfig, schema_default
-from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
+from tango_steps.config import ModelConfig, RolloutConfig, schema_default
+from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings
 
 
 class HFEngine(RolloutEngine):
@@ -20,7 +20,7 @@ class HFEngine(RolloutEngine):
         dtype: "float32" / "bfloat16" / "float16".
         device: "cpu", "cuda"... (default: cuda when available).
         batch_size: prompts x samples per ``generate`` call.
-        max_prompt_tokens / on_long_prompt: see :func:`~tango_steps.rollout.base.prepare_prompts`.
+        max_prompt_tokens / on_long_prompt / prompt_format: see :func:`~tango_steps.rollout.base.prepare_prompts`.
     """
 
     name = "hf"
@@ -33,19 +33,22 @@ class HFEngine(RolloutEngine):
         batch_size: int = schema_default(RolloutConfig, "hf_batch_size"),
         max_prompt_tokens: int = schema_default(RolloutConfig, "max_prompt_tokens"),
         on_long_prompt: str = schema_default(RolloutConfig, "on_long_prompt"),
+        prompt_format: str = schema_default(ModelConfig, "prompt_format"),
         model=None,
         tokenizer=None,
     ) -> None:
-        from tango_steps.modeling import load_model, load_tokenizer
+        from tango_steps.modeling import load_model, load_tokenizer, stop_token_ids
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
         self.on_long_prompt = on_long_prompt
+        self.prompt_format = prompt_format
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         self.model = model if model is not None else load_model(model_path, dtype=dtype)
         self.model.to(self.device).eval()
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
 
     @classmethod
     def from_config(cls, cfg, model_path: str, seed: int = 0, **common) -> HFEngine:
@@ -61,8 +64,7 @@ class HFEngine(RolloutEngine):
     @torch.no_grad()
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Completion]]:
         """n completions per prompt with their sampled-token log-probs (TANGO.md §3)."""
-        tok = self.tokenizer
-        ids, cut = prepare_prompts(tok, prompts, self.max_prompt_tokens, self.on_long_prompt)
+        ids, cut = self.prompt_ids(prompts)
         jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
         out: list[list[Completion]] = [[] for _ in prompts]
         gen = torch.Generator(device="cpu").manual_seed(sampling.seed)
@@ -76,37 +78,39 @@ class HFEngine(RolloutEngine):
         return out
 
     def _generate_batch(self, batch_ids: list[list[int]], sampling: SamplingSettings) -> list[Completion]:
+        from transformers import LogitsProcessorList
+
         tok = self.tokenizer
         width = max(len(x) for x in batch_ids)
         pad = tok.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=self.device)
         attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=self.device)
         greedy = sampling.temperature == 0
-        res = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attn,
-            max_new_tokens=sampling.max_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else 0,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=pad,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
+        recorder = SampledTokenLogprobs(self.model)
+        try:
+            res = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attn,
+                max_new_tokens=sampling.max_tokens,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None if greedy else 0,
+                eos_token_id=self.stop_ids if len(self.stop_ids) > 1 else self.stop_ids[0],
+                pad_token_id=pad,
+                return_dict_in_generate=True,
+                logits_processor=LogitsProcessorList([recorder]),
+            )
+        except BaseException:
+            recorder.close()
+            raise
         new = res.sequences[:, width:]  # (B, T)
-        logits = torch.stack(res.logits, dim=1).float()  # (B, T, V) raw, before temperature/top-p
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        logp = recorder.finish(new)  # (B, T)
         comps = []
         for b in range(new.shape[0]):
             row = new[b].tolist()
-            if tok.eos_token_id in row:
-                n = row.index(tok.eos_token_id) + 1
-                reason = "stop"
-            else:
-                n = len(row)
-                reason = "length"
+            stop = next((k for k, t in enumerate(row) if t in self.stop_ids), None)
+            n, reason = (stop + 1, "stop") if stop is not None else (len(row), "length")
             token_ids = row[:n]
             comps.append(
                 Completion(
@@ -117,3 +121,52 @@ class HFEngine(RolloutEngine):
                 )
             )
         return comps
+
+
+class SampledTokenLogprobs:
+    """The log-probs of the sampled tokens under the raw model distribution, kept one step at a time.
+
+    ``output_logits=True`` would keep every position's full-vocabulary logits until ``generate``
+    returns: batch x new tokens x vocabulary floats (about 5 GB for 50 SmolLM2 completions of 512
+    tokens). This keeps one (batch, vocabulary) row instead: a forward hook takes the model's raw
+    last-position logits (before any processor, temperature or top-p: what the trainer recomputes),
+    and at the next step, once the token sampled from them is the last column of ``input_ids``,
+    their log-prob is gathered. Passed as a logits processor (duck-typed: importing transformers'
+    base class would load transformers with this module) only to learn when a step happens; it
+    returns the scores unchanged.
+    """
+
+    def __init__(self, model) -> None:
+        self.latest: torch.Tensor | None = None
+        self.pending: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.latest = output.logits[:, -1]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.pending = torch.log_softmax(self.latest.float(), dim=-1)
+        self.latest = None  # (a view of the step's output; do not keep it alive)
+        return scores
+
+    def close(self) -> None:
+        """Remove the forward hook from the model."""
+        self._handle.remove()
+
+    def finish(self, new: torch.Tensor) -> torch.Tensor:
+        """(B, T) log-probs of the new tokens ``new`` (B, T); removes the hook.
+
+        ``generate`` may run a step or two past the stop and undo them, so there can be more recorded
+        steps than tokens (the extra ones are dropped) or one fewer (the last token's distribution is
+        still pending).
+        """
+        self.close()
+        t = new.shape[1]
+        if len(self.steps) < t:
+            self.steps.append(self.pending.gather(-1, new[:, t - 1 : t]).squeeze(-1))
+        if len(self.steps) < t:
+            raise RuntimeError(f"recorded {len(self.steps)} steps' log-probs for {t} new tokens")
+        return torch.stack(self.steps[:t], dim=1)

@@ -14,8 +14,18 @@ from pathlib import Path
 
 import torch
 
-from tango_steps.config import RolloutConfig, schema_default
-from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings, prepare_prompts
+from tango_steps.config import ModelConfig, RolloutConfig, schema_default
+from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings
+
+
+def _generation_config(path: str):
+    """The model's generation config, or None when the checkpoint has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
 
 
 def vllm_available() -> bool:
@@ -34,7 +44,7 @@ class VLLMEngine(RolloutEngine):
         gpu_memory_utilization / tensor_parallel_size / enforce_eager: passed to vLLM.
         max_model_len: prompt + completion limit.
         kv_cache_gib: CPU KV-cache size (``VLLM_CPU_KVCACHE_SPACE``); 2 GiB is plenty for tiny models.
-        max_prompt_tokens / on_long_prompt: see :func:`~tango_steps.rollout.base.prepare_prompts`.
+        max_prompt_tokens / on_long_prompt / prompt_format: see :func:`~tango_steps.rollout.base.prepare_prompts`.
     """
 
     name = "vllm"
@@ -50,6 +60,7 @@ class VLLMEngine(RolloutEngine):
         kv_cache_gib: int = 2,
         max_prompt_tokens: int = schema_default(RolloutConfig, "max_prompt_tokens"),
         on_long_prompt: str = schema_default(RolloutConfig, "on_long_prompt"),
+        prompt_format: str = schema_default(ModelConfig, "prompt_format"),
         seed: int = 0,
     ) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -57,12 +68,15 @@ class VLLMEngine(RolloutEngine):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
 
-        from tango_steps.modeling import load_tokenizer, resolve_model_ref
+        from tango_steps.modeling import load_tokenizer, resolve_model_ref, stop_token_ids
 
         path = resolve_model_ref(model_path)
         self.tokenizer = load_tokenizer(path)
+        # vLLM stops at the tokenizer's eos itself; a chat model's other end tokens are passed on
+        self.extra_stop_ids = stop_token_ids(self.tokenizer, _generation_config(path))[1:] or None
         self.max_prompt_tokens = max_prompt_tokens
         self.on_long_prompt = on_long_prompt
+        self.prompt_format = prompt_format
         self.llm = LLM(
             model=path,
             dtype=dtype,
@@ -104,7 +118,7 @@ class VLLMEngine(RolloutEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        ids, cut = prepare_prompts(self.tokenizer, prompts, self.max_prompt_tokens, self.on_long_prompt)
+        ids, cut = self.prompt_ids(prompts)
         greedy = sampling.temperature == 0
         params = [
             SamplingParams(
@@ -113,6 +127,7 @@ class VLLMEngine(RolloutEngine):
                 top_p=1.0 if greedy else sampling.top_p,
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed * 1_000_003 + i,  # distinct, reproducible stream per prompt
+                stop_token_ids=self.extra_stop_ids,
                 logprobs=0,  # the sampled token's own log-prob
                 skip_special_tokens=True,
             )

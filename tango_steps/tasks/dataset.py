@@ -22,6 +22,9 @@ class DatasetTask(Task):
         benchmark: the file's format, one of ``tango_steps.datasets.BENCHMARKS``.
         path: the file, or a folder with the benchmark's usual layout (local or ``s3://``).
         limit: read at most this many rows.
+        answer: how a response's answer is read for the reward: ``strict`` (its boxed answer,
+            TANGO.md §2; the default) or ``flexible`` (the last number it writes, as common GSM8K
+            harnesses read it; :func:`tango_steps.grading.last_number`).
     """
 
     name = "dataset"
@@ -33,9 +36,15 @@ class DatasetTask(Task):
         limit: int | None = None,
         split_seed: int = 0,
         heldout_percent: int = 20,
+        answer: str = "strict",
     ) -> None:
         super().__init__(split_seed, heldout_percent)
         from tango_steps.datasets import BENCHMARKS, _exists
+        from tango_steps.grading import ANSWER_EXTRACTIONS
+
+        if answer not in ANSWER_EXTRACTIONS:
+            raise ValueError(f"params.answer must be one of {', '.join(ANSWER_EXTRACTIONS)}, got {answer!r}")
+        self.answer = answer
 
         if benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark format '{benchmark}'; known: {', '.join(BENCHMARKS)}")
@@ -76,9 +85,14 @@ class DatasetTask(Task):
         return is_correct(f"\\boxed{{{answer}}}", problem.answer)
 
     def check(self, problem: Problem, text: str, parsed=None) -> CheckResult:
-        """Outcome only (TANGO.md §7): the boxed answer against the gold one; no step labels."""
+        """Outcome only (TANGO.md §7): the answer (boxed, or with ``answer: flexible`` the last number)
+        against the gold one; no step labels."""
         from tango_steps.formats import parse_solution
+        from tango_steps.grading import last_number
 
-        parsed = parsed if parsed is not None else parse_solution(text)
-        correct = parsed.answer is not None and self._answer_ok(problem, parsed.answer)
+        if self.answer == "flexible":
+            answer = last_number(text)
+        else:
+            answer = (parsed if parsed is not None else parse_solution(text)).answer
+        correct = answer is not None and self._answer_ok(problem, answer)
         return CheckResult(correct=correct, step_labels=None, first_error=-1)

@@ -1,0 +1,265 @@
+"""The GPU path, checked in one script (issue #14): update throughput and memory, sampling speed, one
+tiny round on the GPU. Prints one table per part.
+
+    python benchmarks/gpu_check.py               # on a GPU machine: at most ~8 minutes on one H100/H200
+    python benchmarks/gpu_check.py --smoke       # the same code paths on tiny shapes, on CPU (the tests run it)
+
+Needs only torch and transformers (and this repository): nothing is downloaded. The models are
+built from the published Qwen2.5 configurations with random weights and the tiny tokenizer (a
+random model costs the same FLOPs as a trained one).
+
+1. **Update**: one RL update (``tango_steps.training``: the PPO-clip step of TANGO.md §6, chunked
+   log-probs, bf16 autocast over fp32 weights and AdamW) of 16 sequences x 1,024 tokens on the
+   Qwen2.5-0.5B and -1.5B shapes, three ways: full fine-tuning, full with gradient checkpointing,
+   LoRA. Reported: the optimizer step's tokens/s, TFLOP/s as 6 x parameters x tokens / time (the
+   usual estimate; LoRA does less work than that), the whole update's seconds (its reference
+   forward for the KL term included) and peak GPU memory, beside what an H100 gave
+   (ENVIRONMENT.md: 0.5B 197 TFLOP/s at 27.7 GB; 1.5B 312 TFLOP/s at 57 GB, 14.4 GB with gradient
+   checkpointing; from a plain PPO-clip step, without our update's reference forward).
+2. **Sampling**: the HF engine (``tango_steps.rollout.HFEngine``), 0.5B shape, 256-token prompts,
+   512 new tokens, T = 1, batch 64 and 256 (H100: 808 and 2,989 tok/s).
+3. **A tiny round**: the tiny default (its shipped warmed-up models, ``data/tiny``) run through the
+   round's stage functions (``tango_steps.local.InProcessRun``: rollout, judge, reward, update,
+   checkpoint save and load) for a verifier round and a generator round, then the held-out
+   evaluation; reports where each model ran, per-stage seconds and the round's figures.
+
+The fused linear + log-softmax kernel (liger-kernel) is not measured here: it is not a dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Published Qwen2.5 configurations (config.json of Qwen/Qwen2.5-0.5B and -1.5B); "smoke" is a tiny stand-in.
+SHAPES: dict[str, dict] = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+}  # fmt: skip
+COMMON = dict(max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, hidden_act="silu")
+# (TFLOP/s, peak GB) measured on one H100 (ENVIRONMENT.md, "GPU figures")
+H100_UPDATE = {("qwen2.5-0.5b", "full"): (197, 27.7), ("qwen2.5-1.5b", "full"): (312, 57.0),
+               ("qwen2.5-1.5b", "full+gc"): (None, 14.4)}  # fmt: skip
+H100_SAMPLING = {("qwen2.5-0.5b", 64): 808, ("qwen2.5-0.5b", 256): 2989}
+
+
+def tiny_tokenizer():
+    from tango_steps.tasks import get_task
+    from tango_steps.templates import get_template
+    from tango_steps.tiny import build_tokenizer, tokenizer_corpus
+
+    return build_tokenizer(tokenizer_corpus(get_task("arithmetic"), get_template("compact"), n=300), vocab_size=384)
+
+
+def build_random_model(shape: str, tok, out: Path) -> tuple[Path, int]:
+    """A random-weight model of a published shape saved (fp32, as checkpoints hold it) with the tiny tokenizer."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from tango_steps.tiny import save_pretrained_atomic
+
+    config = Qwen2Config(**SHAPES[shape], **COMMON, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):  # initialising 1.5B parameters on the GPU takes seconds, not a minute
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    save_pretrained_atomic(model.cpu(), tok, out)
+    del model
+    return out, n_params
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def update_row(shape: str, mode: str, model_dir: Path, n_params: int, work: Path, seqs: int, length: int) -> dict:
+    """One update of ``seqs`` x ``length`` tokens (1/8 prompt), timed: the whole update, then a second
+    optimizer step alone (the first paid one-off costs: optimizer state, kernels)."""
+    from tango_steps.training import (
+        LoraSettings,
+        RLBatch,
+        UpdateSettings,
+        _frozen_logprobs,
+        _optimizer_steps,
+        _setup_update,
+        init_checkpoint,
+    )
+
+    lora = LoraSettings(r=16, alpha=32, dropout=0.0, target_modules="all-linear") if mode == "lora" else None
+    settings = UpdateSettings(
+        learning_rate=1e-6, micro_batch_size=4, gradient_checkpointing=mode == "full+gc", lora=lora, seed=0
+    )
+    ckpt = init_checkpoint(str(model_dir), work / f"{shape}-{mode}-ckpt", settings)
+    g = torch.Generator().manual_seed(0)
+    prompt, response = length // 8, length - length // 8
+    vocab = min(SHAPES[shape]["vocab_size"], 384)  # ids the tiny tokenizer has (any id costs the same)
+    batch = RLBatch(
+        prompt_ids=[torch.randint(3, vocab, (prompt,), generator=g).tolist() for _ in range(seqs)],
+        response_ids=[torch.randint(3, vocab, (response,), generator=g).tolist() for _ in range(seqs)],
+        advantages=[[(-1.0) ** i] * response for i in range(seqs)],
+    )
+    reset_peak()
+    t0 = time.perf_counter()
+    run = _setup_update(ckpt, settings, None, None)
+    old_lp, ref_lp = _frozen_logprobs(run, batch, settings, ckpt)
+    _optimizer_steps(run, batch, settings, old_lp, ref_lp, "gpu_check", t0, None)
+    sync()
+    whole = time.perf_counter() - t0
+    reset_peak()
+    t1 = time.perf_counter()
+    _optimizer_steps(run, batch, settings, old_lp, ref_lp, "gpu_check", t1, None)
+    sync()
+    step = time.perf_counter() - t1
+    tokens = seqs * length
+    where = str(next(run.model.parameters()).device)
+    h100 = H100_UPDATE.get((shape, mode), (None, None))
+    del run
+    reset_peak()
+    return {
+        "shape": shape, "mode": mode, "params (M)": round(n_params / 1e6), "device": where,
+        "tokens": tokens, "step s": round(step, 3), "tok/s": round(tokens / step),
+        "TFLOP/s": round(6 * n_params * tokens / step / 1e12, 1), "H100 TFLOP/s": h100[0] or "-",
+        "whole update s": round(whole, 2), "peak GB (step)": round(peak_gb(), 1), "H100 peak GB": h100[1] or "-",
+    }  # fmt: skip
+
+
+def sampling_row(shape: str, model_dir: Path, batch: int, prompt_tokens: int, new_tokens: int) -> dict:
+    from tango_steps.rollout import HFEngine, SamplingSettings
+
+    engine = HFEngine(str(model_dir), dtype="bfloat16" if torch.cuda.is_available() else "float32",
+                      batch_size=batch, max_prompt_tokens=prompt_tokens)  # fmt: skip
+    text = "Problem: Evaluate left to right: 12 + 7 * 3 - 4\nSolution:\n"
+    prompt = text * (prompt_tokens // max(1, len(engine.tokenizer(text)["input_ids"])) + 1)  # cut to prompt_tokens
+    engine.generate([prompt], SamplingSettings(n=1, max_tokens=4))  # warm-up
+    engine.model.generation_config.min_new_tokens = new_tokens  # every sequence runs to the limit
+    sync()
+    t0 = time.perf_counter()
+    out = engine.generate([prompt] * batch, SamplingSettings(n=1, temperature=1.0, max_tokens=new_tokens, seed=0))
+    sync()
+    dt = time.perf_counter() - t0
+    tokens = sum(len(c.token_ids) for cs in out for c in cs)
+    row = {
+        "shape": shape, "batch": batch, "device": str(engine.device), "new tokens": tokens, "seconds": round(dt, 1),
+        "tok/s": round(tokens / dt), "H100 tok/s": H100_SAMPLING.get((shape, batch), "-"),
+    }  # fmt: skip
+    del engine
+    reset_peak()
+    return row
+
+
+def tiny_round(work: Path, smoke: bool) -> list[dict]:
+    """A verifier round and a generator round of the tiny default through the stage functions, then evaluation."""
+    from tango_steps.config import load_config
+    from tango_steps.driver import initial_checkpoints
+    from tango_steps.local import InProcessRun
+    from tango_steps.training import read_state
+
+    overrides = {"schedule.verifier_warmup_rounds": 1}  # round 1 updates the verifier, round 2 the generator
+    if smoke:  # small enough for a CPU test
+        overrides |= {"batch.generator_prompts": 2, "batch.verifier_prompts": 2, "generator_sampling.n": 2,
+                      "evaluation.heldout_problems": 4}  # fmt: skip
+    repo = Path(__file__).resolve().parent.parent
+    cfg = load_config(str(repo / "configs" / "tiny.yaml"), overrides)
+    reset_peak()
+    run = InProcessRun(cfg, initial_checkpoints(cfg, work / "tiny-init", log=lambda s: None), work / "tiny-work")
+    rows = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        out = run.round()
+        sync()
+        role = out.plan.slot
+        state = read_state(getattr(run, role))
+        rows.append({
+            "round": out.plan.round_idx, "slot": role, "seconds": round(time.perf_counter() - t0, 1),
+            **{f"{k} s": round(v, 1) for k, v in out.seconds.items()},
+            "checkpoint updates": state.updates, "rng state saved": (getattr(run, role) / "rng_state.pt").exists(),
+        })  # fmt: skip
+    t0 = time.perf_counter()
+    _, res = run.evaluate()
+    sync()
+    rows.append({
+        "round": "eval", "slot": "-", "seconds": round(time.perf_counter() - t0, 1),
+        "generator acc": round(res.metrics["eval/generator_accuracy"], 3),
+        "verifier bal. acc": round(res.metrics["eval/verifier_balanced_accuracy"], 3),
+        "peak GB": round(peak_gb(), 2), "device": "cuda" if torch.cuda.is_available() else "cpu",
+    })  # fmt: skip
+    return rows
+
+
+def table(title: str, rows: list[dict]) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes and batches: the same code paths, on CPU")
+    ap.add_argument("--parts", default="update,sampling,round", help="comma-separated: update, sampling, round")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # (a progress bar per model load would bury the tables)
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("no GPU here: run with --smoke for the CPU check of the same code paths")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)"
+    print(f"gpu_check: torch {torch.__version__}, GPU {gpu}, smoke={args.smoke}", flush=True)
+    shapes = ["smoke"] if args.smoke else ["qwen2.5-0.5b", "qwen2.5-1.5b"]
+    seqs, length = (2, 64) if args.smoke else (16, 1024)
+    t_start = time.perf_counter()
+    tok = tiny_tokenizer()
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        models = {}
+        for shape in shapes if parts & {"update", "sampling"} else []:
+            models[shape] = build_random_model(shape, tok, work / shape)
+            print(f"built {shape}: {models[shape][1] / 1e6:.0f}M parameters", flush=True)
+        if "update" in parts:
+            rows = []
+            for shape in shapes:
+                for mode in ("full", "full+gc", "lora"):
+                    rows.append(update_row(shape, mode, *models[shape], work, seqs, length))
+                    print(f"update {shape} {mode}: {rows[-1]}", flush=True)
+            table(f"Update: {seqs} sequences x {length} tokens, bf16 autocast, micro-batch 4", rows)
+        if "sampling" in parts:
+            batches, new = ((2, 4), 8) if args.smoke else ((64, 256), 512)
+            rows = [sampling_row(shapes[0], models[shapes[0]][0], b, 16 if args.smoke else 256, new) for b in batches]
+            table(f"HF engine sampling: {shapes[0]}, T = 1, {new} new tokens", rows)
+        if "round" in parts:
+            table("The tiny default through the stage functions", tiny_round(work, args.smoke))
+    print(f"\ngpu_check done in {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
