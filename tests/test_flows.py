@@ -517,7 +517,8 @@ def test_smollm2_chat_model_runs_a_verifier_and_a_generator_round_with_vllm(tmp_
         "schedule": {"verifier_warmup_rounds": 1, "generator_per_verifier": 3},
         "generator_update": {"learning_rate": 1.0e-5, "micro_batch_size": 4},
         "verifier_update": {"learning_rate": 1.0e-5, "micro_batch_size": 4},
-        "evaluation": {"heldout_problems": 3, "max_tokens": 48},
+        # rounds 0 and 2 are measured; round 1 goes from its update to `end` (each evaluation loads two engines)
+        "evaluation": {"heldout_problems": 3, "max_tokens": 48, "every": 5},
     }  # fmt: skip
     t0 = time.perf_counter()
     _ok(ds.flow("--config", "config", str(ds.config(smol)), "run", timeout=1800))
@@ -528,6 +529,11 @@ def test_smollm2_chat_model_runs_a_verifier_and_a_generator_round_with_vllm(tmp_
         f"""
         from metaflow.cards import get_cards
         from tango_steps.modeling import load_tokenizer
+        def has_card(task):
+            try:
+                return bool(list(get_cards(task)))
+            except Exception:  # start / end have no card
+                return False
         r1, r2 = Run({final["rounds"][0]!r}), Run({final["rounds"][1]!r})
         ro, ju = r2["reward"].task["rollouts"].data, r2["reward"].task["judgments"].data
         tok = load_tokenizer("smollm2-135m")
@@ -535,12 +541,12 @@ def test_smollm2_chat_model_runs_a_verifier_and_a_generator_round_with_vllm(tmp_
             "steps": [sorted(s.id for s in r) for r in (r1, r2)],
             "prompt": tok.decode(ro["prompt_ids"][0]), "vprompt": tok.decode(ju["prompt_ids"][0]),
             "n": len(ro), "nj": len(ju), "eval": r2["evaluate"].task["eval_metrics"].data,
-            "cards": sorted(s.id for s in r2 if list(get_cards(s.task))),
+            "cards": sorted(s.id for s in r2 if has_card(s.task)),
             "gupd": r2["end"].task["generator_update_metrics"].data,
         }}))
         """
     )
-    assert info["steps"][0] == ["end", "evaluate", "judge", "reward", "rollout", "start", "verifier_update"]
+    assert info["steps"][0] == ["end", "judge", "reward", "rollout", "start", "verifier_update"]
     assert info["steps"][1] == ["end", "evaluate", "generator_update", "judge", "reward", "rollout", "start"]
     # both models saw their chat template (SmolLM2's adds a system turn) and trained on those ids
     for p in (info["prompt"], info["vprompt"]):
