@@ -410,7 +410,7 @@ def test_evaluation_every_k_rounds_skips_measurement_not_training(tmp_path, base
         r = Run({final["rounds"][0]!r})
         # a card's components travel base64-encoded inside its HTML
         note = [base64.b64decode(m).decode() for c in get_cards(r["reward"].task)
-                for m in re.findall(r'= "([A-Za-z0-9+/=]{(40,)})"', c.get())]
+                for m in re.findall(r'= "([A-Za-z0-9+/=]{{40,}})"', c.get())]
         print(json.dumps([r["end"].task["eval_table"].data is None, sorted(s.id for s in r), note]))
         """
     )
