@@ -44,41 +44,12 @@ def full_logits_engine(base):
     """The HF engine as it was before issue #14: log-probs from every position's stored logits."""
     import torch
 
-    from tango_steps.rollout.base import Completion
-
     class FullLogitsHFEngine(base):
         def _generate_batch(self, batch_ids, sampling):
-            tok = self.tokenizer
-            width = max(len(x) for x in batch_ids)
-            pad = tok.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=self.device)
-            attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=self.device)
-            greedy = sampling.temperature == 0
-            res = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attn,
-                max_new_tokens=sampling.max_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
-                top_k=None if greedy else 0,
-                eos_token_id=tok.eos_token_id,
-                pad_token_id=pad,
-                return_dict_in_generate=True,
-                output_logits=True,
-            )
-            new = res.sequences[:, width:]
+            res = self.model.generate(**self._generate_args(batch_ids, sampling), output_logits=True)
+            new = res.sequences[:, max(len(x) for x in batch_ids) :]
             logits = torch.stack(res.logits, dim=1).float()  # (B, T, V)
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-            comps = []
-            for b in range(new.shape[0]):
-                row = new[b].tolist()
-                n = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
-                reason = "stop" if tok.eos_token_id in row else "length"
-                comps.append(
-                    Completion(tok.decode(row[:n], skip_special_tokens=True), row[:n], logp[b, :n].tolist(), reason)
-                )
-            return comps
+            return self._completions(new, torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1))
 
     return FullLogitsHFEngine
 

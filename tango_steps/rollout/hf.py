@@ -80,42 +80,47 @@ class HFEngine(RolloutEngine):
     def _generate_batch(self, batch_ids: list[list[int]], sampling: SamplingSettings) -> list[Completion]:
         from transformers import LogitsProcessorList
 
-        tok = self.tokenizer
-        width = max(len(x) for x in batch_ids)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=self.device)
-        attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=self.device)
-        greedy = sampling.temperature == 0
         recorder = SampledTokenLogprobs(self.model)
         try:
             res = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attn,
-                max_new_tokens=sampling.max_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else sampling.temperature,
-                top_p=None if greedy else sampling.top_p,
-                top_k=None if greedy else 0,
-                eos_token_id=self.stop_ids if len(self.stop_ids) > 1 else self.stop_ids[0],
-                pad_token_id=pad,
-                return_dict_in_generate=True,
-                logits_processor=LogitsProcessorList([recorder]),
+                **self._generate_args(batch_ids, sampling), logits_processor=LogitsProcessorList([recorder])
             )
         except BaseException:
             recorder.close()
             raise
-        new = res.sequences[:, width:]  # (B, T)
-        logp = recorder.finish(new)  # (B, T)
+        new = res.sequences[:, max(len(x) for x in batch_ids) :]  # (B, T)
+        return self._completions(new, recorder.finish(new))
+
+    def _generate_args(self, batch_ids: list[list[int]], sampling: SamplingSettings) -> dict:
+        """``generate``'s arguments for a left-padded batch of prompt ids."""
+        width, pad = max(len(x) for x in batch_ids), self.tokenizer.pad_token_id
+        greedy = sampling.temperature == 0
+        return {
+            "input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=self.device),
+            "attention_mask": torch.tensor(
+                [[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=self.device
+            ),
+            "max_new_tokens": sampling.max_tokens,
+            "do_sample": not greedy,
+            "temperature": None if greedy else sampling.temperature,
+            "top_p": None if greedy else sampling.top_p,
+            "top_k": None if greedy else 0,
+            "eos_token_id": self.stop_ids if len(self.stop_ids) > 1 else self.stop_ids[0],
+            "pad_token_id": pad,
+            "return_dict_in_generate": True,
+        }
+
+    def _completions(self, new: torch.Tensor, logp: torch.Tensor) -> list[Completion]:
+        """One completion per row of new tokens (B, T), cut after its first stop token."""
         comps = []
         for b in range(new.shape[0]):
             row = new[b].tolist()
             stop = next((k for k, t in enumerate(row) if t in self.stop_ids), None)
             n, reason = (stop + 1, "stop") if stop is not None else (len(row), "length")
-            token_ids = row[:n]
             comps.append(
                 Completion(
-                    text=tok.decode(token_ids, skip_special_tokens=True),
-                    token_ids=token_ids,
+                    text=self.tokenizer.decode(row[:n], skip_special_tokens=True),
+                    token_ids=row[:n],
                     logprobs=logp[b, :n].tolist(),
                     finish_reason=reason,
                 )
