@@ -238,6 +238,12 @@ class UpdateConfig(_Section):
     logprob_chunk_size: int = Field(2048, ge=1, description="tokens per chunk of the log-prob computation")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="bf16 on GPU, fp32 on CPU when auto")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
+    processes: int = Field(
+        1, ge=1, description="processes the update runs on (torchrun inside the step; per-process micro_batch_size)"
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="with processes > 1: ddp (a replica each) or fsdp (weights, grads, AdamW state sharded)"
+    )
     lora: LoraConfig | None = Field(None, description="LoRA settings; null = full fine-tuning")
 
 
@@ -333,6 +339,19 @@ class TangoConfig(_Section):
                 "algorithm.generator_objective 'sft' needs generator_update.kl_coef and entropy_coef 0 "
                 f"(got {u.kl_coef} and {u.entropy_coef}): otherwise the update is not SFT"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _update_processes_have_devices(self) -> TangoConfig:
+        for role in ("generator_update", "verifier_update"):
+            u, res = getattr(self, role), self.resources.get(role)
+            gpus = res.gpu if res is not None else 0
+            if gpus and u.processes > gpus:
+                raise ValueError(
+                    f"{role}.processes is {u.processes} but resources.{role}.gpu is {gpus}: one GPU per process"
+                )
+            if u.processes > 1 and u.strategy == "fsdp" and u.lora is not None:
+                raise ValueError(f"{role}.strategy 'fsdp' with {role}.lora is not supported (an adapter is small: ddp)")
         return self
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ directory renamed into place), so a failed step (e.g. a NaN loss) leaves nothing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -68,6 +69,8 @@ class UpdateSettings:
         temperature: sampling temperature; logits are divided by it for log-probs (1.0 = raw).
         dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32" or "bfloat16".
         gradient_checkpointing: recompute activations in backward (saves memory).
+        processes / strategy: the update on this many processes (torchrun), ``ddp`` (replicas) or
+            ``fsdp`` (parameters, gradients and optimizer state sharded); :mod:`tango_steps.distributed`.
         lora: LoRA settings, or None for full fine-tuning.
         seed: seeds the update's RNG when the checkpoint has no saved RNG state.
         ratio_to_current: every optimizer step takes the current policy as the old one (ratio 1), so
@@ -91,6 +94,8 @@ class UpdateSettings:
     temperature: float = 1.0
     dtype: str = schema_default(UpdateConfig, "dtype")
     gradient_checkpointing: bool = schema_default(UpdateConfig, "gradient_checkpointing")
+    processes: int = schema_default(UpdateConfig, "processes")
+    strategy: str = schema_default(UpdateConfig, "strategy")
     lora: LoraSettings | None = None
     seed: int = 0
     ratio_to_current: bool = False
@@ -106,6 +111,12 @@ class UpdateSettings:
                 f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}",
             ),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (self.processes >= 1, f"processes must be >= 1, got {self.processes}"),
+            (self.strategy in ("ddp", "fsdp"), f"strategy must be ddp or fsdp, got {self.strategy!r}"),
+            (
+                not (self.strategy == "fsdp" and self.processes > 1 and self.lora is not None),
+                "strategy fsdp with LoRA is not supported (an adapter is small: use ddp)",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -198,12 +209,21 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _write_checkpoint(
-    out_dir: Path, model, tokenizer, optimizer, state: TrainerState, settings: UpdateSettings
+    out_dir: Path,
+    model,
+    tokenizer,
+    optimizer_state: dict | None,
+    state: TrainerState,
+    settings: UpdateSettings,
+    model_state: dict | None = None,
 ) -> Path:
-    """Write a checkpoint to a temporary sibling directory, then rename it into place (never overwrites)."""
+    """Write a checkpoint to a temporary sibling directory, then rename it into place (never overwrites).
+
+    ``model_state``: the full weights when ``model`` holds only a shard of them (FSDP).
+    """
     with atomic_directory(out_dir) as tmp:
         if settings.lora is None:
-            model.save_pretrained(tmp / "model", safe_serialization=True)
+            model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
         elif state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
             model.save_pretrained(tmp / "adapter")
             model.merge_and_unload(safe_merge=True).save_pretrained(tmp / "model", safe_serialization=True)
@@ -211,8 +231,8 @@ def _write_checkpoint(
             model.save_pretrained(tmp / "adapter")
             _causal_lm(model).config.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(_rng_state(), tmp / "rng_state.pt")
         payload = {**asdict(state), "settings": json.loads(json.dumps(asdict(settings), default=str))}
         (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
@@ -285,11 +305,16 @@ def _add_lora(model, settings: UpdateSettings):
 
 
 def load_policy(
-    ckpt: str | Path, settings: UpdateSettings, device: str | torch.device = "cpu", lora_base: str | None = None
+    ckpt: str | Path,
+    settings: UpdateSettings,
+    device: str | torch.device = "cpu",
+    lora_base: str | None = None,
+    with_optimizer: bool = True,
 ):
     """Load model (with adapter), tokenizer, optimizer and state from a policy checkpoint (TANGO.md §6).
 
     ``lora_base`` overrides the base model path recorded in the checkpoint (e.g. after moving it).
+    ``with_optimizer`` False: the optimizer is None (FSDP builds it over the sharded parameters).
     """
     from tango_steps.modeling import load_model, load_tokenizer
 
@@ -312,26 +337,33 @@ def load_policy(
             raise ValueError(f"checkpoint '{ckpt}' holds a LoRA adapter but the settings ask for full fine-tuning")
         model = load_model(str(ckpt / "model"), "float32")
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=settings.learning_rate,
-        betas=settings.betas,
-        eps=settings.adam_eps,
-        weight_decay=settings.weight_decay,
-    )
-    if (ckpt / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
-        for g in optimizer.param_groups:  # settings win over the saved hyper-parameters
-            g["lr"], g["betas"], g["eps"], g["weight_decay"] = (
-                settings.learning_rate,
-                settings.betas,
-                settings.adam_eps,
-                settings.weight_decay,
-            )
+    optimizer = None
+    if with_optimizer:
+        optimizer = adamw(model, settings)
+        if (ckpt / "optimizer.pt").exists():
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
+            apply_optimizer_settings(optimizer, settings)
     if (ckpt / "rng_state.pt").exists():
         _set_rng_state(torch.load(ckpt / "rng_state.pt", weights_only=False))
     return model, tok, optimizer, state
+
+
+def adamw(model, settings: UpdateSettings) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, in ``model.parameters()`` order (optimizer.pt's positions)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr, wd = settings.learning_rate, settings.weight_decay
+    return torch.optim.AdamW(params, lr=lr, betas=settings.betas, eps=settings.adam_eps, weight_decay=wd)
+
+
+def apply_optimizer_settings(optimizer, settings: UpdateSettings) -> None:
+    """Settings win over the hyper-parameters saved with a loaded optimizer state."""
+    for g in optimizer.param_groups:
+        g["lr"], g["betas"], g["eps"], g["weight_decay"] = (
+            settings.learning_rate,
+            settings.betas,
+            settings.adam_eps,
+            settings.weight_decay,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,7 +467,16 @@ def rl_update(
 
     Raises:
         FloatingPointError: a non-finite loss or gradient norm; ``out_dir`` is not created.
+
+    With ``settings.processes`` > 1 and no process group yet, the update is launched on that many
+    processes (:func:`tango_steps.distributed.launch_update`), each of which calls this function.
     """
+    import torch.distributed as dist
+
+    if settings.processes > 1 and not dist.is_initialized():
+        from tango_steps.distributed import launch_update
+
+        return launch_update(ckpt, batch, settings, out_dir, log, reference_model, lora_base)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -444,7 +485,17 @@ def rl_update(
     old_lp, ref_lp = _frozen_logprobs(run, batch, settings, ckpt)
     where = f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
     sums, grad_norms, tokens = _optimizer_steps(run, batch, settings, old_lp, ref_lp, where, t0, log)
-    _write_checkpoint(out_dir, run.accelerator.unwrap_model(run.model), run.tok, run.optimizer, run.state, settings)
+    if run.world == 1:
+        optimizer_state, model_state = run.optimizer.state_dict(), None
+    else:
+        from tango_steps.distributed import all_reduce_sums, full_states
+
+        sums, tokens = all_reduce_sums(sums, tokens)
+        model_state, optimizer_state = full_states(run.model, run.optimizer, run.policy, settings.strategy)
+    if run.rank == 0:
+        _write_checkpoint(out_dir, run.policy, run.tok, optimizer_state, run.state, settings, model_state)
+    if run.world > 1:
+        dist.barrier()  # no process reports success before the checkpoint exists
     metrics = {k: v / max(tokens, 1) for k, v in sums.items() if k != "loss"}
     metrics.update(
         loss=sums.get("loss", 0.0) / settings.optimizer_steps,
@@ -459,23 +510,39 @@ def rl_update(
 
 @dataclass
 class _UpdateRun:
-    """What one update works on: the accelerator, the prepared policy and optimizer, its saved state."""
+    """What one update works on: the accelerator, the prepared policy and optimizer, its saved state.
+
+    On several processes ``accelerator`` is a :class:`tango_steps.distributed.Runtime` and ``model``
+    the DDP- or FSDP-wrapped :class:`~tango_steps.distributed.LogprobModule` around ``policy``.
+    """
 
     accelerator: Any
     model: Any
     tok: Any
     optimizer: Any
     state: TrainerState
+    policy: Any = None  # the HF model itself (saving, adapters)
+    rank: int = 0
+    world: int = 1
+    strategy: str = "ddp"
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = self.accelerator.unwrap_model(self.model)
 
 
 def _setup_update(
     ckpt: str | Path, settings: UpdateSettings, reference_model: str | None, lora_base: str | None
 ) -> _UpdateRun:
     """Load the policy, optimizer and RNG state of ``ckpt`` onto this machine's device (TANGO.md §6, §9)."""
-    from accelerate import Accelerator
+    import torch.distributed as dist
 
     cuda = torch.cuda.is_available()
     bf16 = settings.dtype == "bfloat16" or (settings.dtype == "auto" and cuda)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return _setup_distributed_update(ckpt, settings, reference_model, lora_base, bf16)
+    from accelerate import Accelerator
+
     _reset_accelerate_state()  # an earlier Accelerator in this process (a TRL trainer, say) must not leak in
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
     model, tok, optimizer, state = load_policy(ckpt, settings, accelerator.device, lora_base=lora_base)
@@ -487,6 +554,70 @@ def _setup_update(
         _causal_lm(model).gradient_checkpointing_enable()
     model, optimizer = accelerator.prepare(model, optimizer)
     return _UpdateRun(accelerator, model, tok, optimizer, state)
+
+
+def _setup_distributed_update(
+    ckpt: str | Path, settings: UpdateSettings, reference_model: str | None, lora_base: str | None, bf16: bool
+) -> _UpdateRun:
+    """The same on one process of a torchrun group: the policy wrapped for DDP or sharded by FSDP."""
+    from tango_steps import distributed
+
+    rt = distributed.Runtime(bf16)
+    if rt.world != settings.processes:
+        raise ValueError(f"update.processes is {settings.processes} but the process group has {rt.world}")
+    fsdp = settings.strategy == "fsdp"
+    policy, tok, optimizer, state = load_policy(ckpt, settings, rt.device, lora_base=lora_base, with_optimizer=not fsdp)
+    if reference_model is not None:
+        state.reference_model = reference_model
+    if not (Path(ckpt) / "rng_state.pt").exists():
+        torch.manual_seed(settings.seed)
+    if settings.gradient_checkpointing:
+        _causal_lm(policy).gradient_checkpointing_enable()
+    model = distributed.wrap_policy(policy, settings.strategy, settings, rt.device)
+    if fsdp:  # AdamW over the shards; the saved full state is scattered onto them
+        optimizer = adamw(policy, settings)
+        distributed.load_sharded_optimizer(model, optimizer, policy, Path(ckpt))
+        apply_optimizer_settings(optimizer, settings)
+    return _UpdateRun(rt, model, tok, optimizer, state, policy, rt.rank, rt.world, settings.strategy)
+
+
+def _logprobs(run: _UpdateRun, model, ids: torch.Tensor, attn: torch.Tensor, settings: UpdateSettings):
+    """Token log-probs and entropies through ``model``: the policy itself, or the distributed wrapper."""
+    if run.world == 1:
+        return sequence_logprobs(model, ids, attn, settings.logprob_chunk_size, settings.temperature)
+    return model(ids, attn)
+
+
+def _step_micro_batches(run: _UpdateRun, mini: list[int], settings: UpdateSettings) -> list[list[int]]:
+    """This process's micro-batches of one optimizer step (all of them on one process)."""
+    if run.world == 1:
+        return _micro_batches(mini, settings.micro_batch_size)
+    from tango_steps.distributed import rank_micro_batches
+
+    return rank_micro_batches(mini, settings.micro_batch_size, run.rank, run.world)
+
+
+def _gradient_sync(run: _UpdateRun, last: bool):
+    """One process: nothing to do. Several: reduce gradients only in each step's last backward."""
+    if run.world == 1:
+        return contextlib.nullcontext()
+    from tango_steps.distributed import gradient_sync
+
+    return gradient_sync(run.model, run.strategy, sync=last)
+
+
+def _clip_grad_norm(run: _UpdateRun, max_norm: float) -> float:
+    """Clip the (reduced) gradient to ``max_norm``; its norm before clipping, the same on every process."""
+    if run.world == 1:
+        return float(run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm))
+    norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+
+
+def _step_slices(n: int, settings: UpdateSettings) -> list[list[int]]:
+    """The samples of each optimizer step: equal interleaved slices of the batch."""
+    all_idx = list(range(n))
+    return [all_idx[s :: settings.optimizer_steps] for s in range(settings.optimizer_steps)]
 
 
 def _frozen_logprobs(
@@ -510,12 +641,23 @@ def _frozen_logprobs(
         reference = load_model(run.state.reference_model, "float32").to(accelerator.device).eval()
     old_lp: dict[int, torch.Tensor] = {}
     ref_lp: dict[int, torch.Tensor] = {}
+    if run.world == 1:
+        groups = _micro_batches(list(range(len(batch))), settings.micro_batch_size)
+        policy = model
+    else:  # only this process's samples; DDP's replica runs without its wrapper (no collective needed)
+        groups = [mb for mini in _step_slices(len(batch), settings) for mb in _step_micro_batches(run, mini, settings)]
+        policy = model if run.strategy == "fsdp" else model.module
     model.eval()
     with torch.no_grad(), accelerator.autocast():
-        for mb in _micro_batches(list(range(len(batch))), settings.micro_batch_size):
+        for mb in groups:
+            if not mb:  # an empty micro-batch: an FSDP forward all-gathers, so every process runs one
+                if need_old and run.strategy == "fsdp":
+                    t = _pack(batch, [0], run.tok.pad_token_id, accelerator.device)
+                    _logprobs(run, policy, t["ids"], t["attn"], settings)
+                continue
             t = _pack(batch, mb, run.tok.pad_token_id, accelerator.device)
             if need_old:
-                lp, _ = sequence_logprobs(model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature)
+                lp, _ = _logprobs(run, policy, t["ids"], t["attn"], settings)
                 for r, i in enumerate(mb):
                     old_lp[i] = lp[r].float()
             if need_ref:
@@ -524,10 +666,8 @@ def _frozen_logprobs(
                         reference, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
                     )
                 else:  # LoRA: the reference is the base model with adapters disabled, no second copy
-                    with accelerator.unwrap_model(model).disable_adapter():
-                        lp, _ = sequence_logprobs(
-                            model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
-                        )
+                    with run.policy.disable_adapter():
+                        lp, _ = _logprobs(run, policy, t["ids"], t["attn"], settings)
                 for r, i in enumerate(mb):
                     ref_lp[i] = lp[r].float()
     return old_lp, ref_lp
@@ -552,55 +692,61 @@ def _optimizer_steps(
     need_old, need_ref = bool(old_lp), bool(ref_lp)
     loss_fn = get_policy_loss(settings.loss)
     weights = torch.tensor(batch.sample_weights, dtype=torch.float32) if batch.sample_weights is not None else None
-    all_idx = list(range(len(batch)))
     model.train()
     sums: dict[str, float] = {}
     grad_norms: list[float] = []
     tokens_total = 0
-    slices = [all_idx[s :: settings.optimizer_steps] for s in range(settings.optimizer_steps)]
+    slices = _step_slices(len(batch), settings)
     for step_idx, mini in enumerate(slices):
         if not mini:
             continue
+        # the step's GLOBAL token count: each process's loss is a share of the one-process loss
         n_tokens = float(sum(len(batch.response_ids[i]) for i in mini)) or 1.0
         optimizer.zero_grad(set_to_none=True)
-        mbs = _micro_batches(mini, settings.micro_batch_size)
+        mbs = _step_micro_batches(run, mini, settings)
         for mb_idx, mb in enumerate(mbs):
             if log is not None and (mb_idx % max(1, len(mbs) // 10) == 0 or mb_idx == len(mbs) - 1):
                 rate = tokens_total / max(time.perf_counter() - t0, 1e-9)
                 log(f"update step {step_idx + 1}: micro-batch {mb_idx + 1}/{len(mbs)}, {rate:.0f} tokens/s so far")
-            t = _pack(batch, mb, run.tok.pad_token_id, accelerator.device)
-            with accelerator.autocast():
-                logp, ent = sequence_logprobs(
-                    model, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
+            with _gradient_sync(run, last=mb_idx == len(mbs) - 1):
+                if not mb:  # several processes: this one has no samples left, but joins the collectives
+                    t = _pack(batch, mini[:1], run.tok.pad_token_id, accelerator.device)
+                    with accelerator.autocast():
+                        logp, ent = _logprobs(run, model, t["ids"], t["attn"], settings)
+                    accelerator.backward((logp.sum() + ent.sum()) * 0.0)
+                    continue
+                t = _pack(batch, mb, run.tok.pad_token_id, accelerator.device)
+                with accelerator.autocast():
+                    logp, ent = _logprobs(run, model, t["ids"], t["attn"], settings)
+                width = logp.shape[1]
+                old = _stack_padded(old_lp, mb, width) if need_old else logp.detach()
+                ref = _stack_padded(ref_lp, mb, width) if need_ref else None
+                loss, m = loss_fn(
+                    logp.float(),
+                    old,
+                    t["adv"],
+                    t["resp"],
+                    ref_logp=ref,
+                    entropy=ent.float(),
+                    sample_weights=weights[mb].to(accelerator.device) if weights is not None else None,
+                    clip_eps=settings.clip_eps,
+                    kl_coef=settings.kl_coef,
+                    entropy_coef=settings.entropy_coef,
+                    num_tokens=n_tokens,
                 )
-            width = logp.shape[1]
-            old = _stack_padded(old_lp, mb, width) if need_old else logp.detach()
-            ref = _stack_padded(ref_lp, mb, width) if need_ref else None
-            loss, m = loss_fn(
-                logp.float(),
-                old,
-                t["adv"],
-                t["resp"],
-                ref_logp=ref,
-                entropy=ent.float(),
-                sample_weights=weights[mb].to(accelerator.device) if weights is not None else None,
-                clip_eps=settings.clip_eps,
-                kl_coef=settings.kl_coef,
-                entropy_coef=settings.entropy_coef,
-                num_tokens=n_tokens,
-            )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss ({loss.item()}) in optimizer step {step_idx + 1}, micro-batch of samples "
-                    f"{mb}; {where}"
-                )
-            accelerator.backward(loss)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss ({loss.item()}) in optimizer step {step_idx + 1}, micro-batch of samples "
+                        f"{mb}; {where}"
+                    )
+                # the processes' gradients are averaged: times P, their sum is the one-process gradient
+                accelerator.backward(loss * run.world if run.world > 1 else loss)
             mb_tokens = float(t["resp"].sum())
             tokens_total += int(mb_tokens)
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v * mb_tokens
-        gn = float(accelerator.clip_grad_norm_(model.parameters(), settings.grad_clip))
+        gn = _clip_grad_norm(run, settings.grad_clip)
         if not math.isfinite(gn):
             raise FloatingPointError(f"non-finite gradient norm ({gn}) in optimizer step {step_idx + 1}; {where}")
         grad_norms.append(gn)

@@ -86,7 +86,7 @@ def test_update_is_deterministic_and_checkpoint_round_trips_bit_exactly(tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # load -> save gives identical weights, optimizer state and trainer state
     model, tok, opt, state = load_policy(tmp_path / "a", SETTINGS)
-    _write_checkpoint(tmp_path / "a2", model, tok, opt, state, SETTINGS)
+    _write_checkpoint(tmp_path / "a2", model, tok, opt.state_dict(), state, SETTINGS)
     w2 = load_file(tmp_path / "a2/model/model.safetensors")
     assert wa.keys() == w2.keys() and all(torch.equal(wa[k], w2[k]) for k in wa)
     o1, o2 = torch.load(tmp_path / "a/optimizer.pt"), torch.load(tmp_path / "a2/optimizer.pt")

@@ -1,0 +1,327 @@
+"""One RL update on several processes: data parallel (DDP) or fully sharded (FSDP2) (TANGO.md §6, §7).
+
+The paper's update runs on 32 GPUs; here ``update.processes: P`` runs the SAME update function
+(:func:`tango_steps.training.rl_update`) on P processes launched by ``torchrun`` inside the update
+step (``gloo`` on CPU, ``nccl`` on GPUs). Each optimizer step's samples are dealt out over the
+processes (sample i to process i mod P), each process accumulates the gradient of its share over
+micro-batches of ``micro_batch_size`` (a per-process size, as in every DP trainer), and the
+gradients are averaged across processes once per optimizer step. Every process normalises its loss
+by the GLOBAL token count of the step and multiplies it by P (the all-reduce averages), so the
+summed gradient is the single-process one: P = 1 and P = 2 end with the same weights up to float
+summation order (tested).
+
+``ddp`` keeps a full replica of the model and optimizer on each process; ``fsdp`` shards parameters,
+gradients and AdamW state over them (``torch.distributed.fsdp.fully_shard``, one unit per decoder
+layer plus the root), which is what lets a 7B model's optimizer state fit (docs/scaling.md).
+Checkpoints stay the single-process format either way: rank 0 writes the FULL model and the
+optimizer state keyed as a one-process optimizer keys it, so rollouts, `resume`, forks and a later
+update with any P read them unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+STRATEGIES = ("ddp", "fsdp")
+FAIL_RANK_ENV = "TANGO_FAIL_UPDATE_RANK"  # test-only switch: that process of a multi-process update raises
+
+
+# ----------------------------------------------------------------------------------------------
+# Who does what
+# ----------------------------------------------------------------------------------------------
+
+
+def rank_micro_batches(indices: list[int], size: int, rank: int, world: int) -> list[list[int]]:
+    """This process's micro-batches of one optimizer step: samples ``indices[rank::world]`` in
+    micro-batches of ``size``, padded with empty ones to the count of the busiest process.
+
+    Every process must run as many forwards and backwards (FSDP all-gathers parameters in each
+    forward, DDP reduces gradients in one backward per step), so a process with fewer samples runs
+    an empty micro-batch: a forward whose loss is multiplied by zero.
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, {world}), got {rank}")
+    per_rank = [indices[r::world] for r in range(world)]
+    count = max(-(-len(share) // size) for share in per_rank)
+    mine = [per_rank[rank][s : s + size] for s in range(0, len(per_rank[rank]), size)]
+    return mine + [[] for _ in range(count - len(mine))]
+
+
+class LogprobModule(torch.nn.Module):
+    """The policy's token log-probs and entropies as ONE module forward (what DDP and FSDP wrap).
+
+    :func:`~tango_steps.training.sequence_logprobs` calls the decoder and the LM head separately
+    (chunked, never full logits); DDP prepares its gradient reduction and FSDP all-gathers the root's
+    parameters (embeddings, final norm, head) only inside the wrapped module's forward, so that call
+    is this module's forward.
+    """
+
+    def __init__(self, policy: torch.nn.Module, chunk_size: int, temperature: float) -> None:
+        super().__init__()
+        self.policy = policy
+        self.chunk_size = chunk_size
+        self.temperature = temperature
+
+    def forward(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from tango_steps.training import sequence_logprobs
+
+        logp, entropy = sequence_logprobs(self.policy, ids, attn, self.chunk_size, self.temperature)
+        # FSDP hooks the outputs for its backward; a view's hook would be lost to an in-place op
+        return logp.clone(), entropy.clone()
+
+
+def decoder_layers(policy: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks of a causal LM (the FSDP units), found by the model's own
+    ``_no_split_modules`` class names (every HF decoder model lists its block class there)."""
+    from tango_steps.training import _causal_lm
+
+    lm = _causal_lm(policy)
+    names = set(getattr(lm, "_no_split_modules", None) or [])
+    layers = [m for m in lm.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(lm).__name__} names no decoder block class (_no_split_modules); cannot shard it")
+    return layers
+
+
+class Runtime:
+    """What ``rl_update`` needs of ``accelerate.Accelerator``, for a torchrun process group."""
+
+    def __init__(self, bf16: bool) -> None:
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        self.bf16 = bf16
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @staticmethod
+    def backward(loss: torch.Tensor) -> None:
+        loss.backward()
+
+
+def wrap_policy(policy: torch.nn.Module, strategy: str, settings, device) -> torch.nn.Module:
+    """``policy`` inside a :class:`LogprobModule`, replicated (``ddp``) or sharded (``fsdp``)."""
+    module = LogprobModule(policy, settings.logprob_chunk_size, settings.temperature)
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        # no buffer broadcast: the only buffers (rotary tables) are constants, and a broadcast in
+        # every forward would be a collective the padded micro-batches would have to match
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in decoder_layers(policy):
+            fully_shard(layer)
+        return fully_shard(module)
+    raise ValueError(f"update.strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, strategy: str, sync: bool):
+    """Accumulate this micro-batch's gradient locally (``sync`` False) or reduce across processes."""
+    if strategy == "ddp" and not sync:
+        with model.no_sync():
+            yield
+        return
+    if strategy == "fsdp":
+        model.set_requires_gradient_sync(sync)
+    yield
+
+
+def all_reduce_sums(sums: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
+    """Metric sums and token counts added over the processes (every process gets the totals)."""
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys] + [float(tokens)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) for k, v in zip(keys, t[:-1], strict=True)}, int(t[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer state in the one-process format
+# ----------------------------------------------------------------------------------------------
+
+
+def trainable_names(policy: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters, in the order the optimizer holds them (its integer ids)."""
+    return [n for n, p in policy.named_parameters() if p.requires_grad]
+
+
+def optimizer_state_by_name(state: dict, names: list[str]) -> dict:
+    """A one-process ``optimizer.state_dict()`` (parameters by position) keyed by parameter name."""
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
+
+
+def optimizer_state_by_position(state: dict, names: list[str]) -> dict:
+    """The inverse of :func:`optimizer_state_by_name`: what ``optimizer.pt`` holds."""
+    pos = {n: i for i, n in enumerate(names)}
+    groups = [{**g, "params": [pos[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {pos[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def load_sharded_optimizer(model, optimizer, policy, ckpt: Path) -> None:
+    """Load ``ckpt/optimizer.pt`` (full, by position) into an optimizer over FSDP-sharded parameters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    path = Path(ckpt) / "optimizer.pt"
+    if not path.exists():
+        return
+    full = torch.load(path, map_location="cpu", weights_only=True)
+    by_name = optimizer_state_by_name(full, trainable_names(policy))
+    by_name["state"] = {f"policy.{k}": v for k, v in by_name["state"].items()}
+    for g in by_name["param_groups"]:
+        g["params"] = [f"policy.{n}" for n in g["params"]]
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def full_states(model, optimizer, policy, strategy: str) -> tuple[dict | None, dict]:
+    """The full model state dict (None: save the policy as it is) and the one-process optimizer state.
+
+    Under FSDP this is a collective: every process calls it, rank 0 ends with the gathered tensors.
+    """
+    if strategy != "fsdp":
+        return None, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    if dist.get_rank() != 0:  # cpu_offload gathers onto rank 0 only
+        return None, {}
+    strip = len("policy.")
+    model_sd = {k[strip:]: v for k, v in model_sd.items()}
+    optim_sd = {
+        "state": {k[strip:]: v for k, v in optim_sd["state"].items()},
+        "param_groups": [{**g, "params": [n[strip:] for n in g["params"]]} for g in optim_sd["param_groups"]],
+    }
+    return model_sd, optimizer_state_by_position(optim_sd, trainable_names(policy))
+
+
+# ----------------------------------------------------------------------------------------------
+# Launching: the update step starts torchrun; each process runs rl_update
+# ----------------------------------------------------------------------------------------------
+
+
+def launch_update(
+    ckpt: str | Path,
+    batch,
+    settings,
+    out_dir: str | Path,
+    log=None,
+    reference_model: str | None = None,
+    lora_base: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, float]:
+    """:func:`~tango_steps.training.rl_update` on ``settings.processes`` processes (``torchrun``).
+
+    Same arguments and result as ``rl_update``; the worker processes' output is passed to ``log``
+    line by line (rank 0 logs progress). A failed worker fails the call with its output's tail and
+    leaves ``out_dir`` unwritten (rank 0 writes it atomically, last).
+    """
+    log = log or print
+    out_dir = Path(out_dir)
+    if torch.cuda.is_available() and settings.processes > torch.cuda.device_count():
+        raise ValueError(
+            f"update.processes is {settings.processes} but this machine has {torch.cuda.device_count()} GPUs "
+            "(one process per GPU)"
+        )
+    if out_dir.exists():
+        raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
+    with tempfile.TemporaryDirectory(prefix=".update-", dir=out_dir.parent) as tmp:
+        spec = Path(tmp) / "spec.pt"
+        torch.save(
+            {
+                "ckpt": str(ckpt),
+                "batch": asdict(batch),
+                "settings": asdict(settings),
+                "out_dir": str(out_dir),
+                "reference_model": reference_model,
+                "lora_base": lora_base,
+                "metrics": str(Path(tmp) / "metrics.json"),
+            },
+            spec,
+        )
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={settings.processes}", "-m", "tango_steps.distributed", str(spec),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, said here so it is not a warning
+        t0 = time.perf_counter()
+        log(f"update on {settings.processes} processes ({settings.strategy}): {' '.join(cmd[1:6])} ...")
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: collections.deque[str] = collections.deque(maxlen=200)
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if line.startswith("[rank0] "):
+                log(line[len("[rank0] ") :])
+        rc = proc.wait(timeout=timeout)
+        if rc != 0:
+            raise RuntimeError(
+                f"the {settings.processes}-process update exited with {rc}; '{out_dir}' was not written. "
+                "Its last lines:\n" + "\n".join(tail)
+            )
+        metrics = json.loads(Path(tmp, "metrics.json").read_text())
+    metrics["launch_seconds"] = time.perf_counter() - t0 - metrics["seconds"]
+    return metrics
+
+
+def main(spec_path: str) -> None:
+    """A torchrun worker: join the process group, run ``rl_update``, rank 0 records the metrics."""
+    from tango_steps.training import LoraSettings, RLBatch, UpdateSettings, rl_update
+
+    spec = torch.load(spec_path, weights_only=False)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    rank = dist.get_rank()
+    try:
+        if os.environ.get(FAIL_RANK_ENV) == str(rank):
+            raise RuntimeError(f"failure injected by {FAIL_RANK_ENV}={rank} (test-only switch)")
+        data = dict(spec["settings"])
+        lora = LoraSettings(**data.pop("lora")) if data.get("lora") else None
+        data.pop("lora", None)
+        settings = replace(UpdateSettings(**{**data, "betas": tuple(data["betas"])}), lora=lora)
+        log = (lambda msg: print(f"[rank0] {msg}", flush=True)) if rank == 0 else None
+        metrics = rl_update(
+            spec["ckpt"],
+            RLBatch(**spec["batch"]),
+            settings,
+            spec["out_dir"],
+            log=log,
+            reference_model=spec["reference_model"],
+            lora_base=spec["lora_base"],
+        )
+        if rank == 0:
+            Path(spec["metrics"]).write_text(json.dumps(metrics))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_main(argv: list[str]) -> Any:
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m torch.distributed.run ... -m tango_steps.distributed SPEC.pt")
+    return main(argv[0])
+
+
+if __name__ == "__main__":
+    _run_main(sys.argv[1:])
