@@ -221,6 +221,39 @@ def full_states(model, optimizer, policy, strategy: str) -> tuple[dict | None, d
 # ----------------------------------------------------------------------------------------------
 
 
+def write_spec(
+    folder: Path,
+    ckpt: str | Path,
+    batch,
+    settings,
+    out_dir: str | Path,
+    reference_model: str | None = None,
+    lora_base: str | None = None,
+) -> Path:
+    """What each worker process of one update reads (``main``): ``folder/spec.pt``; rank 0 writes
+    ``out_dir`` and ``folder/metrics.json``. Any launcher can start the workers on it: ``torchrun`` on
+    one machine (:func:`launch_update`), ``@torchrun`` across Metaflow ``@parallel`` nodes."""
+    spec = Path(folder) / "spec.pt"
+    torch.save(
+        {
+            "ckpt": str(ckpt),
+            "batch": asdict(batch),
+            "settings": asdict(settings),
+            "out_dir": str(out_dir),
+            "reference_model": reference_model,
+            "lora_base": lora_base,
+            "metrics": str(Path(folder) / "metrics.json"),
+        },
+        spec,
+    )
+    return spec
+
+
+def read_metrics(spec: Path) -> dict[str, float]:
+    """The update's metrics, as rank 0 recorded them beside ``spec``."""
+    return json.loads((Path(spec).parent / "metrics.json").read_text())
+
+
 def launch_update(
     ckpt: str | Path,
     batch,
@@ -229,7 +262,6 @@ def launch_update(
     log=None,
     reference_model: str | None = None,
     lora_base: str | None = None,
-    timeout: float | None = None,
 ) -> dict[str, float]:
     """:func:`~tango_steps.training.rl_update` on ``settings.processes`` processes (``torchrun``).
 
@@ -247,43 +279,44 @@ def launch_update(
     if out_dir.exists():
         raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
     with tempfile.TemporaryDirectory(prefix=".update-", dir=out_dir.parent) as tmp:
-        spec = Path(tmp) / "spec.pt"
-        torch.save(
-            {
-                "ckpt": str(ckpt),
-                "batch": asdict(batch),
-                "settings": asdict(settings),
-                "out_dir": str(out_dir),
-                "reference_model": reference_model,
-                "lora_base": lora_base,
-                "metrics": str(Path(tmp) / "metrics.json"),
-            },
-            spec,
-        )
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={settings.processes}", "-m", "tango_steps.distributed", str(spec),
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, said here so it is not a warning
+        spec = write_spec(Path(tmp), ckpt, batch, settings, out_dir, reference_model, lora_base)
         t0 = time.perf_counter()
-        log(f"update on {settings.processes} processes ({settings.strategy}): {' '.join(cmd[1:6])} ...")
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        tail: collections.deque[str] = collections.deque(maxlen=200)
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if line.startswith("[rank0] "):
-                log(line[len("[rank0] ") :])
-        rc = proc.wait(timeout=timeout)
-        if rc != 0:
-            raise RuntimeError(
-                f"the {settings.processes}-process update exited with {rc}; '{out_dir}' was not written. "
-                "Its last lines:\n" + "\n".join(tail)
-            )
-        metrics = json.loads(Path(tmp, "metrics.json").read_text())
+        log(f"update on {settings.processes} processes ({settings.strategy}), torchrun")
+        what = f"the {settings.processes}-process update"
+        run_workers(torchrun_command(spec, settings.processes), log, what, out_dir)
+        metrics = read_metrics(spec)
     metrics["launch_seconds"] = time.perf_counter() - t0 - metrics["seconds"]
     return metrics
+
+
+def torchrun_command(
+    spec: Path, processes_per_node: int, nodes: int = 1, node_rank: int = 0, main_addr: str = "", port: int = 29517
+) -> list[str]:
+    """The torchrun command that starts this machine's worker processes of one update: one machine
+    (``--standalone``), or node ``node_rank`` of ``nodes`` meeting at ``main_addr:port``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes_per_node}"]
+    if nodes == 1:
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--nnodes={nodes}", f"--node-rank={node_rank}", f"--master-addr={main_addr}", f"--master-port={port}"]
+    return [*cmd, "-m", "tango_steps.distributed", str(spec)]
+
+
+def run_workers(cmd: list[str], log, what: str, out_dir: Path) -> None:
+    """Run ``cmd`` (a torchrun), pass rank 0's progress lines to ``log``; raise with the output's tail
+    if it fails (``out_dir`` is then unwritten: rank 0 writes it atomically, last)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, said here so it is not a warning
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        if line.startswith("[rank0] "):
+            log(line[len("[rank0] ") :])
+    rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"{what} exited with {rc}; '{out_dir}' was not written. Its last lines:\n" + "\n".join(tail))
 
 
 def main(spec_path: str) -> None:
@@ -315,6 +348,48 @@ def main(spec_path: str) -> None:
             Path(spec["metrics"]).write_text(json.dumps(metrics))
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# The @parallel check (flows/parallel_update_flow.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def check_case(folder: Path, processes: int, strategy: str = "ddp"):
+    """A small fixed update to run on N nodes: a random tiny model's first checkpoint, a batch that
+    gives some process an empty micro-batch, settings with two optimizer steps and a KL term, and
+    the same update on ONE process (the reference). Returns (ckpt0, batch, settings, reference)."""
+    from tango_steps.tasks import get_task
+    from tango_steps.templates import get_template
+    from tango_steps.tiny import TinyModelSpec, build_model, build_tokenizer, save_pretrained_atomic, tokenizer_corpus
+    from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
+
+    folder = Path(folder)
+    tok = build_tokenizer(tokenizer_corpus(get_task("arithmetic"), get_template("compact"), n=300), vocab_size=384)
+    spec = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128, seed=3)
+    model_dir = save_pretrained_atomic(
+        build_model(spec, len(tok), tok.eos_token_id, tok.pad_token_id), tok, folder / "model"
+    )
+    settings = UpdateSettings(learning_rate=5e-3, kl_coef=0.01, micro_batch_size=2, optimizer_steps=2)
+    g = torch.Generator().manual_seed(0)
+    prompts = [tok(f"Problem: {i} + 1\nSolution:\n")["input_ids"] for i in range(10)]
+    responses = [torch.randint(3, len(tok), (n,), generator=g).tolist() for n in (5, 9, 3, 7, 8, 4, 6, 2, 9, 5)]
+    advantages = [[(1.0 if i % 3 else -1.0) * (1 + 0.1 * t) for t in range(len(r))] for i, r in enumerate(responses)]
+    batch = RLBatch(prompts, responses, advantages)
+    ckpt0 = init_checkpoint(str(model_dir), folder / "ckpt0", settings)
+    reference = folder / "reference"
+    rl_update(ckpt0, batch, settings, reference)
+    return ckpt0, batch, replace(settings, processes=processes, strategy=strategy), reference
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    """The largest |a - b| over all weights of two checkpoints."""
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(Path(c) / "model" / "model.safetensors") for c in (a, b))
+    if wa.keys() != wb.keys():
+        raise ValueError(f"checkpoints '{a}' and '{b}' hold different tensors")
+    return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
 def _run_main(argv: list[str]) -> Any:

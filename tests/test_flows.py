@@ -479,6 +479,28 @@ def test_a_failed_two_process_update_resumes(tmp_path, warmed):
     assert check["metrics"]["generator_update/updates"] == 1.0
 
 
+def test_parallel_nodes_run_the_update_and_match_one_process(tmp_path):
+    """Issue #15: Metaflow's @parallel with 2 nodes (locally: processes of this machine) runs one update
+    as one torch.distributed group (FSDP across the nodes); the result equals the one-process update."""
+    ds = Datastore(tmp_path / "mf")
+    # Metaflow starts local @parallel workers with `python` from PATH: this interpreter's
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    flow = REPO / "flows" / "parallel_update_flow.py"
+    proc = ds.flow("run", "--nodes", "2", "--strategy", "fsdp", flow_file=flow, env={"PATH": path}, timeout=900)
+    _ok(proc)
+    res = ds.query(
+        """
+        r = Flow("ParallelUpdateFlow").latest_successful_run
+        j = r["join"].task
+        print(json.dumps({"matches": j["matches"].data, "diff": j["max_difference"].data, "moved": j["moved"].data,
+                          "tasks": len(list(r["update"])), "updates": j["metrics"].data["updates"]}))
+        """
+    )
+    assert res["tasks"] == 2  # the control task and one worker node
+    assert res["matches"] and res["diff"] <= 5e-5 < res["moved"] / 100, res
+    assert res["updates"] == 2.0
+
+
 BAD = [
     ({"bogus": 1}, [], "bogus"),
     ({"batch": {"generator_prompts": "many"}}, [], "batch.generator_prompts"),
