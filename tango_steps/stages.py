@@ -151,12 +151,39 @@ def _servable(ckpt: Path) -> Path:
     return servable_model(ckpt)
 
 
-def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
-    """Generate in chunks with a progress line per chunk (counts and rate)."""
+def sampling_chunks(n_prompts: int, n: int, chunk_samples: int) -> list[range]:
+    """The prompts of each engine call of a stage: ``chunk_samples // n`` prompts a call (TANGO.md §3).
+
+    Each call is seeded by the index of its first prompt (:func:`_generate`), so what a prompt gets
+    depends on the seed and this chunking only: a shard made of whole calls samples exactly what
+    the unsharded stage does.
+    """
+    size = max(1, chunk_samples // max(1, n))
+    return [range(i, min(i + size, n_prompts)) for i in range(0, n_prompts, size)]
+
+
+def shard_range(n_prompts: int, n: int, chunk_samples: int, shard: int, shards: int) -> range:
+    """The prompts of shard ``shard`` of ``shards``: a contiguous run of whole engine calls (possibly
+    none when there are more shards than calls)."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in [0, {shards}), got {shard}")
+    chunks = sampling_chunks(n_prompts, n, chunk_samples)
+    lo, hi = len(chunks) * shard // shards, len(chunks) * (shard + 1) // shards
+    return range(chunks[lo].start, chunks[hi - 1].stop) if lo < hi else range(0)
+
+
+def _generate(engine, prompts: list[str], sampling, what: str, log: Log, first: int = 0, chunk_samples: int = 256):
+    """Generate in chunks of ``chunk_samples`` samples with a progress line per chunk (counts and rate).
+
+    ``prompts`` are the full list's prompts from index ``first`` on (a shard starts at a chunk
+    boundary); each chunk is seeded by its first prompt's index in the full list.
+    """
     from tango_steps.rollout import SamplingSettings
 
     out = []
-    chunk = max(1, 256 // max(1, sampling.n))
+    chunk = max(1, chunk_samples // max(1, sampling.n))
+    if first % chunk:
+        raise ValueError(f"a shard must start at a chunk boundary ({chunk} prompts), got prompt {first}")
     t0 = time.perf_counter()
     for i in range(0, len(prompts), chunk):
         s = SamplingSettings(
@@ -164,7 +191,7 @@ def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
-            seed=sampling.seed + i,
+            seed=sampling.seed + first + i,
         )
         out.extend(engine.generate(prompts[i : i + chunk], s))
         done = min(i + chunk, len(prompts)) * sampling.n
@@ -174,7 +201,16 @@ def _generate(engine, prompts: list[str], sampling, what: str, log: Log):
 
 
 def _sample(
-    cfg: TangoConfig, role: str, ckpt: Path, prompts: list[str], scfg, n: int, round_idx: int, what: str, log: Log
+    cfg: TangoConfig,
+    role: str,
+    ckpt: Path,
+    prompts: list[str],
+    scfg,
+    n: int,
+    round_idx: int,
+    what: str,
+    log: Log,
+    first: int = 0,
 ):
     """Sample ``n`` completions per prompt from a checkpoint of ``role``; return them, the prompt ids the
     engine used and the engine's tokenizer.
@@ -190,13 +226,13 @@ def _sample(
         sampling = SamplingSettings(
             n=n, temperature=scfg.temperature, top_p=scfg.top_p, max_tokens=scfg.max_tokens, seed=seed
         )
-        comps = _generate(engine, prompts, sampling, what, log)
+        comps = _generate(engine, prompts, sampling, what, log, first, cfg.rollout.chunk_samples)
         prompt_ids, _ = engine.prompt_ids(prompts)
     return comps, prompt_ids, engine.tokenizer
 
 
 def rollout(
-    cfg: TangoConfig, plan: RoundPlan, generator_ckpt: Path, log: Log = print
+    cfg: TangoConfig, plan: RoundPlan, generator_ckpt: Path, log: Log = print, shard: tuple[int, int] = (0, 1)
 ) -> tuple[pd.DataFrame, StageResult]:
     """The generator's samples for this round (TANGO.md §3), one row per solution.
 
@@ -209,6 +245,10 @@ def rollout(
     and the task's verdict (``label_correct``,
     with its exact ``step_labels`` and ``first_error`` where the task has them). Each completion is
     parsed and checked here, once; later stages read these columns.
+
+    ``shard=(k, S)``: only shard k's prompts (whole engine calls, :func:`shard_range`), with the
+    rows, seeds and ``prompt_index`` they have in the unsharded stage; :func:`join_rollouts` puts the
+    shards back together into exactly the unsharded table.
     """
     from tango_steps.formats import parse_solution
     from tango_steps.rewards import sampled_step_end_tokens
@@ -222,15 +262,20 @@ def rollout(
     n = cfg.generator_sampling.n if generator_round else 1
     task = get_task(cfg.task.name, **cfg.task.params)
     template = get_template(cfg.template)
-    problems = round_problems(cfg, plan.round_idx, n_prompts)
+    mine = shard_range(n_prompts, n, cfg.rollout.chunk_samples, *shard)
+    problems = round_problems(cfg, plan.round_idx, n_prompts)[mine.start : mine.stop]
     prompts = [template.generator_prompt(p.question) for p in problems]
     t0 = time.perf_counter()
-    comps, prompt_ids, tok = _sample(
-        cfg, "generator", generator_ckpt, prompts, cfg.generator_sampling, n, plan.round_idx, "rollout", log
-    )
+    comps, prompt_ids, tok = [], [], None
+    if problems:
+        comps, prompt_ids, tok = _sample(
+            cfg, "generator", generator_ckpt, prompts, cfg.generator_sampling, n, plan.round_idx, "rollout", log,
+            first=mine.start,
+        )  # fmt: skip
     compute = time.perf_counter() - t0  # sampling only: tokens_per_s stays the engine's throughput
     rows = []
-    for i, (p, prompt, cs) in enumerate(zip(problems, prompts, comps, strict=True)):
+    for k, (p, prompt, cs) in enumerate(zip(problems, prompts, comps, strict=True)):
+        i = mine.start + k
         for j, c in enumerate(cs):
             parsed = parse_solution(c.text)
             check = task.check(p, c.text, parsed)
@@ -246,7 +291,7 @@ def rollout(
                     "gold": p.answer,
                     "prompt": prompt,
                     "text": c.text,
-                    "prompt_ids": list(prompt_ids[i]),
+                    "prompt_ids": list(prompt_ids[k]),
                     "response_ids": list(c.token_ids),
                     "finish_reason": c.finish_reason,
                     "truncated": c.truncated,
@@ -261,24 +306,44 @@ def rollout(
                     "first_error": check.first_error,
                 }
             )
-    df = pd.DataFrame(rows)
-    tokens = int(sum(len(r) for r in df["response_ids"]))
-    metrics = {
-        "rollout/samples": len(df),
-        "rollout/prompts": len(problems),
-        "rollout/tokens": tokens,
-        "rollout/tokens_per_s": tokens / max(compute, 1e-9),
-        "rollout/mean_length": tokens / max(len(df), 1),
-        "rollout/truncated_frac": float(df["truncated"].mean()),
-        "rollout/format_ok_frac": float(df["well_formed"].mean()),
-        "rollout/no_steps_frac": float((df["steps"].map(len) == 0).mean()),
-        "rollout/label_accuracy": float(df["label_correct"].mean()),
-    }
+    df = pd.DataFrame(rows, columns=_ROLLOUT_COLUMNS)
+    metrics = rollout_metrics(df, compute)
     log(
-        f"rollout: {len(df)} samples, {tokens} tokens in {compute:.1f} s; "
+        f"rollout: {len(df)} samples, {metrics['rollout/tokens']} tokens in {compute:.1f} s; "
         f"exact accuracy {metrics['rollout/label_accuracy']:.3f}"
     )
     return df, StageResult(metrics, compute)
+
+
+_ROLLOUT_COLUMNS = [
+    "prompt_id", "prompt_index", "sample", "question", "gold", "prompt", "text", "prompt_ids", "response_ids",
+    "finish_reason", "truncated", "steps", "step_spans", "step_end_tokens", "answer", "format_score",
+    "well_formed", "label_correct", "step_labels", "first_error",
+]  # fmt: skip
+
+
+def rollout_metrics(df: pd.DataFrame, compute: float) -> dict[str, Any]:
+    """The rollout stage's metrics of its table (the whole round's, or one shard's)."""
+    tokens = int(sum(len(r) for r in df["response_ids"]))
+    return {
+        "rollout/samples": len(df),
+        "rollout/prompts": int(df["prompt_index"].nunique()),
+        "rollout/tokens": tokens,
+        "rollout/tokens_per_s": tokens / max(compute, 1e-9),
+        "rollout/mean_length": tokens / max(len(df), 1),
+        "rollout/truncated_frac": float(df["truncated"].mean()) if len(df) else 0.0,
+        "rollout/format_ok_frac": float(df["well_formed"].mean()) if len(df) else 0.0,
+        "rollout/no_steps_frac": float((df["steps"].map(len) == 0).mean()) if len(df) else 0.0,
+        "rollout/label_accuracy": float(df["label_correct"].mean()) if len(df) else 0.0,
+    }
+
+
+def join_rollouts(parts: list[tuple[pd.DataFrame, StageResult]]) -> tuple[pd.DataFrame, StageResult]:
+    """The shards of :func:`rollout` as the one table the unsharded stage makes (prompt order);
+    compute is the shards' summed engine seconds, so tokens_per_s stays a per-engine rate."""
+    df = pd.concat([d for d, _ in parts if len(d)], ignore_index=True).sort_values(["prompt_index", "sample"])
+    compute = sum(r.compute_seconds for _, r in parts)
+    return df.reset_index(drop=True), StageResult(rollout_metrics(df, compute), compute)
 
 
 def _is_generator_slot(plan: RoundPlan) -> bool:
@@ -291,7 +356,12 @@ def _is_generator_slot(plan: RoundPlan) -> bool:
 
 
 def judge(
-    cfg: TangoConfig, plan: RoundPlan, verifier_ckpt: Path, rollouts: pd.DataFrame, log: Log = print
+    cfg: TangoConfig,
+    plan: RoundPlan,
+    verifier_ckpt: Path,
+    rollouts: pd.DataFrame,
+    log: Log = print,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[pd.DataFrame, StageResult]:
     """The verifier's verdicts on the round's solutions (TANGO.md §2-§3), one row per verification.
 
@@ -301,10 +371,16 @@ def judge(
     Columns: ``solution`` (row of ``rollouts``), ``verification``, ``prompt``, ``text``, ``prompt_ids``,
     ``response_ids``, ``truncated``, ``num_steps``, ``step_verdicts``, ``final_verdict``,
     ``format_score``, ``num_judged``.
+
+    ``shard=(k, S)``: only shard k's solutions (whole engine calls), as :func:`rollout`'s shards;
+    :func:`join_judgments` joins them. Without a verifier (skipped, or exact labels) shard 0 holds
+    the whole table and the others none.
     """
     from tango_steps.formats import parse_verification
 
     generator_round = _is_generator_slot(plan)
+    if shard[0] > 0 and (not needs_judge(cfg, plan) or (generator_round and cfg.algorithm.step_verdicts != "verifier")):
+        return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({}, 0.0)
     if not needs_judge(cfg, plan):
         return no_judgments(log)
     if generator_round and cfg.algorithm.step_verdicts != "verifier":
@@ -314,16 +390,22 @@ def judge(
         metrics = {"judge/oracle": 1, **step_verdict_histogram(list(df["step_verdicts"]))}
         return df, StageResult(metrics, 0.0)
     n = 1 if generator_round else cfg.verifier_sampling.n
-    parsed = parsed_solutions(rollouts)
-    questions, texts = list(rollouts["question"]), list(rollouts["text"])
-    prompts, cut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
+    mine = shard_range(len(rollouts), n, cfg.rollout.chunk_samples, *shard)
+    part = rollouts.iloc[mine.start : mine.stop]
+    parsed = parsed_solutions(part)
+    questions, texts = list(part["question"]), list(part["text"])
     t0 = time.perf_counter()
-    comps, prompt_ids, _ = _sample(
-        cfg, "verifier", verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log
-    )
+    comps, prompt_ids, prompts, cut = [], [], [], []
+    if len(part):
+        prompts, cut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
+        comps, prompt_ids, _ = _sample(
+            cfg, "verifier", verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log,
+            first=mine.start,
+        )  # fmt: skip
     compute = time.perf_counter() - t0
     rows = []
-    for i, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
+    for k, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
+        i = mine.start + k
         for j, c in enumerate(cs):
             v = parse_verification(c.text, s.num_steps, s.well_formed)
             rows.append(
@@ -331,9 +413,9 @@ def judge(
                     "solution": i,
                     "verification": j,
                     "prompt": prompt,
-                    "prompt_cut": cut[i],
+                    "prompt_cut": cut[k],
                     "text": c.text,
-                    "prompt_ids": list(prompt_ids[i]),
+                    "prompt_ids": list(prompt_ids[k]),
                     "response_ids": list(c.token_ids),
                     "truncated": c.truncated,
                     "num_steps": s.num_steps,
@@ -344,22 +426,41 @@ def judge(
                 }
             )
     df = pd.DataFrame(rows, columns=_JUDGE_COLUMNS)
+    metrics = judge_metrics(df, int(sum(cut)), compute)
+    if any(cut):
+        log(f"judge: {sum(cut)} of {len(cut)} verifier prompts over rollout.max_prompt_tokens: solution tail cut")
+    log(f"judge: {len(df)} verifications, {metrics['judge/tokens']} tokens in {compute:.1f} s")
+    return df, StageResult(metrics, compute)
+
+
+def judge_metrics(df: pd.DataFrame, prompts_cut: int, compute: float) -> dict[str, Any]:
+    """The judge stage's metrics of its table (the whole round's, or one shard's)."""
     tokens = int(sum(len(r) for r in df["response_ids"]))
-    metrics = {
+    some = len(df) > 0
+    return {
         "judge/verifications": len(df),
         "judge/tokens": tokens,
         "judge/tokens_per_s": tokens / max(compute, 1e-9),
-        "judge/format_ok_frac": float((df["format_score"] == 1.0).mean()),
-        "judge/step_count_mismatch_frac": float(df["step_verdicts"].isna().mean()),
-        "judge/no_final_verdict_frac": float(df["final_verdict"].isna().mean()),
-        "judge/truncated_frac": float(df["truncated"].mean()),
-        "judge/prompt_cut": int(sum(cut)),
+        "judge/format_ok_frac": float((df["format_score"] == 1.0).mean()) if some else 0.0,
+        "judge/step_count_mismatch_frac": float(df["step_verdicts"].isna().mean()) if some else 0.0,
+        "judge/no_final_verdict_frac": float(df["final_verdict"].isna().mean()) if some else 0.0,
+        "judge/truncated_frac": float(df["truncated"].mean()) if some else 0.0,
+        "judge/prompt_cut": prompts_cut,
         **step_verdict_histogram(list(df["step_verdicts"])),
     }
-    if any(cut):
-        log(f"judge: {sum(cut)} of {len(cut)} verifier prompts over rollout.max_prompt_tokens: solution tail cut")
-    log(f"judge: {len(df)} verifications, {tokens} tokens in {compute:.1f} s")
-    return df, StageResult(metrics, compute)
+
+
+def join_judgments(parts: list[tuple[pd.DataFrame, StageResult]]) -> tuple[pd.DataFrame, StageResult]:
+    """The shards of :func:`judge` as the one table the unsharded stage makes (solution order)."""
+    if all(not r.metrics for _, r in parts[1:]):  # one shard, or nothing judged by a verifier: shard 0 has it all
+        return parts[0]
+    tables = [d for d, _ in parts if len(d)]
+    if not tables:
+        return parts[0]
+    df = pd.concat(tables, ignore_index=True).sort_values(["solution", "verification"]).reset_index(drop=True)
+    compute = sum(r.compute_seconds for _, r in parts)
+    cut = int(df.drop_duplicates("solution")["prompt_cut"].sum())
+    return df, StageResult(judge_metrics(df, cut, compute), compute)
 
 
 def needs_judge(cfg: TangoConfig, plan: RoundPlan) -> bool:
