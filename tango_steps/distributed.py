@@ -76,6 +76,7 @@ class LogprobModule(torch.nn.Module):
         self.temperature = temperature
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L-1) log-probs and entropies of tokens 1..L-1, as ``sequence_logprobs``."""
         from tango_steps.training import sequence_logprobs
 
         logp, entropy = sequence_logprobs(self.policy, ids, attn, self.chunk_size, self.temperature)
@@ -108,12 +109,14 @@ class Runtime:
         self.bf16 = bf16
 
     def autocast(self):
+        """bf16 autocast on the process's device when the update runs in bf16, else nothing."""
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     @staticmethod
     def backward(loss: torch.Tensor) -> None:
+        """Backpropagate (DDP and FSDP reduce gradients in their own hooks)."""
         loss.backward()
 
 
