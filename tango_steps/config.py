@@ -74,8 +74,10 @@ class RolloutConfig(_Section):
     max_model_len: int = Field(1024, ge=16, description="vLLM: prompt + completion token limit")
     hf_batch_size: int = Field(64, ge=1, description="HF: sequences per generate call")
     chunk_samples: int = Field(
-        256, ge=1, description="samples per engine call; each call is seeded by its first prompt's index, so a "
-        "shard of whole calls samples exactly what the unsharded stage does"
+        256,
+        ge=1,
+        description="samples per engine call; each call is seeded by its first prompt's index, so a "
+        "shard of whole calls samples exactly what the unsharded stage does",
     )
     max_prompt_tokens: int = Field(256, ge=1, description="longer prompts are truncated or rejected")
     on_long_prompt: Literal["truncate", "reject"] = Field("truncate", description="what to do with long prompts")
