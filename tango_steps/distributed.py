@@ -281,6 +281,7 @@ def launch_update(
         )
     if out_dir.exists():
         raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # as the one-process update's atomic write does
     with tempfile.TemporaryDirectory(prefix=".update-", dir=out_dir.parent) as tmp:
         spec = write_spec(Path(tmp), ckpt, batch, settings, out_dir, reference_model, lora_base)
         t0 = time.perf_counter()

@@ -43,11 +43,13 @@ class InProcessRun:
     """A run's models and state in one process; :meth:`round` runs the next round, :meth:`evaluate` measures.
 
     ``dirs``: initial checkpoint directories (``{"generator": ..., "verifier": ...}``, e.g. from
-    :func:`~tango_steps.driver.initial_checkpoints`), also each model's KL reference.
+    :func:`~tango_steps.driver.initial_checkpoints`), also each model's KL reference. ``shards``:
+    rollout and judge run as that many shards one after another (an engine each, as a flow's
+    shards would on separate devices) and are joined: the same tables, at the cost of the engine loads.
     """
 
-    def __init__(self, cfg: TangoConfig, dirs: dict[str, Path], work: Path, log=QUIET) -> None:
-        self.cfg, self.work, self.log = cfg, Path(work), log
+    def __init__(self, cfg: TangoConfig, dirs: dict[str, Path], work: Path, log=QUIET, shards: int = 1) -> None:
+        self.cfg, self.work, self.log, self.shards = cfg, Path(work), log, shards
         self.generator = self.generator_init = Path(dirs["generator"])
         self.verifier = self.verifier_init = Path(dirs["verifier"])
         self.horizon = stages.alpha_horizon(cfg)  # T_g, fixed at the run's start as in TangoFlow
@@ -62,9 +64,17 @@ class InProcessRun:
         plan = stages.round_plan(cfg, k, self.horizon)
         t: dict[str, float] = {}
         t0 = time.perf_counter()
-        rollouts, _ = stages.rollout(cfg, plan, self.generator, log=log)
+        shards = range(self.shards)
+        if self.shards == 1:
+            rollouts, _ = stages.rollout(cfg, plan, self.generator, log=log)
+        else:
+            parts = [stages.rollout(cfg, plan, self.generator, log=log, shard=(k, self.shards)) for k in shards]
+            rollouts, _ = stages.join_rollouts(parts)
         t["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
-        if stages.needs_judge(cfg, plan):
+        if stages.needs_judge(cfg, plan) and self.shards > 1:
+            parts = [stages.judge(cfg, plan, self.verifier, rollouts, log=log, shard=(k, self.shards)) for k in shards]
+            judgments, _ = stages.join_judgments(parts)
+        elif stages.needs_judge(cfg, plan):
             judgments, _ = stages.judge(cfg, plan, self.verifier, rollouts, log=log)
         else:
             judgments, _ = stages.no_judgments(log)

@@ -53,9 +53,10 @@ def updates(tmp_path_factory, tiny_model_dir, batch):
     # continued: p1's checkpoint on 2 FSDP processes, fsdp's and ddp's on 1 process, p1's on 1
     out["p1>p1"] = (rl_update(root / "p1", batch, SETTINGS, root / "p1p1"), root / "p1p1")
     fsdp2 = replace(SETTINGS, processes=2, strategy="fsdp")
-    out["p1>fsdp"] = (rl_update(root / "p1", batch, fsdp2, root / "p1fsdp"), root / "p1fsdp")
+    out["p1>fsdp"] = (rl_update(root / "p1", batch, fsdp2, root / "new2" / "p1fsdp"), root / "new2" / "p1fsdp")
     out["fsdp>p1"] = (rl_update(root / "fsdp", batch, SETTINGS, root / "fsdpp1"), root / "fsdpp1")
-    out["ddp>p1"] = (rl_update(root / "ddp", batch, SETTINGS, root / "ddpp1"), root / "ddpp1")
+    # into a folder that does not exist yet (the in-process runner's layout), as one process can
+    out["ddp>p1"] = (rl_update(root / "ddp", batch, SETTINGS, root / "new" / "ddpp1"), root / "new" / "ddpp1")
     return ckpt0, out
 
 

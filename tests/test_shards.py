@@ -79,3 +79,15 @@ def test_shard_ranges_are_whole_engine_calls():
     assert stages.shard_range(5, 1, 256, 0, 1) == range(0, 5)
     with pytest.raises(ValueError, match="shard must be in"):
         stages.shard_range(6, 2, 4, 2, 2)
+
+
+def test_the_in_process_runner_with_shards_runs_the_same_round(tmp_path, ckpt):
+    from tango_steps.local import InProcessRun
+
+    cfg = CFG.model_copy(update={"schedule": CFG.schedule.model_copy(update={"verifier_warmup_rounds": 0})})
+    dirs = {"generator": ckpt, "verifier": ckpt}
+    one = InProcessRun(cfg, dirs, tmp_path / "one").round()
+    two = InProcessRun(cfg, dirs, tmp_path / "two", shards=2).round()
+    assert one.plan.update_generator and len(one.judgments) == 12
+    _same(two.rollouts, one.rollouts)
+    _same(two.judgments, one.judgments)
