@@ -153,8 +153,11 @@ def gradient_sync(model: torch.nn.Module, strategy: str, sync: bool):
 
 def all_reduce_sums(sums: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
     """Metric sums and token counts added over the processes (every process gets the totals)."""
-    keys = sorted(sums)
-    t = torch.tensor([sums[k] for k in keys] + [float(tokens)], dtype=torch.float64)
+    # a process whose share was empty (fewer samples than processes) has no metric keys of its own
+    names: list[list[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(names, sorted(sums))
+    keys = sorted(set().union(*names))
+    t = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(tokens)], dtype=torch.float64)
     dist.all_reduce(t)
     return {k: float(v) for k, v in zip(keys, t[:-1], strict=True)}, int(t[-1])
 

@@ -114,6 +114,20 @@ def test_a_checkpoint_continues_on_any_number_of_processes(updates):
     assert torch.equal(r1["torch"], r2["torch"])
 
 
+def test_fewer_samples_than_processes(tmp_path, tiny_model_dir, batch):
+    """One sample on two processes: the second has only empty micro-batches and still takes part."""
+    ckpt0 = init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", SETTINGS)
+    one = RLBatch(batch.prompt_ids[:1], batch.response_ids[:1], batch.advantages[:1])
+    settings = replace(SETTINGS, optimizer_steps=1)
+    m1 = rl_update(ckpt0, one, settings, tmp_path / "p1")
+    m2 = rl_update(ckpt0, one, replace(settings, processes=2, strategy="fsdp"), tmp_path / "p2")
+    assert m2["tokens"] == m1["tokens"] == len(batch.response_ids[0])
+    assert m2["loss"] == pytest.approx(m1["loss"], rel=1e-4)
+    w1, w2 = _weights(tmp_path / "p1"), _weights(tmp_path / "p2")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=WEIGHT_ATOL)
+
+
 def test_a_failed_process_fails_the_update_and_writes_nothing(tmp_path, tiny_model_dir, batch):
     ckpt0 = init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", SETTINGS)
     bad = RLBatch(batch.prompt_ids, batch.response_ids, [[float("nan")] * len(r) for r in batch.response_ids])
