@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 STRATEGIES = ("ddp", "fsdp")
+WRAPPED = "policy."  # how LogprobModule's parameters are named: its attribute `policy`
 FAIL_RANK_ENV = "TANGO_FAIL_UPDATE_RANK"  # test-only switch: that process of a multi-process update raises
 
 
@@ -52,11 +53,12 @@ def rank_micro_batches(indices: list[int], size: int, rank: int, world: int) -> 
     forward, DDP reduces gradients in one backward per step), so a process with fewer samples runs
     an empty micro-batch: a forward whose loss is multiplied by zero.
     """
+    from tango_steps.training import _micro_batches
+
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, {world}), got {rank}")
-    per_rank = [indices[r::world] for r in range(world)]
-    count = max(-(-len(share) // size) for share in per_rank)
-    mine = [per_rank[rank][s : s + size] for s in range(0, len(per_rank[rank]), size)]
+    count = max(-(-len(indices[r::world]) // size) for r in range(world))
+    mine = _micro_batches(indices[rank::world], size)
     return mine + [[] for _ in range(count - len(mine))]
 
 
@@ -167,9 +169,10 @@ def all_reduce_sums(sums: dict[str, float], tokens: int) -> tuple[dict[str, floa
 # ----------------------------------------------------------------------------------------------
 
 
-def trainable_names(policy: torch.nn.Module) -> list[str]:
-    """Names of the trainable parameters, in the order the optimizer holds them (its integer ids)."""
-    return [n for n, p in policy.named_parameters() if p.requires_grad]
+def trainable_names(policy: torch.nn.Module, prefix: str = "") -> list[str]:
+    """Names of the trainable parameters, in the order the optimizer holds them (its integer ids);
+    ``prefix`` names them as the :class:`LogprobModule` around the policy does (``"policy."``)."""
+    return [prefix + n for n, p in policy.named_parameters() if p.requires_grad]
 
 
 def optimizer_state_by_name(state: dict, names: list[str]) -> dict:
@@ -193,10 +196,7 @@ def load_sharded_optimizer(model, optimizer, policy, ckpt: Path) -> None:
     if not path.exists():
         return
     full = torch.load(path, map_location="cpu", weights_only=True)
-    by_name = optimizer_state_by_name(full, trainable_names(policy))
-    by_name["state"] = {f"policy.{k}": v for k, v in by_name["state"].items()}
-    for g in by_name["param_groups"]:
-        g["params"] = [f"policy.{n}" for n in g["params"]]
+    by_name = optimizer_state_by_name(full, trainable_names(policy, WRAPPED))
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
@@ -213,13 +213,8 @@ def full_states(model, optimizer, policy, strategy: str) -> tuple[dict | None, d
     model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
     if dist.get_rank() != 0:  # cpu_offload gathers onto rank 0 only
         return None, {}
-    strip = len("policy.")
-    model_sd = {k[strip:]: v for k, v in model_sd.items()}
-    optim_sd = {
-        "state": {k[strip:]: v for k, v in optim_sd["state"].items()},
-        "param_groups": [{**g, "params": [n[strip:] for n in g["params"]]} for g in optim_sd["param_groups"]],
-    }
-    return model_sd, optimizer_state_by_position(optim_sd, trainable_names(policy))
+    model_sd = {k.removeprefix(WRAPPED): v for k, v in model_sd.items()}
+    return model_sd, optimizer_state_by_position(optim_sd, trainable_names(policy, WRAPPED))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -546,14 +546,20 @@ def _setup_update(
     _reset_accelerate_state()  # an earlier Accelerator in this process (a TRL trainer, say) must not leak in
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
     model, tok, optimizer, state = load_policy(ckpt, settings, accelerator.device, lora_base=lora_base)
+    _ready_to_train(model, state, ckpt, settings, reference_model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return _UpdateRun(accelerator, model, tok, optimizer, state)
+
+
+def _ready_to_train(model, state: TrainerState, ckpt, settings: UpdateSettings, reference_model: str | None) -> None:
+    """What every process does to a loaded policy before training: the reference override, the seed
+    when the checkpoint has no RNG state, gradient checkpointing."""
     if reference_model is not None:
         state.reference_model = reference_model
     if not (Path(ckpt) / "rng_state.pt").exists():
         torch.manual_seed(settings.seed)
     if settings.gradient_checkpointing:
         _causal_lm(model).gradient_checkpointing_enable()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    return _UpdateRun(accelerator, model, tok, optimizer, state)
 
 
 def _setup_distributed_update(
@@ -567,12 +573,7 @@ def _setup_distributed_update(
         raise ValueError(f"update.processes is {settings.processes} but the process group has {rt.world}")
     fsdp = settings.strategy == "fsdp"
     policy, tok, optimizer, state = load_policy(ckpt, settings, rt.device, lora_base=lora_base, with_optimizer=not fsdp)
-    if reference_model is not None:
-        state.reference_model = reference_model
-    if not (Path(ckpt) / "rng_state.pt").exists():
-        torch.manual_seed(settings.seed)
-    if settings.gradient_checkpointing:
-        _causal_lm(policy).gradient_checkpointing_enable()
+    _ready_to_train(policy, state, ckpt, settings, reference_model)
     model = distributed.wrap_policy(policy, settings.strategy, settings, rt.device)
     if fsdp:  # AdamW over the shards; the saved full state is scattered onto them
         optimizer = adamw(policy, settings)
