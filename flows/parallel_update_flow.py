@@ -63,20 +63,17 @@ class ParallelUpdateFlow(FlowSpec):
     @step
     def join(self, inputs):
         """Compare the N-node update with the one-process one."""
-        from tango_steps.distributed import max_weight_difference
+        from tango_steps.distributed import compare_with_one_process
         from tango_steps.model_store import load_model_dir
 
         first = next(i for i in inputs if i.updated is not None)
         self.updated, self.metrics, self.settings = first.updated, first.metrics, first.settings
-        ckpt0, reference = load_model_dir(first.ckpt0), load_model_dir(first.reference)
-        updated = load_model_dir(self.updated)
-        self.max_difference = max_weight_difference(updated, reference)
-        self.moved = max_weight_difference(reference, ckpt0)
-        tolerance = 0.01 * self.settings.learning_rate  # AdamW: a step moves a weight by up to lr
-        self.matches = self.max_difference <= tolerance < self.moved / 100
-        print(f"{len(list(inputs))} nodes: largest weight difference to one process {self.max_difference:.2e} "
-              f"(tolerance {tolerance:.1e}; the update moved weights by up to {self.moved:.2e}): "
-              f"{'MATCHES' if self.matches else 'DIFFERS'}")  # fmt: skip
+        paths = (load_model_dir(r) for r in (self.updated, first.reference, first.ckpt0))
+        c = compare_with_one_process(*paths, self.settings.learning_rate)
+        self.max_difference, self.moved, self.matches = c["max_difference"], c["moved"], c["matches"]
+        print(f"{len(list(inputs))} nodes: largest weight difference to one process {c['max_difference']:.2e} "
+              f"(tolerance {c['tolerance']:.1e}; the update moved weights by up to {c['moved']:.2e}): "
+              f"{'MATCHES' if c['matches'] else 'DIFFERS'}")  # fmt: skip
         self.next(self.end)
 
     @step

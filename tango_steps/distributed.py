@@ -394,6 +394,21 @@ def max_weight_difference(a: Path, b: Path) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
+def compare_with_one_process(updated: Path, reference: Path, start: Path, learning_rate: float) -> dict[str, Any]:
+    """Whether an update on several processes/nodes matches the one-process ``reference`` from ``start``.
+
+    AdamW moves a weight by up to lr a step whatever the gradient's size, so gradients summed in
+    another order can move a weight whose gradient is near zero by a visible fraction of lr: the
+    weights must agree to 1% of lr, and the update must have moved them by far more than that.
+    """
+    diff, moved, tolerance = (
+        max_weight_difference(updated, reference),
+        max_weight_difference(reference, start),
+        0.01 * learning_rate,
+    )
+    return {"max_difference": diff, "moved": moved, "tolerance": tolerance, "matches": diff <= tolerance < moved / 100}
+
+
 def _run_main(argv: list[str]) -> Any:
     if len(argv) != 1:
         raise SystemExit("usage: python -m torch.distributed.run ... -m tango_steps.distributed SPEC.pt")
