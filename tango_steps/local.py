@@ -64,18 +64,13 @@ class InProcessRun:
         plan = stages.round_plan(cfg, k, self.horizon)
         t: dict[str, float] = {}
         t0 = time.perf_counter()
-        shards = range(self.shards)
-        if self.shards == 1:
-            rollouts, _ = stages.rollout(cfg, plan, self.generator, log=log)
-        else:
-            parts = [stages.rollout(cfg, plan, self.generator, log=log, shard=(k, self.shards)) for k in shards]
-            rollouts, _ = stages.join_rollouts(parts)
+        shards = [(k, self.shards) for k in range(self.shards)]
+        parts = [stages.rollout(cfg, plan, self.generator, log=log, shard=shard) for shard in shards]
+        rollouts, _ = stages.join_rollouts(parts)
         t["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
-        if stages.needs_judge(cfg, plan) and self.shards > 1:
-            parts = [stages.judge(cfg, plan, self.verifier, rollouts, log=log, shard=(k, self.shards)) for k in shards]
+        if stages.needs_judge(cfg, plan):
+            parts = [stages.judge(cfg, plan, self.verifier, rollouts, log=log, shard=shard) for shard in shards]
             judgments, _ = stages.join_judgments(parts)
-        elif stages.needs_judge(cfg, plan):
-            judgments, _ = stages.judge(cfg, plan, self.verifier, rollouts, log=log)
         else:
             judgments, _ = stages.no_judgments(log)
         t["judge"], t0 = time.perf_counter() - t0, time.perf_counter()

@@ -379,11 +379,12 @@ def judge(
     from tango_steps.formats import parse_verification
 
     generator_round = _is_generator_slot(plan)
-    if shard[0] > 0 and (not needs_judge(cfg, plan) or (generator_round and cfg.algorithm.step_verdicts != "verifier")):
+    exact_labels = generator_round and cfg.algorithm.step_verdicts != "verifier"
+    if shard[0] > 0 and (exact_labels or not needs_judge(cfg, plan)):  # no engine: shard 0 has it all
         return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({}, 0.0)
     if not needs_judge(cfg, plan):
         return no_judgments(log)
-    if generator_round and cfg.algorithm.step_verdicts != "verifier":
+    if exact_labels:
         df = oracle_judgments(rollouts, cfg.algorithm.step_verdicts, cfg.algorithm.oracle_flip_prob,
                               _seed(cfg, plan.round_idx, "oracle"))  # fmt: skip
         log(f"judge: {cfg.algorithm.step_verdicts} step verdicts from the task's exact labels (no verifier)")
