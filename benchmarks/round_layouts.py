@@ -37,11 +37,12 @@ def one_round(shards: int, processes: int, work: Path, strategy: str) -> dict[st
         "schedule.verifier_warmup_rounds": 0,
         "generator_update.processes": processes,
         "rollout.chunk_samples": 64,
+        "rollout.shards": shards,
     }
     if processes > 1:
         overrides["generator_update.strategy"] = strategy
     cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
-    run = InProcessRun(cfg, initial_checkpoints(cfg, work / "r0", log=QUIET), work, shards=shards)
+    run = InProcessRun(cfg, initial_checkpoints(cfg, work / "r0", log=QUIET), work)
     t0 = time.perf_counter()
     r = run.round()
     assert r.plan.update_generator

@@ -1,6 +1,7 @@
 """One Tango round as explicit steps (TANGO.md §3): one run of this flow is one round.
 
     start -> rollout -> (judge) -> reward -> (verifier_update | generator_update) -> (evaluate) -> end
+    start -> split_prompts -> sample_shard x S -> join_shards -> reward -> ...    (rollout.shards S > 1)
 
     (...) = a step the round runs only when it needs it
 
@@ -8,7 +9,11 @@ Every stage is a step of the DAG, and a round runs only the ones it needs (Metaf
 ``self.next({...}, condition=...)``): a generator round goes from ``reward`` past
 ``verifier_update``, a verifier round past ``generator_update``, a round that updates nothing
 (a frozen model's slot) straight to ``evaluate``, a round that ``evaluation.every`` does not measure
-past ``evaluate`` to ``end``, and a run without step rewards from ``rollout`` past ``judge``. A
+past ``evaluate`` to ``end``, and a run without step rewards from ``rollout`` past ``judge``. With
+``rollout.shards`` S > 1 the round's sampling is a Metaflow ``foreach``: each ``sample_shard`` task
+samples its part of the prompts, then judges its own solutions (one device each on a cluster; a
+failed shard retries alone and ``resume`` reruns only it), and ``join_shards`` joins them into the
+tables the unsharded steps make. A
 skipped stage's artifacts are set by the step before it (an empty judgment table, the unchanged
 model and the reason of the skip, ``eval_table = None``); the skipped evaluation's note is on
 ``reward``'s card.
@@ -49,7 +54,7 @@ class TangoRoundFlow(FlowSpec):
     def _check(self, stage):
         from tango_steps.stages import maybe_fail
 
-        maybe_fail(self.round_idx, stage)
+        maybe_fail(self.round_idx, stage, current.retry_count)
 
     def _record_peak(self):
         """This step's peak resident memory (each step is its own process; benchmarks/round_overhead.py)."""
@@ -77,7 +82,64 @@ class TangoRoundFlow(FlowSpec):
         self.compute_seconds = 0.0
         print(f"round {self.round_idx}: {plan.slot} round; plan {self.plan}")
         self._record_peak()
-        self.next(self.rollout)
+        self.to_sample = "split_prompts" if self.cfg.rollout.shards > 1 else "rollout"
+        self.next({"rollout": self.rollout, "split_prompts": self.split_prompts}, condition="to_sample")
+
+    @step
+    def split_prompts(self):
+        """rollout.shards S > 1: the round's sampling as S foreach tasks (whole engine calls each)."""
+        self.shard_ids = list(range(self.cfg.rollout.shards))
+        self.next(self.sample_shard, foreach="shard_ids")
+
+    @retry(times=1, minutes_between_retries=0)
+    @resources(
+        cpu=config.resources.rollout.cpu, memory=config.resources.rollout.memory, gpu=config.resources.rollout.gpu
+    )
+    @card(type="blank", refresh_interval=5)
+    @step
+    def sample_shard(self):
+        """One shard: the generator samples its prompts, then the verifier judges its solutions (TANGO.md §2-§3)."""
+        from tango_steps import cards, stages
+
+        k, shards = self.input, len(self.shard_ids)
+        plan = stages.plan_from_dict(self.plan)
+        store = self._store()
+        verifier = store.load(self.state_in["verifier"]) if stages.verifier_judges(self.cfg, plan) else None
+        log = cards.CardLog(current.card, f"Shard {k} of {shards}, attempt {current.retry_count}")
+        part = stages.sample_shard(self.cfg, plan, store.load(self.state_in["generator"]), verifier, (k, shards), log)
+        self._check(f"sample_shard{k}")  # (the test-only switch: a shard that fails late, its work lost)
+        # the shard's rows of both tables, browsable per task; join_shards joins them
+        self.rollouts, self.judgments = part.rollouts, part.judgments
+        self.rollout_result, self.judge_result = part.rollout, part.judge
+        self.shard_stats = {**part.stats, "attempt": current.retry_count}
+        self.compute_seconds = part.rollout.compute_seconds + (part.judge.compute_seconds if part.judge else 0.0)
+        self._card(cards.shard_table_components([self.shard_stats]))
+        self._record_peak()
+        self.next(self.join_shards)
+
+    @card(type="blank")
+    @step
+    def join_shards(self, inputs):
+        """The shards' tables joined in prompt order: what the unsharded rollout and judge steps make."""
+        from tango_steps import cards, stages
+
+        # a pydantic object re-pickles with its field sets in a per-process order: the same cfg, other bytes
+        self.cfg = inputs[0].cfg
+        mine = ["rollouts", "judgments", "rollout_result", "judge_result", "shard_stats", "compute_seconds"]
+        self.merge_artifacts(inputs, exclude=[*mine, "peak_rss_mb"])
+        plan = stages.plan_from_dict(self.plan)
+        parts = [
+            stages.ShardResult(i.rollouts, i.rollout_result, i.judgments, i.judge_result, i.shard_stats) for i in inputs
+        ]
+        self.rollouts, res, self.judgments, jres = stages.join_shards(self.cfg, plan, parts)
+        self.rollout_metrics, self.judge_metrics = res.metrics, jres.metrics
+        self.shard_table = stages.shard_table(parts)
+        self.compute_seconds = 0.0  # the engines ran in the shards' tasks
+        self._card(cards.shard_table_components(self.shard_table.to_dict("records")))
+        self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
+        self._card(cards.judge_components(self.rollouts, self.judgments))
+        self._record_peak()
+        self.next(self.reward)
 
     @retry(times=1, minutes_between_retries=0)
     @resources(

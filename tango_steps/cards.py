@@ -163,6 +163,42 @@ def reward_components(rollouts: pd.DataFrame, judgments: pd.DataFrame, metrics: 
     return out
 
 
+def shard_table_components(stats: Sequence[dict[str, Any]]) -> list:
+    """The round's shards side by side (issue #15): prompts, rows, and wall / engine seconds per stage.
+
+    Wall seconds include loading the engine; a shard far slower than the others is a straggler the
+    whole round waited for.
+    """
+    from metaflow.cards import Markdown, Table
+
+    cols = ["shard", "prompts", "solutions", "verifications", "rollout_s", "rollout_engine_s", "judge_s",
+            "judge_engine_s", "attempt"]  # fmt: skip
+    rows = [[_fmt(s.get(c, "-")) for c in cols] for s in sorted(stats, key=lambda s: s["shard"])]
+    wall = [s["rollout_s"] + s["judge_s"] for s in stats]
+    slowest = f"; slowest shard {max(wall):.1f} s, mean {sum(wall) / len(wall):.1f} s" if wall else ""
+    return [Markdown(f"## Shards: {len(stats)}{slowest}"), Table(rows, headers=cols)]
+
+
+class CardLog:
+    """A stage's log lines printed and shown live on a card (a refreshing card: ``@card(refresh_interval=...)``).
+
+    The card shows the last line (progress bars included); ``card`` is ``current.card``.
+    """
+
+    def __init__(self, card: Any, title: str) -> None:
+        from metaflow.cards import Markdown
+
+        self.card, self.line = card, Markdown("(starting)")
+        card.append(Markdown(f"## {title}"))
+        card.append(self.line)
+        card.refresh()
+
+    def __call__(self, message: str) -> None:
+        print(message)
+        self.line.update(f"`{message}`")
+        self.card.refresh()  # Metaflow sends at most one refresh per refresh_interval
+
+
 def update_components(role: str, metrics: dict[str, Any]) -> list:
     """Update card (TANGO.md §6): loss, KL, entropy, clip fraction, gradient norm, or the skip reason."""
     from metaflow.cards import Markdown

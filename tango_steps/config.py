@@ -79,6 +79,13 @@ class RolloutConfig(_Section):
         description="samples per engine call; each call is seeded by its first prompt's index, so a "
         "shard of whole calls samples exactly what the unsharded stage does",
     )
+    shards: int = Field(
+        1,
+        ge=1,
+        description="split each round's sampling into this many shards, a Metaflow foreach task each (one "
+        "device each on a cluster): a shard samples its prompts, then judges its own solutions; joined in "
+        "prompt order, the tables equal the unsharded ones. 1: no foreach (docs/scaling.md)",
+    )
     max_prompt_tokens: int = Field(256, ge=1, description="longer prompts are truncated or rejected")
     on_long_prompt: Literal["truncate", "reject"] = Field("truncate", description="what to do with long prompts")
 
@@ -358,6 +365,19 @@ class TangoConfig(_Section):
                 )
             if u.processes > 1 and u.strategy == "fsdp" and u.lora is not None:
                 raise ValueError(f"{role}.strategy 'fsdp' with {role}.lora is not supported (an adapter is small: ddp)")
+        return self
+
+    @model_validator(mode="after")
+    def _shards_are_whole_engine_calls(self) -> TangoConfig:
+        # a shard judges its own solutions: its first solution must start a judging call as well
+        r = self.rollout
+        for section in ("generator_sampling", "verifier_sampling"):
+            n = getattr(self, section).n
+            if r.shards > 1 and r.chunk_samples % n:
+                raise ValueError(
+                    f"rollout.shards {r.shards} needs rollout.chunk_samples ({r.chunk_samples}) to be a multiple "
+                    f"of {section}.n ({n}), so that every shard starts a whole engine call"
+                )
         return self
 
     @model_validator(mode="after")

@@ -43,13 +43,14 @@ class InProcessRun:
     """A run's models and state in one process; :meth:`round` runs the next round, :meth:`evaluate` measures.
 
     ``dirs``: initial checkpoint directories (``{"generator": ..., "verifier": ...}``, e.g. from
-    :func:`~tango_steps.driver.initial_checkpoints`), also each model's KL reference. ``shards``:
-    rollout and judge run as that many shards one after another (an engine each, as a flow's
-    shards would on separate devices) and are joined: the same tables, at the cost of the engine loads.
+    :func:`~tango_steps.driver.initial_checkpoints`), also each model's KL reference. With
+    ``rollout.shards`` S > 1 the round's sampling runs as S shards one after another
+    (:func:`~tango_steps.stages.sample_shard`: engines of their own, as a flow's shards would on separate
+    devices), joined: the same tables, at the cost of the engine loads.
     """
 
-    def __init__(self, cfg: TangoConfig, dirs: dict[str, Path], work: Path, log=QUIET, shards: int = 1) -> None:
-        self.cfg, self.work, self.log, self.shards = cfg, Path(work), log, shards
+    def __init__(self, cfg: TangoConfig, dirs: dict[str, Path], work: Path, log=QUIET) -> None:
+        self.cfg, self.work, self.log = cfg, Path(work), log
         self.generator = self.generator_init = Path(dirs["generator"])
         self.verifier = self.verifier_init = Path(dirs["verifier"])
         self.horizon = stages.alpha_horizon(cfg)  # T_g, fixed at the run's start as in TangoFlow
@@ -63,17 +64,15 @@ class InProcessRun:
         k = self.rounds_done + 1
         plan = stages.round_plan(cfg, k, self.horizon)
         t: dict[str, float] = {}
+        parts = [
+            stages.sample_shard(cfg, plan, self.generator, self.verifier, (i, cfg.rollout.shards), log=log)
+            for i in range(cfg.rollout.shards)
+        ]
         t0 = time.perf_counter()
-        shards = [(k, self.shards) for k in range(self.shards)]
-        parts = [stages.rollout(cfg, plan, self.generator, log=log, shard=shard) for shard in shards]
-        rollouts, _ = stages.join_rollouts(parts)
-        t["rollout"], t0 = time.perf_counter() - t0, time.perf_counter()
-        if stages.needs_judge(cfg, plan):
-            parts = [stages.judge(cfg, plan, self.verifier, rollouts, log=log, shard=shard) for shard in shards]
-            judgments, _ = stages.join_judgments(parts)
-        else:
-            judgments, _ = stages.no_judgments(log)
-        t["judge"], t0 = time.perf_counter() - t0, time.perf_counter()
+        rollouts, _, judgments, _ = stages.join_shards(cfg, plan, parts, log=log)
+        t["rollout"] = sum(p.stats["rollout_s"] for p in parts)
+        t["judge"] = sum(p.stats["judge_s"] for p in parts) + time.perf_counter() - t0
+        t0 = time.perf_counter()
         out = stages.reward(cfg, plan, rollouts, judgments, self.reweighter, log=log)
         self.reweighter = out.reweighter
         t["reward"], t0 = time.perf_counter() - t0, time.perf_counter()

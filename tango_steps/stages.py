@@ -39,14 +39,19 @@ from tango_steps.metrics import (
 from tango_steps.schedule import RoundPlan, alpha_schedule, evaluates, plan_round, total_generator_updates
 
 Log = Callable[[str], None]
-FAIL_ENV = "TANGO_FAIL_AT"  # test-only switch, "<round>:<stage>", e.g. "2:judge" (see README)
+FAIL_ENV = "TANGO_FAIL_AT"  # test-only switch, "<round>:<stage>[:once],...", e.g. "2:judge" (see README)
 
 
-def maybe_fail(round_idx: int, stage: str) -> None:
-    """Raise when ``$TANGO_FAIL_AT`` names this round and stage: the test-only failure switch (TANGO.md §9 resume)."""
-    target = os.environ.get(FAIL_ENV, "")
-    if target and target == f"{round_idx}:{stage}":
-        raise RuntimeError(f"failure injected by {FAIL_ENV}={target} (test-only switch)")
+def maybe_fail(round_idx: int, stage: str, attempt: int = 0) -> None:
+    """Raise when ``$TANGO_FAIL_AT`` names this round and stage: the test-only failure switch (TANGO.md §9 resume).
+
+    A comma-separated list of ``<round>:<stage>`` targets; ``<round>:<stage>:once`` fails only the
+    first attempt (``attempt`` 0), so ``@retry`` succeeds.
+    """
+    for target in filter(None, os.environ.get(FAIL_ENV, "").split(",")):
+        once = target.endswith(":once")
+        if target.removesuffix(":once") == f"{round_idx}:{stage}" and not (once and attempt > 0):
+            raise RuntimeError(f"failure injected by {FAIL_ENV}={target} (test-only switch)")
 
 
 def alpha_horizon(cfg: TangoConfig) -> int:
@@ -255,11 +260,9 @@ def rollout(
     from tango_steps.tasks import get_task
     from tango_steps.templates import get_template
 
-    generator_round = _is_generator_slot(plan)
     # only a round that turns step verdicts into step rewards needs their token positions
-    aligned = generator_round and cfg.algorithm.step_rewards
-    n_prompts = cfg.batch.generator_prompts if generator_round else cfg.batch.verifier_prompts
-    n = cfg.generator_sampling.n if generator_round else 1
+    aligned = _is_generator_slot(plan) and cfg.algorithm.step_rewards
+    n_prompts, n = rollout_size(cfg, plan)
     task = get_task(cfg.task.name, **cfg.task.params)
     template = get_template(cfg.template)
     mine = shard_range(n_prompts, n, cfg.rollout.chunk_samples, *shard)
@@ -350,6 +353,14 @@ def _is_generator_slot(plan: RoundPlan) -> bool:
     return plan.slot == "generator"
 
 
+def rollout_size(cfg: TangoConfig, plan: RoundPlan) -> tuple[int, int]:
+    """(prompts, samples per prompt) of the round's rollout: B_g x M in a generator round, B_v x 1 in a
+    verifier round (TANGO.md §3)."""
+    if _is_generator_slot(plan):
+        return cfg.batch.generator_prompts, cfg.generator_sampling.n
+    return cfg.batch.verifier_prompts, 1
+
+
 # ----------------------------------------------------------------------------------------------
 # judge
 # ----------------------------------------------------------------------------------------------
@@ -358,10 +369,10 @@ def _is_generator_slot(plan: RoundPlan) -> bool:
 def judge(
     cfg: TangoConfig,
     plan: RoundPlan,
-    verifier_ckpt: Path,
+    verifier_ckpt: Path | None,
     rollouts: pd.DataFrame,
     log: Log = print,
-    shard: tuple[int, int] = (0, 1),
+    first: int = 0,
 ) -> tuple[pd.DataFrame, StageResult]:
     """The verifier's verdicts on the round's solutions (TANGO.md §2-§3), one row per verification.
 
@@ -372,27 +383,27 @@ def judge(
     ``response_ids``, ``truncated``, ``num_steps``, ``step_verdicts``, ``final_verdict``,
     ``format_score``, ``num_judged``.
 
-    ``shard=(k, S)``: only shard k's solutions (whole engine calls), as :func:`rollout`'s shards;
-    :func:`join_judgments` joins them. Without a verifier (skipped, or exact labels) shard 0 holds
-    the whole table and the others none.
+    ``first``: ``rollouts`` is a shard's run of the round's solutions starting at solution ``first``
+    (:func:`sample_shard`); its rows keep the ``solution`` index and seeds they have in the whole
+    round, and :func:`join_judgments` joins the shards. Only a verifier judges a shard: the exact-label
+    and skipped cases (no engine, ``verifier_ckpt`` unused) take the whole table.
     """
     from tango_steps.formats import parse_verification
 
     generator_round = _is_generator_slot(plan)
-    exact_labels = generator_round and cfg.algorithm.step_verdicts != "verifier"
-    if shard[0] > 0 and (exact_labels or not needs_judge(cfg, plan)):  # no engine: shard 0 has it all
-        return pd.DataFrame(columns=_JUDGE_COLUMNS), StageResult({}, 0.0)
+    if not verifier_judges(cfg, plan) and first:
+        raise ValueError("only a verifier's judging is sharded; exact labels and skipped judging take the whole table")
     if not needs_judge(cfg, plan):
         return no_judgments(log)
-    if exact_labels:
+    if not verifier_judges(cfg, plan):
         df = oracle_judgments(rollouts, cfg.algorithm.step_verdicts, cfg.algorithm.oracle_flip_prob,
                               _seed(cfg, plan.round_idx, "oracle"))  # fmt: skip
         log(f"judge: {cfg.algorithm.step_verdicts} step verdicts from the task's exact labels (no verifier)")
         metrics = {"judge/oracle": 1, **step_verdict_histogram(list(df["step_verdicts"]))}
         return df, StageResult(metrics, 0.0)
+    assert verifier_ckpt is not None, "a verifier judges this round: its checkpoint is needed"
     n = 1 if generator_round else cfg.verifier_sampling.n
-    mine = shard_range(len(rollouts), n, cfg.rollout.chunk_samples, *shard)
-    part = rollouts.iloc[mine.start : mine.stop]
+    part = rollouts
     parsed = parsed_solutions(part)
     questions, texts = list(part["question"]), list(part["text"])
     t0 = time.perf_counter()
@@ -401,12 +412,12 @@ def judge(
         prompts, cut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
         comps, prompt_ids, _ = _sample(
             cfg, "verifier", verifier_ckpt, prompts, cfg.verifier_sampling, n, plan.round_idx, "judge", log,
-            first=mine.start,
+            first=first,
         )  # fmt: skip
     compute = time.perf_counter() - t0
     rows = []
     for k, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
-        i = mine.start + k
+        i = first + k
         for j, c in enumerate(cs):
             v = parse_verification(c.text, s.num_steps, s.well_formed)
             rows.append(
@@ -452,13 +463,10 @@ def judge_metrics(df: pd.DataFrame, prompts_cut: int, compute: float) -> dict[st
 
 
 def join_judgments(parts: list[tuple[pd.DataFrame, StageResult]]) -> tuple[pd.DataFrame, StageResult]:
-    """The shards of :func:`judge` as the one table the unsharded stage makes (solution order)."""
-    if all(not r.metrics for _, r in parts[1:]):  # one shard, or nothing judged by a verifier: shard 0 has it all
-        return parts[0]
+    """The verifier's shards of :func:`judge` as the one table the unsharded stage makes (solution order)."""
     tables = [d for d, _ in parts if len(d)]
-    if not tables:
-        return parts[0]
-    df = pd.concat(tables, ignore_index=True).sort_values(["solution", "verification"]).reset_index(drop=True)
+    df = pd.concat(tables, ignore_index=True) if tables else parts[0][0]
+    df = df.sort_values(["solution", "verification"]).reset_index(drop=True)
     compute = sum(r.compute_seconds for _, r in parts)
     cut = int(df.drop_duplicates("solution")["prompt_cut"].sum())
     return df, StageResult(judge_metrics(df, cut, compute), compute)
@@ -467,6 +475,12 @@ def join_judgments(parts: list[tuple[pd.DataFrame, StageResult]]) -> tuple[pd.Da
 def needs_judge(cfg: TangoConfig, plan: RoundPlan) -> bool:
     """Whether the round judges its solutions: not in a generator round without step rewards (vanilla GRPO)."""
     return not (_is_generator_slot(plan) and not cfg.algorithm.step_rewards)
+
+
+def verifier_judges(cfg: TangoConfig, plan: RoundPlan) -> bool:
+    """Whether a verifier engine judges this round's solutions (not skipped, not exact labels: TANGO.md §3, §8)."""
+    exact_labels = _is_generator_slot(plan) and cfg.algorithm.step_verdicts != "verifier"
+    return needs_judge(cfg, plan) and not exact_labels
 
 
 def no_judgments(log: Log = print) -> tuple[pd.DataFrame, StageResult]:
@@ -551,6 +565,95 @@ def verifier_prompts(
         for q, s, t in zip(questions, parsed, texts, strict=True)
     ]
     return [p for p, _ in fitted], [c for _, c in fitted]
+
+
+# ----------------------------------------------------------------------------------------------
+# shards: rollout and judging of a part of the round's prompts, on one device each
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardResult:
+    """What one shard of a round's sampling made (:func:`sample_shard`): its rows of both tables.
+
+    ``judgments`` is None when no verifier judges the round (the join judges the whole table then,
+    without an engine). ``stats`` is the shard's row of the round's shard table: its prompts, rows,
+    engine seconds and wall seconds per stage (engine load included).
+    """
+
+    rollouts: pd.DataFrame
+    rollout: StageResult
+    judgments: pd.DataFrame | None
+    judge: StageResult | None
+    stats: dict[str, Any]
+
+
+def sample_shard(
+    cfg: TangoConfig,
+    plan: RoundPlan,
+    generator_ckpt: Path,
+    verifier_ckpt: Path | None,
+    shard: tuple[int, int],
+    log: Log = print,
+) -> ShardResult:
+    """Shard ``k`` of ``S`` of a round's sampling (TANGO.md §3): the generator samples the shard's
+    prompts, then the verifier judges the shard's own solutions, one engine at a time.
+
+    A solution's verifications depend on that solution only, so a shard needs nothing from the
+    others; its prompts are whole engine calls (:func:`shard_range`) seeded by their index in the
+    round, so :func:`join_shards` of all S shards equals the unsharded rollout and judge tables.
+    """
+    k, shards = shard
+    t0 = time.perf_counter()
+    rollouts, rres = rollout(cfg, plan, generator_ckpt, log=log, shard=shard)
+    t1 = time.perf_counter()
+    judgments, jres = None, None
+    n_prompts, n = rollout_size(cfg, plan)
+    mine = shard_range(n_prompts, n, cfg.rollout.chunk_samples, k, shards)
+    first = mine.start * n  # the shard's first solution: every prompt has n of them
+    if verifier_judges(cfg, plan):
+        judgments, jres = judge(cfg, plan, verifier_ckpt, rollouts, log=log, first=first)
+    t2 = time.perf_counter()
+    stats = {
+        "shard": k,
+        "shards": shards,
+        "prompts": f"{mine.start}-{mine.stop - 1}" if len(mine) else "-",
+        "first_solution": first,
+        "solutions": len(rollouts),
+        "verifications": 0 if judgments is None else len(judgments),
+        "rollout_s": t1 - t0,
+        "rollout_engine_s": rres.compute_seconds,
+        "judge_s": t2 - t1,
+        "judge_engine_s": 0.0 if jres is None else jres.compute_seconds,
+    }
+    log(f"shard {k}/{shards}: {len(rollouts)} solutions, {stats['verifications']} verifications in {t2 - t0:.1f} s")
+    return ShardResult(rollouts, rres, judgments, jres, stats)
+
+
+def join_shards(
+    cfg: TangoConfig, plan: RoundPlan, parts: list[ShardResult], log: Log = print
+) -> tuple[pd.DataFrame, StageResult, pd.DataFrame, StageResult]:
+    """The round's rollout and judge tables (and their results) from all its shards, in prompt order:
+    equal to what the unsharded :func:`rollout` and :func:`judge` make (TANGO.md §3)."""
+    parts = sorted(parts, key=lambda p: p.stats["shard"])
+    if [p.stats["shard"] for p in parts] != list(range(len(parts))):
+        raise ValueError(f"shards {[p.stats['shard'] for p in parts]} are not 0..{len(parts) - 1}: one is missing")
+    rollouts, rres = join_rollouts([(p.rollouts, p.rollout) for p in parts])
+    seen = 0
+    for p in parts:  # the solution indices a shard judged under must be its rows in the joined table
+        if p.stats["first_solution"] != seen and p.stats["solutions"]:
+            raise ValueError(f"shard {p.stats['shard']} starts at solution {p.stats['first_solution']}, not {seen}")
+        seen += p.stats["solutions"]
+    if verifier_judges(cfg, plan):
+        judgments, jres = join_judgments([(p.judgments, p.judge) for p in parts])
+    else:  # exact labels or nothing to judge: no engine, so the whole table is judged here
+        judgments, jres = judge(cfg, plan, None, rollouts, log=log)
+    return rollouts, rres, judgments, jres
+
+
+def shard_table(parts: list[ShardResult]) -> pd.DataFrame:
+    """The shards' statistics, one row per shard in shard order (the join's card and artifact)."""
+    return pd.DataFrame(sorted((p.stats for p in parts), key=lambda s: s["shard"]))
 
 
 # ----------------------------------------------------------------------------------------------

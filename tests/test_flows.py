@@ -479,6 +479,59 @@ def test_a_failed_two_process_update_resumes(tmp_path, warmed):
     assert check["metrics"]["generator_update/updates"] == 1.0
 
 
+def test_sharded_sampling_retries_a_shard_resumes_only_the_failed_one_and_matches_one_engine(tmp_path, warmed):
+    """Issue #15: ``rollout.shards: 2`` runs the round's sampling as a foreach. Shard 1 fails at its end on
+    every attempt: ``@retry`` reruns it alone (shard 0 runs once), then the run fails; ``resume`` clones
+    shard 0 and reruns only shard 1. The joined tables and the updated generator are exactly those of
+    the same round sampled by one engine, in one process (``InProcessRun``, ``rollout.shards: 1``)."""
+    ds = Datastore(tmp_path / "mf")
+    cfg = {
+        **SMALL,
+        "rounds": 1,
+        "schedule": {"verifier_warmup_rounds": 0, "generator_per_verifier": 3},  # a generator round
+        # 4 prompts x 2 samples, 4 samples an engine call: one call per shard in both stages
+        "rollout": {**SMALL["rollout"], "shards": 2, "chunk_samples": 4},
+    }
+    failed = ds.flow("--config", "config", str(ds.config(cfg)), "run", env={"TANGO_FAIL_AT": "1:sample_shard1"})
+    assert failed.returncode != 0
+    assert "failure injected by TANGO_FAIL_AT=1:sample_shard1" in failed.stdout + failed.stderr
+    _ok(ds.flow("resume"))
+    final = ds.query(FINAL)
+    res = ds.query(
+        f"""
+        import base64, re, tempfile
+        import pandas as pd
+        from metaflow.cards import get_cards
+        from tango_steps.local import InProcessRun
+        from tango_steps.model_store import load_model_dir
+        r = Run({final["rounds"][0]!r})
+        origin = {{t.index: t.origin_pathspec for t in r["sample_shard"]}}
+        first = Run("/".join(origin[0].split("/")[:2]))  # the failed run, whose shard 0 was cloned
+        attempts = {{t.index: [t.current_attempt, t.successful] for t in first["sample_shard"]}}
+        j, w = r["join_shards"].task, r["reward"].task
+        cfg, s_in = j["cfg"].data, j["state_in"].data
+        one = cfg.model_copy(update={{"rollout": cfg.rollout.model_copy(update={{"shards": 1}})}})
+        dirs = {{"generator": load_model_dir(s_in["generator"]), "verifier": load_model_dir(s_in["verifier"])}}
+        run = InProcessRun(one, dirs, tempfile.mkdtemp())
+        out = run.round()
+        pd.testing.assert_frame_equal(w["rollouts"].data, out.rollouts)
+        pd.testing.assert_frame_equal(w["judgments"].data, out.judgments)
+        flow_generator = load_model_dir(r["end"].task["state"].data["generator"])
+        html = get_cards(j)[0].get()  # its components travel base64-encoded inside it
+        card = [base64.b64decode(m).decode() for m in re.findall(r'= "([A-Za-z0-9+/=]{{40,}})"', html)]
+        print(json.dumps({{"origin": origin, "attempts": attempts, "table": j["shard_table"].data.to_dict("records"),
+                          "card": card, "flow": str(flow_generator), "one": str(run.generator),
+                          "rows": len(out.rollouts), "verifications": len(out.judgments)}}))
+        """
+    )
+    assert res["attempts"] == {"0": [0, True], "1": [1, False]}  # the failed shard was retried alone
+    assert res["origin"]["1"] is None and res["origin"]["0"] is not None, res["origin"]  # resume reran shard 1 only
+    assert [(t["shard"], t["solutions"], t["verifications"]) for t in res["table"]] == [(0, 4, 4), (1, 4, 4)]
+    assert res["rows"] == res["verifications"] == 8
+    assert any("Shards: 2; slowest shard" in c for c in res["card"])
+    assert _digest(res["flow"]) == _digest(res["one"])
+
+
 def test_parallel_nodes_run_the_update_and_match_one_process(tmp_path):
     """Issue #15: Metaflow's @parallel with 2 nodes (locally: processes of this machine) runs one update
     as one torch.distributed group (FSDP across the nodes); the result equals the one-process update."""

@@ -1,5 +1,6 @@
-"""Issue #15: a round's sampling split into shards (whole engine calls) joins into exactly the unsharded
-table (tango_steps.stages.rollout / judge with ``shard=(k, S)``, ``join_rollouts`` / ``join_judgments``)."""
+"""Issue #15: a round's sampling split into shards (whole engine calls; a shard samples its prompts, then
+judges its own solutions) joins into exactly the unsharded tables (tango_steps.stages.sample_shard,
+join_shards)."""
 
 from __future__ import annotations
 
@@ -36,40 +37,58 @@ def _rates_removed(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.endswith("tokens_per_s")}
 
 
+def _sharded(cfg, plan, ckpt, shards):
+    parts = [stages.sample_shard(cfg, plan, ckpt, ckpt, (k, shards), log=lambda m: None) for k in range(shards)]
+    return parts, stages.join_shards(cfg, plan, parts, log=lambda m: None)
+
+
 @pytest.mark.parametrize("shards", [2, 3, 4])
 def test_sharded_rollout_and_judge_join_into_the_unsharded_tables(ckpt, shards):
     plan = stages.round_plan(CFG, 2)  # a generator round: M samples a prompt, one verification each
     whole, whole_res = stages.rollout(CFG, plan, ckpt)
-    parts = [stages.rollout(CFG, plan, ckpt, shard=(k, shards)) for k in range(shards)]
-    assert sum(len(p) for p, _ in parts) == len(whole) == 12
+    judged, judged_res = stages.judge(CFG, plan, ckpt, whole)
+    parts, (joined, res, jjoined, jres) = _sharded(CFG, plan, ckpt, shards)
+    assert sum(len(p.rollouts) for p in parts) == len(whole) == 12
     if shards == 4:
-        assert len(parts[0][0]) == 0  # more shards than engine calls: one shard has nothing to do
-    joined, res = stages.join_rollouts(parts)
+        assert len(parts[0].rollouts) == len(parts[0].judgments) == 0  # more shards than calls: one idles
     _same(joined, whole)
     assert _rates_removed(res.metrics) == _rates_removed(whole_res.metrics)
-    judged, judged_res = stages.judge(CFG, plan, ckpt, whole)
-    jparts = [stages.judge(CFG, plan, ckpt, whole, shard=(k, shards)) for k in range(shards)]
-    jjoined, jres = stages.join_judgments(jparts)
     _same(jjoined, judged)
     assert _rates_removed(jres.metrics) == _rates_removed(judged_res.metrics)
+    starts = {2: [0, 4], 3: [0, 4, 8], 4: [0, 4, 8]}[shards]  # 3 calls of 2 prompts x 2 samples
+    assert [p.stats["first_solution"] for p in parts if p.stats["solutions"]] == starts
 
 
 def test_a_verifier_round_shards_its_n_verifications_per_solution(ckpt):
     plan = stages.round_plan(CFG, 1)  # a verifier round: one solution a prompt, N verifications each
     ro, _ = stages.rollout(CFG, plan, ckpt)
     whole, _ = stages.judge(CFG, plan, ckpt, ro)
-    joined, _ = stages.join_judgments([stages.judge(CFG, plan, ckpt, ro, shard=(k, 2)) for k in range(2)])
+    parts, (_, _, joined, _) = _sharded(CFG, plan, ckpt, 2)
     _same(joined, whole)
-    assert len(whole) == 6 * 2
+    assert len(whole) == 6 * 2 and [p.stats["verifications"] for p in parts] == [8, 4]  # calls of 4 and 2 prompts
 
 
-def test_without_a_verifier_shard_zero_holds_the_whole_judge_result(ckpt):
-    grpo = CFG.model_copy(update={"algorithm": CFG.algorithm.model_copy(update={"step_rewards": False})})
-    plan = stages.round_plan(grpo, 2)
-    ro, _ = stages.rollout(grpo, plan, ckpt)
-    parts = [stages.judge(grpo, plan, ckpt, ro, shard=(k, 2)) for k in range(2)]
-    joined, res = stages.join_judgments(parts)
-    assert len(joined) == 0 and res.metrics == {"judge/skipped": 1}
+@pytest.mark.parametrize("arm", ["grpo", "oracle"])
+def test_without_a_verifier_engine_the_join_judges_the_whole_table(ckpt, arm):
+    algorithm = {"step_rewards": False} if arm == "grpo" else {"step_verdicts": "noisy_oracle", "oracle_flip_prob": 0.3}
+    cfg = CFG.model_copy(update={"algorithm": CFG.algorithm.model_copy(update=algorithm)})
+    plan = stages.round_plan(cfg, 2)
+    ro, _ = stages.rollout(cfg, plan, ckpt)
+    whole, whole_res = stages.judge(cfg, plan, None, ro)
+    parts, (_, _, joined, res) = _sharded(cfg, plan, ckpt, 2)
+    assert all(p.judgments is None for p in parts)  # no shard loaded a verifier
+    _same(joined, whole)  # the noisy oracle's flips are drawn over the whole table, in order
+    assert res.metrics == whole_res.metrics
+    assert len(joined) == (0 if arm == "grpo" else 12)
+    with pytest.raises(ValueError, match="only a verifier's judging is sharded"):
+        stages.judge(cfg, plan, None, ro.iloc[4:], first=4)
+
+
+def test_a_missing_shard_is_refused(ckpt):
+    plan = stages.round_plan(CFG, 2)
+    parts = [stages.sample_shard(CFG, plan, ckpt, ckpt, (k, 3), log=lambda m: None) for k in (0, 2)]
+    with pytest.raises(ValueError, match="one is missing"):
+        stages.join_shards(CFG, plan, parts)
 
 
 def test_shard_ranges_are_whole_engine_calls():
@@ -85,9 +104,29 @@ def test_the_in_process_runner_with_shards_runs_the_same_round(tmp_path, ckpt):
     from tango_steps.local import InProcessRun
 
     cfg = CFG.model_copy(update={"schedule": CFG.schedule.model_copy(update={"verifier_warmup_rounds": 0})})
+    two_shards = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"shards": 2})})
     dirs = {"generator": ckpt, "verifier": ckpt}
     one = InProcessRun(cfg, dirs, tmp_path / "one").round()
-    two = InProcessRun(cfg, dirs, tmp_path / "two", shards=2).round()
+    two = InProcessRun(two_shards, dirs, tmp_path / "two").round()
     assert one.plan.update_generator and len(one.judgments) == 12
     _same(two.rollouts, one.rollouts)
     _same(two.judgments, one.judgments)
+
+
+def test_shards_need_chunks_that_hold_whole_groups():
+    from tango_steps.config import ConfigError, load_config
+
+    with pytest.raises(
+        ConfigError,
+        match=r"rollout.shards 2 needs rollout.chunk_samples \(6\) to be a multiple of "
+        r"verifier_sampling.n \(4\)",
+    ):
+        load_config(
+            overrides={
+                "rollout.shards": 2,
+                "rollout.chunk_samples": 6,
+                "generator_sampling.n": 2,
+                "verifier_sampling.n": 4,
+            }
+        )
+    load_config(overrides={"rollout.shards": 1, "rollout.chunk_samples": 6, "verifier_sampling.n": 4})

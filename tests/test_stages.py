@@ -188,6 +188,12 @@ def test_failure_switch(monkeypatch):
     maybe_fail(2, "reward")
     with pytest.raises(RuntimeError, match="failure injected"):
         maybe_fail(2, "judge")
+    monkeypatch.setenv("TANGO_FAIL_AT", "1:sample_shard0:once,2:sample_shard1")
+    maybe_fail(1, "sample_shard0", attempt=1)  # a retry of a ':once' target passes
+    maybe_fail(1, "sample_shard1")
+    for stage, attempt in (("sample_shard0", 0), ("sample_shard1", 5)):
+        with pytest.raises(RuntimeError, match="failure injected"):
+            maybe_fail(1 if stage == "sample_shard0" else 2, stage, attempt)
 
 
 def test_round_data_is_a_pure_function_of_seed_and_round():
