@@ -10,8 +10,8 @@ extension's ``@torchrun`` does; its 0.2.2 fails on Metaflow 2.19: its ``task_pre
 as a one-machine multi-process update (``tango_steps/distributed.py``):
 the checkpoint each node loads comes from the datastore, global rank 0 writes the result. ``join``
 compares it with the same update on one process (``start``); ``matches`` says whether it is the same
-within float tolerance. TangoFlow's round does not use ``@parallel`` yet (its updates run on one
-machine, ``update.processes``): this flow is the check that the mechanism works.
+within float tolerance. TangoRoundFlow runs a round's update the same way when a recipe sets
+``update.nodes`` > 1 (its ``update_nodes`` step); this flow checks the mechanism against one process.
 """
 
 import tempfile

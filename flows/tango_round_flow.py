@@ -2,6 +2,7 @@
 
     start -> rollout -> (judge) -> reward -> (verifier_update | generator_update) -> (evaluate) -> end
     start -> split_prompts -> sample_shard x S -> join_shards -> reward -> ...    (rollout.shards S > 1)
+    ... reward -> split_nodes -> update_nodes x N -> join_nodes -> after_nodes -> ...  (update.nodes N > 1)
 
     (...) = a step the round runs only when it needs it
 
@@ -13,7 +14,9 @@ past ``evaluate`` to ``end``, and a run without step rewards from ``rollout`` pa
 ``rollout.shards`` S > 1 the round's sampling is a Metaflow ``foreach``: each ``sample_shard`` task
 samples its part of the prompts, then judges its own solutions (one device each on a cluster; a
 failed shard retries alone and ``resume`` reruns only it), and ``join_shards`` joins them into the
-tables the unsharded steps make. A
+tables the unsharded steps make. An update with ``update.nodes`` N > 1 runs as N Metaflow
+``@parallel`` tasks (pods on a cluster), each starting its ``update.processes`` processes of one
+torch.distributed group; node 0 stores the checkpoint. A
 skipped stage's artifacts are set by the step before it (an empty judgment table, the unchanged
 model and the reason of the skip, ``eval_table = None``); the skipped evaluation's note is on
 ``reward``'s card.
@@ -28,7 +31,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, Parameter, card, current, resources, retry, step
+from metaflow import Config, FlowSpec, Parameter, card, current, parallel, resources, retry, step
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml")
 PARSER = "tango_steps.config.parse_recipe"
@@ -210,17 +213,18 @@ class TangoRoundFlow(FlowSpec):
         )
         if not plan.evaluate:  # evaluation.every > 1: measurement only, so the round goes past `evaluate`
             self.eval_table, self.eval_metrics = None, {}
-        self.to_update, self.after_update = stages.update_step(plan), stages.after_update(plan)
+        self.to_update, self.after_update = stages.update_step(plan, self.cfg), stages.after_update(plan)
         if self.to_update == self.after_update:
             print(f"no update this round: {plan.skip_generator}; {plan.skip_verifier}")
         self.next(
             {"verifier_update": self.verifier_update, "generator_update": self.generator_update,
-             "evaluate": self.evaluate, "end": self.end},
+             "split_nodes": self.split_nodes, "evaluate": self.evaluate, "end": self.end},
             condition="to_update",
         )  # fmt: skip
 
-    def _update(self, role, batch):
-        """Shared body of the two update steps: one RL update into the datastore."""
+    def _update(self, role, node=None):
+        """Shared body of the update steps: one RL update into the datastore (on several nodes, only
+        node 0 has the checkpoint to store: the others return None)."""
         import time
 
         from tango_steps import stages
@@ -231,9 +235,12 @@ class TangoRoundFlow(FlowSpec):
         ckpt = store.load(self.state_in[role])
         init = store.load(self.state_in[f"{role}_init"])
         plan = stages.plan_from_dict(self.plan)
+        batch = self.generator_batch if role == "generator" else self.verifier_batch
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = stages.update(self.cfg, plan, role, ckpt, init, batch, Path(tmp) / "ckpt")
+            metrics = stages.update(self.cfg, plan, role, ckpt, init, batch, Path(tmp) / "ckpt", node=node)
             compute = time.perf_counter() - t0
+            if not (Path(tmp) / "ckpt").exists():
+                return None, metrics, compute
             ref = store.save(Path(tmp) / "ckpt", task_key(role), meta={"role": role, "round": self.round_idx})
         return ref, metrics, compute
 
@@ -249,9 +256,7 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps import cards
 
         self._check("verifier_update")
-        self.verifier_out, self.verifier_update_metrics, self.compute_seconds = self._update(
-            "verifier", self.verifier_batch
-        )
+        self.verifier_out, self.verifier_update_metrics, self.compute_seconds = self._update("verifier")
         self._card(cards.update_components("verifier", self.verifier_update_metrics))
         self._record_peak()
         self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
@@ -268,11 +273,55 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps import cards
 
         self._check("generator_update")
-        self.generator_out, self.generator_update_metrics, self.compute_seconds = self._update(
-            "generator", self.generator_batch
-        )
+        self.generator_out, self.generator_update_metrics, self.compute_seconds = self._update("generator")
         self._card(cards.update_components("generator", self.generator_update_metrics))
         self._record_peak()
+        self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
+
+    @step
+    def split_nodes(self):
+        """update.nodes N > 1: the round's update as N @parallel tasks (one process group across them)."""
+        from tango_steps import stages
+
+        plan = stages.plan_from_dict(self.plan)
+        self.update_role = "generator" if plan.update_generator else "verifier"
+        self.next(self.update_nodes, num_parallel=getattr(self.cfg, f"{self.update_role}_update").nodes)
+
+    @parallel
+    @resources(
+        cpu=config.resources.update_nodes.cpu,
+        memory=config.resources.update_nodes.memory,
+        gpu=config.resources.update_nodes.gpu,
+    )
+    @card(type="blank")
+    @step
+    def update_nodes(self):
+        """One node of an update across machines (TANGO.md §6): its processes join the group; node 0 stores."""
+        from tango_steps import cards
+
+        self._check("update_nodes")
+        par = current.parallel
+        node = (par.node_index, par.num_nodes, par.main_ip)
+        self.node_out, self.node_metrics, self.compute_seconds = self._update(self.update_role, node)
+        self._card(cards.update_components(f"{self.update_role} (node {par.node_index} of {par.num_nodes})",
+                                           self.node_metrics))  # fmt: skip
+        self._record_peak()
+        self.next(self.join_nodes)
+
+    @step
+    def join_nodes(self, inputs):
+        """The update's result: node 0's checkpoint and metrics."""
+        self.cfg = inputs[0].cfg  # (see join_shards)
+        self.merge_artifacts(inputs, exclude=["node_out", "node_metrics", "compute_seconds", "peak_rss_mb"])
+        first = next(i for i in inputs if i.node_out is not None)
+        setattr(self, f"{self.update_role}_out", first.node_out)
+        setattr(self, f"{self.update_role}_update_metrics", first.node_metrics)
+        self.compute_seconds = 0.0
+        self.next(self.after_nodes)
+
+    @step
+    def after_nodes(self):
+        """(a join cannot choose the next step: this one does) evaluate in a measured round, else end."""
         self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
 
     @resources(

@@ -257,6 +257,12 @@ class UpdateConfig(_Section):
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp", description="with processes > 1: ddp (a replica each) or fsdp (weights, grads, AdamW state sharded)"
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        description="machines of the update: > 1 runs it as Metaflow @parallel nodes of `processes` processes "
+        "each, one torch.distributed group (resources.update_nodes per node; docs/scaling.md)",
+    )
     lora: LoraConfig | None = Field(None, description="LoRA settings; null = full fine-tuning")
 
 
@@ -293,7 +299,9 @@ class StepResources(_Section):
     gpu: int = Field(0, ge=0, description="GPUs")
 
 
-ROUND_STEPS = ("start", "rollout", "judge", "reward", "verifier_update", "generator_update", "evaluate", "end")
+ROUND_STEPS = (
+    "start", "rollout", "judge", "reward", "verifier_update", "generator_update", "update_nodes", "evaluate", "end",
+)  # fmt: skip
 
 
 class TangoConfig(_Section):
@@ -357,11 +365,13 @@ class TangoConfig(_Section):
     @model_validator(mode="after")
     def _update_processes_have_devices(self) -> TangoConfig:
         for role in ("generator_update", "verifier_update"):
-            u, res = getattr(self, role), self.resources.get(role)
+            u = getattr(self, role)
+            step = "update_nodes" if u.nodes > 1 else role  # the step (one per node) the update runs in
+            res = self.resources.get(step)
             gpus = res.gpu if res is not None else 0
             if gpus and u.processes > gpus:
                 raise ValueError(
-                    f"{role}.processes is {u.processes} but resources.{role}.gpu is {gpus}: one GPU per process"
+                    f"{role}.processes is {u.processes} but resources.{step}.gpu is {gpus}: one GPU per process"
                 )
             if u.processes > 1 and u.strategy == "fsdp" and u.lora is not None:
                 raise ValueError(f"{role}.strategy 'fsdp' with {role}.lora is not supported (an adapter is small: ddp)")

@@ -1,4 +1,5 @@
-"""What one update process holds in memory, by estimate (TANGO.md §7 hardware; docs/scaling.md).
+"""How a recipe spreads over devices: what one update process holds in memory, by estimate, and how
+its sampling splits over shards (TANGO.md §7 hardware; docs/scaling.md).
 
 The estimate follows what :func:`tango_steps.training.rl_update` does, not a generic trainer:
 
@@ -107,3 +108,30 @@ def recipe_update_memory(cfg, role: str, shape: ModelShape) -> dict[str, float]:
         logprob_chunk_size=u.logprob_chunk_size,
         lora=u.lora is not None,
     )
+
+
+def sampling_layout(cfg) -> dict[str, int]:
+    """How a recipe's sampling spreads over ``rollout.shards`` engines (a ``TangoConfig``; docs/scaling.md).
+
+    A shard is a contiguous run of whole engine calls (``rollout.chunk_samples`` samples each), so
+    with fewer calls than shards some shards idle; ``busy_*`` counts the shards with work in a
+    generator round (B_g prompts x M samples) and in a verifier round (B_v prompts x 1). Each shard's
+    engine spans ``tensor_parallel_size`` GPUs.
+    """
+    from tango_steps.stages import sampling_chunks
+
+    r = cfg.rollout
+    calls = {
+        "generator_round_calls": len(
+            sampling_chunks(cfg.batch.generator_prompts, cfg.generator_sampling.n, r.chunk_samples)
+        ),
+        "verifier_round_calls": len(sampling_chunks(cfg.batch.verifier_prompts, 1, r.chunk_samples)),
+    }
+    return {
+        "shards": r.shards,
+        "gpus_per_shard": r.tensor_parallel_size,
+        "gpus": r.shards * r.tensor_parallel_size,
+        **calls,
+        "busy_shards_generator_round": min(r.shards, calls["generator_round_calls"]),
+        "busy_shards_verifier_round": min(r.shards, calls["verifier_round_calls"]),
+    }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -920,13 +921,20 @@ def update(
     batch: dict[str, Any] | None,
     out_dir: Path,
     log: Log = print,
+    node: tuple[int, int, str] | None = None,
 ) -> dict[str, float]:
     """One RL update of ``role`` ("generator" or "verifier") from ``ckpt`` into ``out_dir`` (TANGO.md §6).
 
     ``reference`` is the initial checkpoint: its ``model/`` is the frozen KL reference (full
     fine-tuning) or the LoRA base. ``batch`` is :func:`reward`'s; for the ``sft`` objective it is
     None and the round's gold solutions are tokenised here (:func:`sft_batch`).
+
+    ``node=(index, nodes, main_ip)``: this machine is node ``index`` of the ``update.nodes`` machines
+    of one update (Metaflow ``@parallel``): it starts its ``update.processes`` processes of the one
+    process group; node 0 holds global rank 0, which writes ``out_dir`` and returns the metrics (the
+    other nodes return an empty dict and write nothing).
     """
+    from tango_steps.distributed import read_metrics, run_workers, torchrun_command, write_spec
     from tango_steps.modeling import load_tokenizer
     from tango_steps.training import RLBatch, rl_update, update_settings
 
@@ -943,15 +951,21 @@ def update(
     rl_batch = RLBatch(**batch)
     log(f"{role} update: {len(rl_batch)} sequences, micro-batch {settings.micro_batch_size}")
     ref_model = str(reference / "model")
-    m = rl_update(
-        ckpt,
-        rl_batch,
-        settings,
-        out_dir,
-        log=log,
-        reference_model=ref_model,
-        lora_base=ref_model if settings.lora is not None else None,
-    )
+    lora_base = ref_model if settings.lora is not None else None
+    if node is None:
+        m = rl_update(ckpt, rl_batch, settings, out_dir, log=log, reference_model=ref_model, lora_base=lora_base)
+    else:
+        index, nodes, main_ip = node
+        if nodes != ucfg.nodes:
+            raise ValueError(f"{role}_update.nodes is {ucfg.nodes} but the update runs on {nodes} nodes")
+        with tempfile.TemporaryDirectory(prefix=".update-") as tmp:
+            spec = write_spec(Path(tmp), ckpt, rl_batch, settings, out_dir, ref_model, lora_base)
+            log(f"{role} update: node {index} of {nodes}, {ucfg.processes} processes here ({settings.strategy})")
+            cmd = torchrun_command(spec, ucfg.processes, nodes, index, main_ip)
+            run_workers(cmd, log, f"node {index} of the {nodes}-node update", Path(out_dir))
+            if index > 0:
+                return {}
+            m = read_metrics(spec)
     log(
         f"{role} update: loss {m['loss']:.4f}, kl {m.get('kl', 0.0):.5f}, "
         f"grad norm {m['grad_norm']:.3f}, {m['seconds']:.1f} s"
@@ -1028,17 +1042,21 @@ def evaluate(
     return df, StageResult(metrics, compute)
 
 
-def update_step(plan: RoundPlan) -> str:
+def update_step(plan: RoundPlan, cfg: TangoConfig | None = None) -> str:
     """The step a round goes to after ``reward``: the update it makes, or :func:`after_update`'s step
-    when it updates nothing.
+    when it updates nothing. With ``cfg`` given, an update on several nodes (``update.nodes`` > 1)
+    goes to ``split_nodes`` (TangoRoundFlow's ``@parallel`` path).
 
     The schedule gives each round one slot (TANGO.md §3), so at most one model is updated.
     """
     if plan.update_generator and plan.update_verifier:
         raise ValueError(f"round {plan.round_idx} plans both updates; a round has one slot")
-    if plan.update_verifier:
-        return "verifier_update"
-    return "generator_update" if plan.update_generator else after_update(plan)
+    role = "verifier" if plan.update_verifier else "generator" if plan.update_generator else None
+    if role is None:
+        return after_update(plan)
+    if cfg is not None and getattr(cfg, f"{role}_update").nodes > 1:
+        return "split_nodes"
+    return f"{role}_update"
 
 
 def after_update(plan: RoundPlan) -> str:

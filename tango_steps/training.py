@@ -124,8 +124,12 @@ class UpdateSettings:
 
 
 def update_settings(section: UpdateConfig, temperature: float = 1.0, seed: int = 0) -> UpdateSettings:
-    """The :class:`UpdateSettings` a config section describes (TANGO.md §6), with the sampling temperature."""
-    data = section.model_dump(exclude={"lora"})
+    """The :class:`UpdateSettings` a config section describes (TANGO.md §6), with the sampling temperature.
+
+    ``processes`` is the whole process group: ``processes`` per node x ``nodes``.
+    """
+    data = section.model_dump(exclude={"lora", "nodes"})
+    data["processes"] = section.processes * section.nodes
     lora = LoraSettings(**section.lora.model_dump()) if section.lora is not None else None
     return UpdateSettings(**data, lora=lora, temperature=temperature, seed=seed)
 

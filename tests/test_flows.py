@@ -532,6 +532,46 @@ def test_sharded_sampling_retries_a_shard_resumes_only_the_failed_one_and_matche
     assert _digest(res["flow"]) == _digest(res["one"])
 
 
+def test_an_update_on_two_parallel_nodes_equals_two_processes_on_one_machine(tmp_path, warmed):
+    """Issue #15: ``generator_update.nodes: 2`` runs the round's update as two Metaflow @parallel tasks
+    (locally: processes of this machine), one process each, in one torch.distributed group; the result
+    is exactly what the same update gives on 2 processes of one machine (the same group of 2)."""
+    ds = Datastore(tmp_path / "mf")
+    cfg = {
+        **SMALL,
+        "rounds": 1,
+        "schedule": {"verifier_warmup_rounds": 0, "generator_per_verifier": 3},  # a generator round
+        "generator_update": {**SMALL["generator_update"], "nodes": 2, "strategy": "ddp", "micro_batch_size": 2},
+    }
+    # Metaflow starts local @parallel workers with `python` from PATH: this interpreter's
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    _ok(ds.flow("--config", "config", str(ds.config(cfg)), "run", env={"PATH": path}))
+    final = ds.query(FINAL)
+    check = ds.query(
+        f"""
+        import tempfile
+        from pathlib import Path
+        from tango_steps import stages
+        from tango_steps.model_store import load_model_dir
+        r = Run({final["rounds"][0]!r})
+        j = r["join_nodes"].task
+        cfg, state_in = j["cfg"].data, j["state_in"].data
+        one = cfg.model_copy(update={{"generator_update": cfg.generator_update.model_copy(
+            update={{"nodes": 1, "processes": 2}})}})
+        ckpt, init = load_model_dir(state_in["generator"]), load_model_dir(state_in["generator_init"])
+        out = Path(tempfile.mkdtemp()) / "ckpt"  # the same update on 2 processes of this machine
+        stages.update(one, stages.plan_from_dict(j["plan"].data), "generator", ckpt, init,
+                      j["generator_batch"].data, out, log=lambda m: None)
+        print(json.dumps({{"metrics": j["generator_update_metrics"].data, "fresh": str(out),
+                          "nodes": str(load_model_dir(r["end"].task["state"].data["generator"])),
+                          "tasks": len(list(r["update_nodes"])), "steps": sorted(s.id for s in r)}}))
+        """
+    )
+    assert check["tasks"] == 2 and "generator_update" not in check["steps"], check["steps"]
+    assert check["metrics"]["generator_update/updates"] == 1.0
+    assert _digest(check["nodes"]) == _digest(check["fresh"])
+
+
 def test_parallel_nodes_run_the_update_and_match_one_process(tmp_path):
     """Issue #15: Metaflow's @parallel with 2 nodes (locally: processes of this machine) runs one update
     as one torch.distributed group (FSDP across the nodes); the result equals the one-process update."""

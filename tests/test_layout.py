@@ -1,4 +1,5 @@
-"""Issue #15: the recipes' update layouts fit their GPUs by tango_steps.layout's estimate."""
+"""Issue #15: the recipes' update layouts fit their GPUs by tango_steps.layout's estimate, and their
+sampling shards all have work."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tango_steps.config import load_config
-from tango_steps.layout import SHAPES, fits, recipe_update_memory, update_memory_gib
+from tango_steps.layout import SHAPES, fits, recipe_update_memory, sampling_layout, update_memory_gib
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 H100_GIB = 80
@@ -53,3 +54,15 @@ def test_the_estimate_scales_the_way_the_layouts_do():
     assert lora["KL reference (fp32)"] == 0
     with pytest.raises(ValueError, match="strategy"):
         update_memory_gib(shape, 2, "zero3", 4, 4096)
+
+
+def test_the_paper_recipe_samples_on_one_node_of_shards_that_all_have_work(tmp_path):
+    cfg = _recipe("qwen2.5-7b-paper.yaml", tmp_path)
+    lay = sampling_layout(cfg)
+    assert lay["gpus_per_shard"] == cfg.resources["rollout"].gpu == 2  # one shard task's GPUs = its engine's
+    assert lay["gpus"] == 8  # sampling fills one 8-GPU node, as each update does
+    assert lay["busy_shards_generator_round"] == lay["busy_shards_verifier_round"] == lay["shards"] == 4
+    # 1,280 samples of a generator round in calls of 80: each engine keeps a large batch
+    assert (lay["generator_round_calls"], lay["verifier_round_calls"]) == (16, 4)
+    one = sampling_layout(_recipe("qwen2.5-1.5b-1gpu.yaml", tmp_path))
+    assert (one["shards"], one["gpus"]) == (1, 1)
