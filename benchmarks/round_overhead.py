@@ -6,7 +6,8 @@ datastore), then prints, per round step, the mean wall time, the mean time insid
 (the ``compute_seconds`` artifact each step stores: engine/model load, generation, grading, the
 update) and their difference: process start, imports, artifact and model I/O, Metaflow
 bookkeeping. A step's wall time is the time from the previous task's end to its own end (steps run
-one after another), so nothing between tasks is left out.
+one after another), so nothing between tasks is left out; tasks that run at once (shards, nodes)
+split their common time between them this way.
 
     python benchmarks/round_overhead.py --rounds 3
     python benchmarks/round_overhead.py --run TangoFlow/1795...   # e.g. the 20-round default run
@@ -23,7 +24,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ("start", "rollout", "judge", "reward", "verifier_update", "generator_update", "evaluate", "end")
+STEPS = (
+    "start", "rollout", "judge", "split_prompts", "sample_shard", "join_shards", "reward", "verifier_update",
+    "generator_update", "split_nodes", "update_nodes", "join_nodes", "after_nodes", "evaluate", "end",
+)  # fmt: skip
 
 
 def launch(rounds: int, config: str | None) -> tuple[str, float, str]:

@@ -46,7 +46,8 @@ class InProcessRun:
     :func:`~tango_steps.driver.initial_checkpoints`), also each model's KL reference. With
     ``rollout.shards`` S > 1 the round's sampling runs as S shards one after another
     (:func:`~tango_steps.stages.sample_shard`: engines of their own, as a flow's shards would on separate
-    devices), joined: the same tables, at the cost of the engine loads.
+    devices), joined: the same tables, at the cost of the engine loads. An update with ``update.nodes``
+    N > 1 runs its N x ``processes`` processes on this machine (one torchrun): the same process group.
     """
 
     def __init__(self, cfg: TangoConfig, dirs: dict[str, Path], work: Path, log=QUIET) -> None:
