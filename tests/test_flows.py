@@ -316,6 +316,66 @@ def test_failure_then_resume_matches_uninterrupted_run(tmp_path, baseline):
     assert _eval_metrics(final["metrics"]) == _eval_metrics(expected["metrics"])
 
 
+def test_a_run_its_resume_and_a_fork_on_an_s3_datastore_equal_the_local_run(tmp_path, baseline, s3_server):
+    """Issue #16: the baseline's 2-round run with ``METAFLOW_DEFAULT_DATASTORE=s3`` on a real local S3
+    server (moto), failed in round 2 and resumed, then forked from round 1: artifacts, checkpoints and
+    cards are in the bucket, none on the local disk, and the models and metrics equal the local run's."""
+    ds = Datastore(tmp_path / "mf")
+    ds.env.update(
+        {
+            "METAFLOW_DEFAULT_DATASTORE": "s3",
+            "METAFLOW_DATASTORE_SYSROOT_S3": "s3://tango/mf",
+            "METAFLOW_S3_ENDPOINT_URL": s3_server,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "TANGO_CACHE": str(tmp_path / "cache"),  # downloaded models land here, and nowhere else
+            "AWS_ENDPOINT_URL": s3_server,  # for s3fs (benchmark and dataset files)
+        }
+    )
+    ds.query(f"import boto3\nboto3.client('s3', endpoint_url={s3_server!r}).create_bucket(Bucket='tango')\nprint(1)")
+    cfg = str(ds.config(SMALL))
+    failed = ds.flow("--config", "config", cfg, "run", env={"TANGO_FAIL_AT": "2:reward"})
+    assert failed.returncode != 0 and "failure injected" in failed.stdout + failed.stderr
+    _ok(ds.flow("resume"))
+    final = ds.query(FINAL)
+    _ok(ds.flow("--config", "config", cfg, "run", "--start-from", final["rounds"][0], "--rounds", "1"))
+    res = ds.query(
+        f"""
+        import boto3
+        from tango_steps.model_store import load_model_dir
+        runs = [Run({final["run"]!r}), Flow("TangoFlow").latest_successful_run]  # the resumed run, the fork
+        models = [[str(load_model_dir(r["end"].task[m].data)) for m in ("final_generator", "final_verifier")]
+                  for r in runs]
+        uris = [r["end"].task["final_generator"].data["uri"] for r in runs]
+        s3 = boto3.client("s3", endpoint_url={s3_server!r})
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="tango")
+                for o in page.get("Contents", [])]
+        # benchmark files and a dataset task's prompts from the bucket, through s3fs
+        s3.put_object(Bucket="tango", Key="data/gsm8k/test.jsonl", Body={_gsm8k_style_rows(6)!r}.encode())
+        from tango_steps.datasets import load_benchmark
+        from tango_steps.tasks import get_task
+        bench, stats = load_benchmark("gsm8k", path="s3://tango/data")
+        prompts = get_task("dataset", benchmark="gsm8k", path="s3://tango/data").problems(3, "train", seed=0)
+        print(json.dumps({{"models": models, "uris": uris, "fork": runs[1].pathspec, "keys": keys,
+                          "bench": [len(bench), stats.source], "prompts": [p.question for p in prompts]}}))
+        """
+    )
+    assert res["bench"] == [6, "s3://tango/data/gsm8k/test.jsonl"] and len(res["prompts"]) == 3
+    _, expected = baseline
+    assert _eval_metrics(final["metrics"]) == _eval_metrics(expected["metrics"])
+    assert res["fork"] != final["run"]
+    for gen, ver in res["models"]:  # the resumed run and the fork end with the local run's models
+        assert (_digest(gen), _digest(ver)) == (_digest(expected["gen"]), _digest(expected["ver"]))
+        assert gen.startswith(str(tmp_path / "cache"))  # downloaded from the bucket into the cache
+    assert all(u.startswith("s3://tango/mf/tango_models/") for u in res["uris"])
+    assert any(k.startswith("mf/tango_models/") and k.endswith(".safetensors") for k in res["keys"])
+    assert any("cards" in k for k in res["keys"]), [k for k in res["keys"] if "card" in k.lower()][:5]
+    # nothing but Metaflow's local metadata is on the local disk: no artifact, model or card
+    local = [p for p in (tmp_path / "mf").rglob("*") if p.is_file() and p.suffix not in (".yaml", ".json")]
+    assert not [p for p in local if p.suffix == ".safetensors" or "cards" in p.parts], local[:20]
+
+
 def test_killed_driver_then_resume_matches_uninterrupted_run(tmp_path, baseline):
     """SIGKILL of the whole TangoFlow process group while round 2's judge runs, then `resume`."""
     import signal
