@@ -88,12 +88,12 @@ def main() -> None:
     ap.add_argument("--model", default="tiny", help="tiny (the default's generator) or smollm2-135m")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    server = start_s3()  # first: Metaflow reads METAFLOW_S3_ENDPOINT_URL once, when it is imported
     from metaflow.plugins.datastores.local_storage import LocalStorage
     from metaflow.plugins.datastores.s3_storage import S3Storage
 
     from tango_steps.model_store import ModelStore
 
-    server = start_s3()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -107,9 +107,7 @@ def main() -> None:
     finally:
         server.terminate()
     mb = next(iter(rows.values()))["bytes"] / 2**20
-    print(
-        f"\n{args.model} policy checkpoint: {mb:.1f} MiB (weights, optimizer and RNG state), mean of {args.repeats}\n"
-    )
+    print(f"\n{args.model} round-0 policy checkpoint: {mb:.1f} MiB, mean of {args.repeats}\n")
     print("| datastore | save s | save MiB/s | load s (fresh cache) | load MiB/s |")
     print("|---|---|---|---|---|")
     for name, r in rows.items():
