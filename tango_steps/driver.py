@@ -28,6 +28,36 @@ ROOT_TAG = "tango_root:{}"
 ROUND_TAG = "tango_round:{}"
 
 
+_MISSING = object()
+
+
+def artifact(task, name: str, default: Any = _MISSING) -> Any:
+    """``task[name].data`` through the task's artifact LIST (TANGO.md §9).
+
+    ``task[name]`` and ``name in task`` ask a metadata service for one artifact by name, a route that
+    the lightweight ``metaflow-local-service`` does not have (it answers 404, so the artifact looks
+    missing); listing a task's artifacts works with every metadata provider, so the driver reads
+    through it. Raises KeyError naming the task when it is missing and no ``default`` is given.
+    """
+    for a in task:
+        if a.id == name:
+            return a.data
+    if default is _MISSING:
+        raise KeyError(f"task '{task.pathspec}' has no '{name}' artifact")
+    return default
+
+
+def succeeded(obj) -> bool:
+    """A client Task's or Run's ``successful`` without reading an artifact by name (see :func:`artifact`):
+    a task succeeded when its latest attempt's ``attempt_ok`` metadata says so (what the Metaflow UI
+    shows), a run when its ``end`` task did."""
+    from metaflow import Run
+
+    if isinstance(obj, Run):
+        return "end" in obj and any(succeeded(t) for t in obj["end"])
+    return obj.metadata_dict.get("attempt_ok") == "True"
+
+
 def read_task_state(pathspec: str) -> dict[str, Any]:
     """The ``state`` artifact (model references, reweighter, counters) of a finished task (TANGO.md §9).
 
@@ -39,16 +69,17 @@ def read_task_state(pathspec: str) -> dict[str, Any]:
     parts = pathspec.strip("/").split("/")
     if len(parts) == 2:
         run = Run(pathspec)
-        if not run.successful:
+        if not succeeded(run):
             raise ValueError(f"run '{pathspec}' did not finish successfully; only finished rounds can be forked")
         task = run["end"].task
     elif len(parts) == 4:
         task = Task(pathspec)
     else:
         raise ValueError(f"'{pathspec}' is neither a run (Flow/run) nor a task (Flow/run/step/task) pathspec")
-    if "state" not in task:
+    state = artifact(task, "state", None)
+    if state is None:
         raise ValueError(f"task '{task.pathspec}' has no 'state' artifact: not a Tango round or start task")
-    return task["state"].data
+    return state
 
 
 def root_lock(root_id: str, log: Callable[[str], None] = print):
@@ -72,7 +103,7 @@ def find_round_runs(root_id: str, round_idx: int) -> list:
 
 
 def _failure_summary(run) -> str:
-    bad = [task.pathspec for step in run for task in step if not task.successful]
+    bad = [task.pathspec for step in run for task in step if not succeeded(task)]
     return "failed or unfinished: " + (", ".join(bad) or "(no task was recorded)")
 
 
@@ -109,7 +140,7 @@ def run_round(
     decospecs = list(config.get("round_with") or [])  # e.g. ["kubernetes"]: every round step runs there
     with root_lock(root_id, log):
         runs = find_round_runs(root_id, round_idx)
-        done = [r for r in runs if r.successful]
+        done = [r for r in runs if succeeded(r)]
         if done:
             run, how = done[0], "adopted"
             log(f"round {round_idx}: adopting finished run {run.pathspec}")
@@ -137,8 +168,8 @@ def run_round(
     return {
         "pathspec": run.pathspec,
         "state_task": end.pathspec,
-        "state": end["state"].data,
-        "metrics": end["metrics"].data,
+        "state": artifact(end, "state"),
+        "metrics": artifact(end, "metrics"),
         "how": how,
     }
 
@@ -239,7 +270,7 @@ def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple
         state = replace(state, alpha_horizon=cfg.algorithm.alpha_horizon)
     run_spec = "/".join(pathspec.strip("/").split("/")[:2])
     end = Run(run_spec)["end"].task
-    metrics = end["metrics"].data if "metrics" in end else {}
+    metrics = artifact(end, "metrics", {})
     return state.to_dict(), metrics
 
 
@@ -261,10 +292,9 @@ def round_models(pathspec: str) -> dict[str, Path]:
     namespace(None)
     parts = pathspec.strip("/").split("/")
     if len(parts) == 2 and parts[0] != "TangoRoundFlow":
-        end = Run(pathspec)["end"].task
-        if "state" not in end:
+        state = artifact(Run(pathspec)["end"].task, "state", None)
+        if state is None:
             raise ValueError(f"run '{pathspec}' has no final state (did it finish?)")
-        state = end["state"].data
     else:
         state = read_task_state(pathspec)
     return {role: load_model_dir(state[role]) for role in ("generator", "verifier")}

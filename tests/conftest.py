@@ -50,6 +50,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.1)):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
 @pytest.fixture
 def s3_server():
     """A real local S3 server (moto's server mode) on a free port; its URL."""
@@ -60,13 +70,24 @@ def s3_server():
     proc = subprocess.Popen(
         [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
+    _wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def metadata_service(tmp_path):
+    """A real Metaflow metadata service (``metaflow-local-service``'s app under uvicorn) on a free port,
+    recording into ``tmp_path/service``; its URL."""
+    pytest.importorskip("metaflow_local_service", reason="metaflow-local-service is not installed (the dev extra)")
+    port = _free_port()
+    code = (
+        "import uvicorn\nfrom metaflow_local_service.server import create_app\n"
+        f"uvicorn.run(create_app({str(tmp_path / 'service')!r}), host='127.0.0.1', port={port}, log_level='warning')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)

@@ -376,6 +376,61 @@ def test_a_run_its_resume_and_a_fork_on_an_s3_datastore_equal_the_local_run(tmp_
     assert not [p for p in local if p.suffix == ".safetensors" or "cards" in p.parts], local[:20]
 
 
+def test_a_run_its_resume_a_fork_and_an_adoption_through_a_metadata_service(tmp_path, baseline, metadata_service):
+    """Issue #16: the baseline's run recorded through a metadata service (``METAFLOW_DEFAULT_METADATA=service``,
+    metaflow-local-service): failed in round 2 and resumed (the driver finds the failed child by its tags),
+    forked from round 1, and round 1 adopted again by the driver; the models equal the local run's.
+
+    That service has no route for ONE artifact by name (``task["x"]``, ``"x" in task`` and
+    ``task.successful`` read as missing), so the driver reads artifacts through the task's artifact list
+    and success from ``attempt_ok`` metadata (``driver.artifact`` / ``driver.succeeded``); this query does too.
+    """
+    ds = Datastore(tmp_path / "mf")
+    ds.env.update({"METAFLOW_DEFAULT_METADATA": "service", "METAFLOW_SERVICE_URL": metadata_service})
+    cfg = str(ds.config(SMALL))
+    failed = ds.flow("--config", "config", cfg, "run", env={"TANGO_FAIL_AT": "2:reward"})
+    assert failed.returncode != 0 and "failure injected" in failed.stdout + failed.stderr
+    resumed = ds.flow("resume")
+    _ok(resumed)
+    assert "round 2: resuming TangoRoundFlow/" in resumed.stdout + resumed.stderr
+    query = """
+        from tango_steps.driver import artifact, find_round_runs, succeeded, run_round
+        from tango_steps.model_store import load_model_dir
+        done = [r for r in Flow("TangoFlow").runs() if succeeded(r)]
+        models = lambda end: [str(load_model_dir(artifact(end, m))) for m in ("final_generator", "final_verifier")]
+        """
+    first = ds.query(
+        query
+        + """
+        end = done[0]["end"].task
+        root, rounds = artifact(end, "root_id"), artifact(end, "round_runs")
+        tags = sorted(t for t in Run(rounds[1]).tags if t.startswith("tango_"))
+        children = [r.pathspec for r in find_round_runs(root, 2)]
+        print(json.dumps({"root": root, "rounds": rounds, "models": models(end), "tags": tags,
+                          "cfg": artifact(end, "cfg"), "children": children}))
+        """
+    )
+    _, expected = baseline
+    assert [_digest(m) for m in first["models"]] == [_digest(expected["gen"]), _digest(expected["ver"])]
+    assert first["tags"] == [f"tango_root:{first['root']}", "tango_round:2"]
+    assert len(first["children"]) == 2  # round 2's failed run and its resumed successor, found by tags
+    _ok(ds.flow("--config", "config", cfg, "run", "--start-from", first["rounds"][0], "--rounds", "1"))
+    second = ds.query(
+        query
+        + f"""
+        fork = max(done, key=lambda r: r.created_at)
+        again = run_round({str(REPO / "flows" / "tango_round_flow.py")!r}, {first["root"]!r}, 1, "unused",
+                          {first["cfg"]!r}, log=lambda m: None, show_output=False)
+        print(json.dumps({{"fork": models(fork["end"].task), "forked_from": artifact(fork["start"].task, "forked_from"),
+                          "how": again["how"], "adopted": again["pathspec"]}}))
+        """
+    )
+    assert second["forked_from"] == first["rounds"][0]
+    assert [_digest(m) for m in second["fork"]] == [_digest(expected["gen"]), _digest(expected["ver"])]
+    assert (second["how"], second["adopted"]) == ("adopted", first["rounds"][0])
+    assert (tmp_path / "service" / ".metaflow" / "TangoRoundFlow").is_dir()  # recorded by the service
+
+
 def test_killed_driver_then_resume_matches_uninterrupted_run(tmp_path, baseline):
     """SIGKILL of the whole TangoFlow process group while round 2's judge runs, then `resume`."""
     import signal
