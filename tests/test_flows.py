@@ -334,7 +334,8 @@ def test_a_run_its_resume_and_a_fork_on_an_s3_datastore_equal_the_local_run(tmp_
         }
     )
     ds.query(f"import boto3\nboto3.client('s3', endpoint_url={s3_server!r}).create_bucket(Bucket='tango')\nprint(1)")
-    cfg = str(ds.config(SMALL))
+    # round_with: the decorators every round run gets (`--with`); `card` stands in for `kubernetes` here
+    cfg = str(ds.config({**SMALL, "round_with": ["card"]}))
     failed = ds.flow("--config", "config", cfg, "run", env={"TANGO_FAIL_AT": "2:reward"})
     assert failed.returncode != 0 and "failure injected" in failed.stdout + failed.stderr
     _ok(ds.flow("resume"))
@@ -357,11 +358,14 @@ def test_a_run_its_resume_and_a_fork_on_an_s3_datastore_equal_the_local_run(tmp_
         from tango_steps.tasks import get_task
         bench, stats = load_benchmark("gsm8k", path="s3://tango/data")
         prompts = get_task("dataset", benchmark="gsm8k", path="s3://tango/data").problems(3, "train", seed=0)
-        print(json.dumps({{"models": models, "uris": uris, "fork": runs[1].pathspec, "keys": keys,
+        from metaflow.cards import get_cards
+        with_card = [len(list(get_cards(Run(p)["start"].task))) for p in runs[0]["end"].task["round_runs"].data]
+        print(json.dumps({{"models": models, "uris": uris, "fork": runs[1].pathspec, "keys": keys, "with": with_card,
                           "bench": [len(bench), stats.source], "prompts": [p.question for p in prompts]}}))
         """
     )
     assert res["bench"] == [6, "s3://tango/data/gsm8k/test.jsonl"] and len(res["prompts"]) == 3
+    assert res["with"] == [1, 1]  # `start` has no @card of its own: round_with reached both round runs
     _, expected = baseline
     assert _eval_metrics(final["metrics"]) == _eval_metrics(expected["metrics"])
     assert res["fork"] != final["run"]
