@@ -65,8 +65,10 @@ def test_tangoflow_compiles_for_argo_workflows_with_its_round_loop(tmp_path, s3_
 
 def test_the_paper_recipes_round_compiles_for_argo_with_its_resources(tmp_path, s3_server):
     recipe = str(REPO / "configs" / "qwen2.5-7b-paper.yaml")
-    proc = _deploy(tmp_path, s3_server, "tango_round_flow.py", "--config", "config", recipe, "argo-workflows", "create")
-    t = _templates(proc)
+    image = "kubernetes:image=registry.example/tango:0.1"  # what a recipe's round_with entry passes as --with
+    args = ("--config", "config", recipe, "--with", image, "argo-workflows", "create")
+    t = _templates(_deploy(tmp_path, s3_server, "tango_round_flow.py", *args))
+    assert {t[s]["container"]["image"] for s in ("start", "sample-shard", "reward")} == {"registry.example/tango:0.1"}
     # each step's pod asks for what the recipe's `resources` say: shards on 2 GPUs (TP 2), updates on 8
     assert _gpus(t["sample-shard"]) == _gpus(t["rollout"]) == "2"
     assert _gpus(t["generator-update"]) == _gpus(t["verifier-update"]) == "8"
