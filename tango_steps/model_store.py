@@ -10,8 +10,11 @@ can read what another machine wrote. The artifact keeps only a :class:`ModelRef`
      "bytes": total, "meta": {...}}
 
 ``MANIFEST.json`` is written last: a directory without it is an interrupted save and is refused on
-load. Local stores are read in place; S3 stores are downloaded once into
-``<cache_dir>/models/<hash of uri>/`` (atomically) and reused.
+load. The reference records every file's size and sha256; a load checks them and refuses a missing,
+truncated or corrupted file with an error naming the file, the run and the round (a full re-hash
+is skipped while a file keeps the size and modification time it had when last verified: a stamp
+``VERIFIED.json`` beside the files). Local stores are read in place; S3 stores are downloaded once
+into ``<cache_dir>/models/<hash of uri>/`` (atomically) and reused.
 
 Why not ``metaflow-checkpoint``: see ``docs/model_store.md`` (its per-task overhead measured
 above the 2 s budget of issue #4 on the tiny default).
@@ -22,12 +25,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "MANIFEST.json"
+VERIFIED = "VERIFIED.json"  # (size, mtime) of each file when its hash last matched: not part of the model
 PREFIX = "tango_models"
+_NOT_MODEL = (MANIFEST, VERIFIED)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _storage_class(ds_type: str):
@@ -74,18 +89,19 @@ class ModelStore:
         files = {  # a directory loaded from a store carries its old manifest: never copy it as a file
             p.relative_to(src).as_posix(): p.stat().st_size
             for p in sorted(src.rglob("*"))
-            if p.is_file() and p.relative_to(src).as_posix() != MANIFEST
+            if p.is_file() and p.relative_to(src).as_posix() not in _NOT_MODEL
         }
         if not files:
             raise ValueError(f"cannot store '{src}': the directory is empty")
         prefix = self.storage.path_join(PREFIX, key)
-        manifest = {"files": files, "bytes": sum(files.values()), "meta": dict(meta or {})}
+        sha = _hash_files(src, list(files))
+        manifest = {"files": files, "sha256": sha, "bytes": sum(files.values()), "meta": dict(meta or {})}
         if self.ds_type == "local":
             final = Path(self.storage.full_uri(prefix))
             from tango_steps.atomic import atomic_directory
 
             with atomic_directory(final, overwrite=True) as tmp:
-                top_manifest = lambda d, names: [MANIFEST] if Path(d) == src else []  # noqa: E731
+                top_manifest = lambda d, names: list(_NOT_MODEL) if Path(d) == src else []  # noqa: E731
                 shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=top_manifest)
                 (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
         else:
@@ -133,23 +149,66 @@ class ModelStore:
                 for key, path, _ in results:
                     name = key[len(prefix) :].lstrip("/")
                     if path is None:
-                        raise ValueError(f"model '{ref['uri']}' is incomplete in the datastore: '{name}' is missing")
+                        raise ValueError(f"{_where(ref)} is incomplete in the datastore: file '{name}' is missing")
                     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(path, tmp / name)
             _verify(tmp, ref)
         return local
 
 
+def _hash_files(root: Path, names: list[str]) -> dict[str, str]:
+    """sha256 of several files at once (hashlib releases the GIL: a multi-file checkpoint hashes in
+    parallel threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+        return dict(zip(names, pool.map(lambda n: file_sha256(root / n), names), strict=True))
+
+
+def _where(ref: dict[str, Any]) -> str:
+    """Where a stored model came from, for error messages: its run, step, round and role (TANGO.md §9)."""
+    parts = str(ref.get("key", "")).split("/")
+    where = f"run {'/'.join(parts[:2])}, step {parts[2]}" if len(parts) >= 6 else f"key {ref.get('key')}"
+    meta = ref.get("meta") or {}
+    extra = "".join(f", {k} {meta[k]}" for k in ("round", "role") if k in meta)
+    return f"model '{ref.get('uri', '?')}' ({where}{extra})"
+
+
 def _verify(path: Path, ref: dict[str, Any]) -> None:
-    manifest_file = path / MANIFEST
-    if not manifest_file.exists():
+    """Refuse a copy that lacks its manifest, or any file that is missing, of another size or (when the
+    reference has hashes) of another sha256 (TANGO.md §9)."""
+    if not (path / MANIFEST).exists():
         raise ValueError(
-            f"model '{ref.get('uri', path)}' has no {MANIFEST}: missing or an interrupted save; "
-            "re-run the step that produced it"
+            f"{_where(ref)} has no {MANIFEST}: missing or an interrupted save; re-run the step that produced it"
         )
-    bad = [n for n, size in ref["files"].items() if not (path / n).is_file() or (path / n).stat().st_size != size]
-    if bad:
-        raise ValueError(f"model '{ref.get('uri', path)}' does not match its reference: {', '.join(bad[:5])}")
+    for name, size in ref["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise ValueError(f"{_where(ref)}: file '{name}' is missing")
+        if f.stat().st_size != size:
+            raise ValueError(
+                f"{_where(ref)}: file '{name}' is truncated or damaged ({f.stat().st_size} of {size} bytes)"
+            )
+    hashes = ref.get("sha256")
+    if not hashes:  # a reference written before hashes were recorded: sizes only
+        return
+    stamp_file = path / VERIFIED
+    try:
+        stamp = json.loads(stamp_file.read_text())
+    except (OSError, ValueError):
+        stamp = {}
+    now = {name: [(path / name).stat().st_size, (path / name).stat().st_mtime_ns] for name in hashes}
+    changed = [name for name in hashes if stamp.get(name) != now[name]]
+    for name, digest in _hash_files(path, changed).items():
+        if digest != hashes[name]:
+            raise ValueError(f"{_where(ref)}: file '{name}' is corrupted (its sha256 differs from the reference's)")
+    if stamp != now:
+        tmp = stamp_file.with_name(f".{VERIFIED}.{os.getpid()}")
+        try:  # written whole, then renamed: a reader sees the old stamp or the new one
+            tmp.write_text(json.dumps(now, sort_keys=True))
+            os.replace(tmp, stamp_file)
+        except OSError:  # a read-only store: verified all the same, and the next load hashes again
+            tmp.unlink(missing_ok=True)
 
 
 def load_model_dir(ref: dict[str, Any]) -> Path:

@@ -53,11 +53,47 @@ def test_damaged_or_interrupted_copies_are_refused(tmp_path):
     path = store.load(ref)
     with open(path / "model" / "model.safetensors", "r+b") as f:
         f.truncate(10)
-    with pytest.raises(ValueError, match="does not match its reference"):
+    with pytest.raises(ValueError, match=r"file 'model/model.safetensors' is truncated or damaged \(10 of 4096"):
         store.load(ref)
     (path / MANIFEST).unlink()
     with pytest.raises(ValueError, match="interrupted save"):
         store.load(ref)
+
+
+def test_a_corrupted_or_missing_file_is_named_with_its_run_and_round(tmp_path):
+    """Issue #17: sizes AND hashes are checked on load; the error names the file, the run and the round."""
+    store = _local_store(tmp_path)
+    ref = store.save(_model_dir(tmp_path), "TangoRoundFlow/17/generator_update/5/0/generator",
+                     meta={"role": "generator", "round": 3})  # fmt: skip
+    assert set(ref["sha256"]) == set(ref["files"])
+    path = store.load(ref)
+    assert (path / "VERIFIED.json").exists() and "VERIFIED.json" not in ref["files"]
+    weights = path / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0xFF  # one flipped byte, same size
+    weights.write_bytes(bytes(data))
+    where = r"\(run TangoRoundFlow/17, step generator_update, round 3, role generator\)"
+    with pytest.raises(ValueError, match=where + r": file 'model/model.safetensors' is corrupted"):
+        store.load(ref)
+    (path / "model" / "config.json").unlink()
+    with pytest.raises(ValueError, match=where + r": file 'model/config.json' is missing"):
+        store.load(ref)
+
+
+def test_verification_hashes_once_while_files_are_unchanged(tmp_path, monkeypatch):
+    from tango_steps import model_store
+
+    store = _local_store(tmp_path)
+    ref = store.save(_model_dir(tmp_path), "k/generator")
+    calls = []
+    real = model_store.file_sha256
+    monkeypatch.setattr(model_store, "file_sha256", lambda p: calls.append(p) or real(p))
+    store.load(ref)
+    first = len(calls)
+    store.load(ref)
+    assert first == len(ref["files"]) and len(calls) == first  # the second load trusts the stamp
+    legacy = {k: v for k, v in ref.items() if k != "sha256"}  # a reference from before hashes: sizes only
+    assert store.load(legacy).exists()
 
 
 def test_bad_sources_and_references(tmp_path):
