@@ -253,16 +253,22 @@ def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple
     The fork keeps its source's T_g (the alpha schedule's horizon, TANGO.md §4), so a fork that changes
     nothing continues exactly as its source would have; ``algorithm.alpha_horizon`` in the fork's
     recipe overrides it. A source older than the state's ``alpha_horizon`` gets ``cfg``'s, said in the log.
+    Every checkpoint the state refers to is loaded and verified here (sizes and hashes), so a damaged or
+    deleted one stops the fork in ``start``, naming the file, before any round runs.
     """
     from dataclasses import replace
 
     from metaflow import Run, namespace
 
+    from tango_steps.model_store import load_model_dir
     from tango_steps.stages import alpha_horizon
     from tango_steps.state import RoundState
 
     namespace(None)
     raw = read_task_state(pathspec)
+    for role in ("generator", "verifier", "generator_init", "verifier_init"):
+        if role in raw:
+            load_model_dir(raw[role])
     state = RoundState.from_dict(raw, alpha_horizon=alpha_horizon(cfg))
     if "alpha_horizon" not in raw:
         log(f"{pathspec} predates the stored alpha horizon: T_g = {state.alpha_horizon} from the fork's recipe")

@@ -433,6 +433,21 @@ def test_a_run_its_resume_a_fork_and_an_adoption_through_a_metadata_service(tmp_
     assert [_digest(m) for m in second["fork"]] == [_digest(expected["gen"]), _digest(expected["ver"])]
     assert (second["how"], second["adopted"]) == ("adopted", first["rounds"][0])
     assert (tmp_path / "service" / ".metaflow" / "TangoRoundFlow").is_dir()  # recorded by the service
+    # issue #17: round 1's verifier checkpoint damaged in the datastore (one flipped byte): a fork from
+    # round 1 stops in TangoFlow's start, naming the file, the run and the round, before any round runs
+    verifier = ds.query(
+        query + f"""
+        print(json.dumps(str(load_model_dir(artifact(Run({first["rounds"][0]!r})["end"].task, "state")["verifier"]))))
+        """
+    )  # fmt: skip
+    weights = Path(verifier) / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    damaged = ds.flow("--config", "config", cfg, "run", "--start-from", first["rounds"][0], "--rounds", "1")
+    log = damaged.stdout + damaged.stderr
+    assert damaged.returncode != 0 and "round 2: launching" not in log
+    assert "round 1, role verifier): file 'model/model.safetensors' is corrupted" in log, log[-3000:]
 
 
 def test_killed_driver_then_resume_matches_uninterrupted_run(tmp_path, baseline):
