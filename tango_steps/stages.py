@@ -953,7 +953,10 @@ def update(
     ref_model = str(reference / "model")
     lora_base = ref_model if settings.lora is not None else None
     if node is None:
-        m = rl_update(ckpt, rl_batch, settings, out_dir, log=log, reference_model=ref_model, lora_base=lora_base)
+        try:
+            m = rl_update(ckpt, rl_batch, settings, out_dir, log=log, reference_model=ref_model, lora_base=lora_base)
+        except FloatingPointError as e:  # nothing was written: name the round and the model (issue #17)
+            raise FloatingPointError(f"round {plan.round_idx}, {role} update: {e}") from e
     else:
         index, nodes, main_ip = node
         if nodes != ucfg.nodes:

@@ -417,3 +417,21 @@ def test_reward_parses_nothing_and_imports_no_model_library():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_non_finite_update_names_the_round_and_model_and_writes_nothing(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """Issue #17: NaN advantages make the loss non-finite; the update stops before writing anything,
+    with an error naming the round and the model, and the checkpoint it started from is unchanged."""
+    from tango_steps.stages import update
+    from tango_steps.training import UpdateSettings, init_checkpoint
+
+    ckpt = init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", UpdateSettings())
+    before = (ckpt / "model" / "model.safetensors").read_bytes()
+    ids = [tiny_tokenizer("1 + 1 =")["input_ids"]] * 2
+    batch = {"prompt_ids": ids, "response_ids": [[5, 6, 7]] * 2, "advantages": [[float("nan")] * 3] * 2}
+    cfg = _cfg()
+    plan = round_plan(cfg, 3)
+    with pytest.raises(FloatingPointError, match=r"round 3, generator update: non-finite loss"):
+        update(cfg, plan, "generator", ckpt, ckpt, batch, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+    assert (ckpt / "model" / "model.safetensors").read_bytes() == before
