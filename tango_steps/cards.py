@@ -22,6 +22,29 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# Markdown components render raw HTML (a tag in model output would run: issue #17), links and emphasis,
+# and this renderer drops Markdown's backslash escapes. So model text (and data) goes into an HTML block
+# of our own (``<div>``, ``<pre>``), HTML-escaped, its line breaks as entities so the block stays one
+# block: shown literally, never parsed as HTML or Markdown.
+_HTML_ESCAPE = {ord("<"): "&lt;", ord(">"): "&gt;", ord("&"): "&amp;", ord('"'): "&quot;", ord("'"): "&#39;",
+                ord("\r"): None}  # fmt: skip
+
+
+def inert(text: Any) -> str:
+    """Text for inside :func:`html_block`: HTML-escaped, on one line."""
+    return " ".join(str(text).splitlines()).translate(_HTML_ESCAPE)
+
+
+def html_block(inner: str, tag: str = "div") -> str:
+    """Markdown that is one HTML block: ``inner`` must be escaped (:func:`inert`) or our own markup."""
+    return f"<{tag}>{inner}</{tag}>"
+
+
+def inert_block(text: Any) -> str:
+    """A multi-line text shown literally, line breaks kept: one ``<pre>`` block of escaped text."""
+    return html_block(str(text).translate(_HTML_ESCAPE).replace("\n", "&#10;"), "pre")
+
+
 def _mark(ok: Any) -> str:
     return "-" if ok is None or (isinstance(ok, float) and math.isnan(ok)) else ("CORRECT" if ok else "INCORRECT")
 
@@ -89,9 +112,11 @@ def rollout_components(rollouts: pd.DataFrame, metrics: dict[str, Any], n: int =
         steps = [[str(k + 1), s, _mark(lab)] for k, (s, lab) in enumerate(zip(r["steps"], _labels(r), strict=False))]
         out.append(
             Markdown(
-                f"**{r['prompt_id']}** sample {r['sample']}: {r['question']}  \n"
-                f"answer `{r['answer']}` (gold `{r['gold']}`), exact outcome {_mark(r['label_correct'])}"
-                f"{' (truncated)' if r['truncated'] else ''}"
+                html_block(
+                    f"<b>{inert(r['prompt_id'])}</b> sample {r['sample']}: {inert(r['question'])}<br>"
+                    f"answer <code>{inert(r['answer'])}</code> (gold <code>{inert(r['gold'])}</code>), "
+                    f"exact outcome {_mark(r['label_correct'])}{' (truncated)' if r['truncated'] else ''}"
+                )
             )
         )
         out.append(Table(steps or [["-", "(no steps)", "-"]], headers=["step", "text", "exact label"]))
@@ -133,15 +158,17 @@ def judge_components(rollouts: pd.DataFrame, judgments: pd.DataFrame, n: int = 8
             used.append(f"verifier reward {_fmt(j['verifier_reward'])}, advantage {_fmt(j['advantage'])}")
         out.append(
             Markdown(
-                f"### Solution {int(j['solution'])} / verification {int(j['verification'])}\n"
-                f"{r['question']}  \nfinal verdict **{_mark(j['final_verdict'])}**, truth **{_mark(truth)}**; "
-                + "; ".join(used)
+                f"### Solution {int(j['solution'])} / verification {int(j['verification'])}\n\n"
+                + html_block(
+                    f"{inert(r['question'])}<br>final verdict <b>{_mark(j['final_verdict'])}</b>, "
+                    f"truth <b>{_mark(truth)}</b>; " + "; ".join(used)
+                )
             )
         )
         out.append(
             Table(rows or [["-", "(no steps)", "-", "-", ""]], headers=["step", "generator", "verifier", "exact", ""])
         )
-        out.append(Markdown("verifier output:\n\n```\n" + str(j["text"])[:1500] + "\n```"))
+        out.append(Markdown("verifier output:\n\n" + inert_block(str(j["text"])[:1500])))
     return out
 
 

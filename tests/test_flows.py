@@ -283,6 +283,81 @@ def test_cards_render_in_headless_chromium_without_script_errors(baseline, tmp_p
             assert "Verdict browser" in dom and "verifier output" in dom
 
 
+HOSTILE_CARD_FLOW = """
+import pandas as pd
+from metaflow import FlowSpec, card, current, step
+
+from tango_steps import cards
+
+EVIL = ["<script>document.documentElement.setAttribute('data-pwned', 'script')</script>",
+        "<img src=x onerror=\\"document.documentElement.setAttribute('data-pwned', 'img')\\">",
+        "[click](javascript:document.documentElement.setAttribute('data-pwned','link'))",
+        "</td></tr></table><svg onload=\\"document.documentElement.setAttribute('data-pwned','svg')\\">"]
+
+
+class HostileCardFlow(FlowSpec):
+    @card(type="blank")
+    @step
+    def start(self):
+        text = " ".join(EVIL)
+        rollouts = pd.DataFrame([{
+            "prompt_id": f"p{i}", "prompt_index": i, "sample": 0, "question": EVIL[i], "gold": EVIL[3 - i],
+            "prompt": text, "text": text, "prompt_ids": [1], "response_ids": [2], "finish_reason": "stop",
+            "truncated": False, "steps": EVIL, "step_spans": [[0, 1]] * 4, "step_end_tokens": [],
+            "answer": EVIL[i], "format_score": 1.0, "well_formed": True, "label_correct": bool(i % 2),
+            "step_labels": [True, False, True, False], "first_error": 1} for i in range(4)])
+        judgments = pd.DataFrame([{
+            "solution": i, "verification": 0, "prompt": text, "prompt_cut": False, "text": text,
+            "prompt_ids": [1], "response_ids": [2], "truncated": False, "num_steps": 4,
+            "step_verdicts": [True, True, False, False], "final_verdict": bool(i % 2), "format_score": 1.0,
+            "num_judged": 4} for i in range(4)])
+        for c in [*cards.rollout_components(rollouts, {"rollout/samples": 4}),
+                  *cards.judge_components(rollouts, judgments)]:
+            current.card.append(c)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    HostileCardFlow()
+"""
+
+
+def test_model_output_in_cards_is_text_no_script_runs(tmp_path):
+    """Issue #17: solutions and verifier outputs carrying <script>, onerror / onload handlers, a
+    javascript: link and markup that closes the table, shown in the rollout card and the verdict browser
+    rendered by headless Chromium: nothing runs (no `data-pwned` attribute), the payload shows as text."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+    ds = Datastore(tmp_path / "mf")
+    flow = tmp_path / "hostile_card_flow.py"
+    flow.write_text(HOSTILE_CARD_FLOW)
+    _ok(ds.flow("run", flow_file=flow, env={"PYTHONPATH": str(REPO)}))
+    html = ds.query(
+        f"""
+        from metaflow.cards import get_cards
+        path = {str(tmp_path / "card.html")!r}
+        open(path, "w").write(get_cards(Flow("HostileCardFlow").latest_run["start"].task)[0].get())
+        print(json.dumps(path))
+        """
+    )
+    proc = subprocess.run(
+        [chromium, *CHROMIUM, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000",
+         "--dump-dom", f"file://{html}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    dom = proc.stdout
+    assert proc.returncode == 0 and "Verdict browser" in dom, dom[:500]
+    assert 'data-pwned="' not in dom  # the attribute a payload would have set: none ran
+    assert dom.count("data-pwned") >= 4  # the payloads are on the page, as text
+
+
 def test_failure_then_resume_matches_uninterrupted_run(tmp_path, baseline):
     _, expected = baseline
     ds = Datastore(tmp_path / "mf")
