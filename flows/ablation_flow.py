@@ -77,7 +77,8 @@ class AblationFlow(FlowSpec):
         cfg = self.branch["config"]
         self.round_runs = []
         for k in range(self.state["round"] + 1, cfg["rounds"] + 1):
-            child = run_round(ROUND_FLOW_FILE, self.root_id, k, self.state_task, cfg)
+            driver = f"{current.flow_name}/{current.run_id}"  # this run: named in the per-run lease
+            child = run_round(ROUND_FLOW_FILE, self.root_id, k, self.state_task, cfg, driver=driver)
             self.state, self.state_task = child["state"], child["state_task"]
             self.round_runs.append(child["pathspec"])
             self.history = [*self.history, history_row(child, self.history[0])]

@@ -40,6 +40,7 @@ class TangoFlow(FlowSpec):
         from tango_steps.config import resolved
         from tango_steps.driver import begin, fork_source, validate_run_config
         from tango_steps.model_store import ModelStore
+        from tango_steps.stages import maybe_kill
 
         cfg = validate_run_config(self.config.to_dict(), self.rounds)
         self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
@@ -62,6 +63,7 @@ class TangoFlow(FlowSpec):
         self.stopped = None  # why the run ended before --rounds (evaluation.stop_on_collapse), if it did
         self.state_task = current.pathspec
         self.more = "more" if self.round_idx < self.total_rounds else "done"
+        maybe_kill(self.round_idx, "TangoFlow.start")  # test-only: round 0's checkpoints stored, the task not
         self.next({"more": self.round, "done": self.end}, condition="more")
 
     @card(type="blank", id="progress", refresh_interval=10)
@@ -72,12 +74,14 @@ class TangoFlow(FlowSpec):
 
         from tango_steps.cards import history_components
         from tango_steps.driver import history_row, run_round
+        from tango_steps.stages import maybe_kill
 
         k = self.round_idx + 1
         for c in [Markdown(f"**round {k} of {self.total_rounds} is running**"), *history_components(self.history)]:
             current.card["progress"].append(c)
         current.card["progress"].refresh()
-        child = run_round(ROUND_FLOW_FILE, self.root_id, k, self.state_task, self.cfg)
+        driver = f"{current.flow_name}/{current.run_id}"  # this run: named in the per-run lease
+        child = run_round(ROUND_FLOW_FILE, self.root_id, k, self.state_task, self.cfg, driver=driver)
         self.state = child["state"]
         self.state_task = child["state_task"]
         self.round_runs = [*self.round_runs, child["pathspec"]]
@@ -93,6 +97,7 @@ class TangoFlow(FlowSpec):
         for c in history_components(self.history):
             current.card["progress"].append(c)
         self.more = "more" if k < self.total_rounds and not self.stopped else "done"
+        maybe_kill(k, "TangoFlow.round")  # test-only: the round run finished, this iteration not
         self.next({"more": self.round, "done": self.end}, condition="more")
 
     @card(type="blank")
@@ -103,6 +108,7 @@ class TangoFlow(FlowSpec):
         from metaflow.cards import Markdown, Table
 
         from tango_steps.cards import history_components
+        from tango_steps.stages import maybe_kill
 
         self.metrics = pd.DataFrame(self.history)
         self.final_generator = self.state["generator"]
@@ -131,6 +137,7 @@ class TangoFlow(FlowSpec):
         if self.stopped:
             current.card.append(Markdown(f"# {self.stopped}"))
         current.card.append(Table.from_dataframe(evaluated[cols].round(4)))
+        maybe_kill(self.round_idx, "TangoFlow.end")  # test-only
 
 
 if __name__ == "__main__":

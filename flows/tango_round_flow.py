@@ -59,11 +59,13 @@ class TangoRoundFlow(FlowSpec):
 
         maybe_fail(self.round_idx, stage, current.retry_count)
 
-    def _record_peak(self):
-        """This step's peak resident memory (each step is its own process; benchmarks/round_overhead.py)."""
-        from tango_steps.stages import peak_rss_mb
+    def _done(self):
+        """The end of a step's work: its peak resident memory (each step is its own process;
+        benchmarks/round_overhead.py), and the test-only kill point before its artifacts are stored."""
+        from tango_steps.stages import maybe_kill, peak_rss_mb
 
         self.peak_rss_mb = peak_rss_mb()
+        maybe_kill(self.round_idx, current.step_name)
 
     @resources(cpu=config.resources.start.cpu, memory=config.resources.start.memory)
     @step
@@ -84,7 +86,7 @@ class TangoRoundFlow(FlowSpec):
         self.plan = plan_dict(plan)
         self.compute_seconds = 0.0
         print(f"round {self.round_idx}: {plan.slot} round; plan {self.plan}")
-        self._record_peak()
+        self._done()
         self.to_sample = "split_prompts" if self.cfg.rollout.shards > 1 else "rollout"
         self.next({"rollout": self.rollout, "split_prompts": self.split_prompts}, condition="to_sample")
 
@@ -117,7 +119,7 @@ class TangoRoundFlow(FlowSpec):
         self.shard_stats = {**part.stats, "attempt": current.retry_count}
         self.compute_seconds = part.rollout.compute_seconds + (part.judge.compute_seconds if part.judge else 0.0)
         self._card(cards.shard_table_components([self.shard_stats]))
-        self._record_peak()
+        self._done()
         self.next(self.join_shards)
 
     @card(type="blank")
@@ -141,7 +143,7 @@ class TangoRoundFlow(FlowSpec):
         self._card(cards.shard_table_components(self.shard_table.to_dict("records")))
         self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
         self._card(cards.judge_components(self.rollouts, self.judgments))
-        self._record_peak()
+        self._done()
         self.next(self.reward)
 
     @retry(times=1, minutes_between_retries=0)
@@ -160,7 +162,7 @@ class TangoRoundFlow(FlowSpec):
         self.rollouts, res = stages.rollout(self.cfg, plan, ckpt)
         self.rollout_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
-        self._record_peak()
+        self._done()
         self.to_judge = "judge" if stages.needs_judge(self.cfg, plan) else "reward"
         if self.to_judge == "reward":  # vanilla GRPO's generator round: nothing to judge
             self.judgments, res = stages.no_judgments()
@@ -181,7 +183,7 @@ class TangoRoundFlow(FlowSpec):
         self.judgments, res = stages.judge(self.cfg, plan, ckpt, self.rollouts)
         self.judge_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.judge_components(self.rollouts, self.judgments))
-        self._record_peak()
+        self._done()
         self.next(self.reward)
 
     @resources(cpu=config.resources.reward.cpu, memory=config.resources.reward.memory)
@@ -201,7 +203,7 @@ class TangoRoundFlow(FlowSpec):
         self._card(cards.reward_components(self.rollouts, self.judgments, self.reward_metrics, self.alpha))
         if not plan.evaluate:
             self._card(cards.skipped_evaluation_components(self.cfg.evaluation.every, self.cfg.evaluation.last))
-        self._record_peak()
+        self._done()
         # A model the round does not update keeps its checkpoint; its update step is not run.
         self.generator_out, self.generator_update_metrics = (
             self.state_in["generator"],
@@ -258,7 +260,7 @@ class TangoRoundFlow(FlowSpec):
         self._check("verifier_update")
         self.verifier_out, self.verifier_update_metrics, self.compute_seconds = self._update("verifier")
         self._card(cards.update_components("verifier", self.verifier_update_metrics))
-        self._record_peak()
+        self._done()
         self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
 
     @resources(
@@ -275,7 +277,7 @@ class TangoRoundFlow(FlowSpec):
         self._check("generator_update")
         self.generator_out, self.generator_update_metrics, self.compute_seconds = self._update("generator")
         self._card(cards.update_components("generator", self.generator_update_metrics))
-        self._record_peak()
+        self._done()
         self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
 
     @step
@@ -305,7 +307,7 @@ class TangoRoundFlow(FlowSpec):
         self.node_out, self.node_metrics, self.compute_seconds = self._update(self.update_role, node)
         self._card(cards.update_components(f"{self.update_role} (node {par.node_index} of {par.num_nodes})",
                                            self.node_metrics))  # fmt: skip
-        self._record_peak()
+        self._done()
         self.next(self.join_nodes)
 
     @step
@@ -339,7 +341,7 @@ class TangoRoundFlow(FlowSpec):
         self.eval_table, res = stages.evaluate(self.cfg, store.load(self.generator_out), store.load(self.verifier_out))
         self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
-        self._record_peak()
+        self._done()
         self.next(self.end)
 
     @step
@@ -366,7 +368,7 @@ class TangoRoundFlow(FlowSpec):
             plan, self.state, self.rollout_metrics, self.judge_metrics, self.reward_metrics,
             self.verifier_update_metrics, self.generator_update_metrics, self.eval_metrics,
         )  # fmt: skip
-        self._record_peak()
+        self._done()
         print(f"round {self.round_idx} done: " + ", ".join(f"{k}={v}" for k, v in self.metrics.items() if "eval/" in k))
 
 

@@ -8,20 +8,23 @@ tagged ``tango_root:<root run id>`` and ``tango_round:<k>``, so that a resumed T
 - else the newest unfinished or failed child is RESUMED at its failed stage (``Runner.resume``);
 - else a new child is launched.
 
-An exclusive ``flock`` per root run, held while a round is driven, keeps two drivers (a killed
-parent's orphan and its resumed successor) from running the same round twice on one host.
+A per-root-run lock (:func:`root_lock`: a ``flock`` while a round is driven, and a lease naming the
+driving run) makes a second driver of the same run on one host (two ``resume``s at once, or a
+resume beside a killed parent's still-running orphan) refuse, naming the run, instead of running
+the same round twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from tango_steps.atomic import exclusive_lock
 
 ROUND_FLOW = "TangoRoundFlow"
 ROOT_TAG = "tango_root:{}"
@@ -82,10 +85,86 @@ def read_task_state(pathspec: str) -> dict[str, Any]:
     return state
 
 
-def root_lock(root_id: str, log: Callable[[str], None] = print):
-    """Exclusive per-root-run lock for the duration of one round (TANGO.md §9 resume; single host, see module doc)."""
-    path = Path(tempfile.gettempdir()) / f"tango-{os.environ.get('USERNAME', 'user')}-{root_id}.lock"
-    return exclusive_lock(path, f"another driver holds {path}; waiting for it to finish its round", log)
+class DriverBusy(RuntimeError):
+    """Another live process drives the same run: this driver refuses (TANGO.md §9)."""
+
+
+def _lock_path(root_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"tango-{os.environ.get('USERNAME', 'user')}-{root_id}.lock"
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (``/proc``), which tells a live process from a
+    later one that reuses its pid; None when there is no such process (or no ``/proc``)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    return (
+        holder.get("host") == socket.gethostname()
+        and holder.get("start") is not None
+        and _process_start(int(holder.get("pid", -1))) == holder["start"]
+    )
+
+
+@contextmanager
+def root_lock(root_id: str, round_idx: int, driver: str | None = None) -> Iterator[None]:
+    """Refuse to drive a round of run ``root_id`` while another live process drives it (TANGO.md §9).
+
+    Two checks, both on this host (``/tmp``; a cluster has no shared lock, see README "Resume"):
+
+    - an exclusive ``flock`` held while a round is driven: a second driver of the same run at the same
+      time (a second ``resume``, or a killed driver's orphaned round still running) refuses at once;
+    - a lease naming the driving run (``driver``, e.g. ``TangoFlow/123``) and its Metaflow runtime
+      (the parent of this task, alive for the whole run): between two rounds, when no flock is held,
+      another run of the same root (a second ``resume`` of it) still refuses while the lease's
+      runtime lives. A dead runtime's lease (a killed run) is taken over.
+
+    Raises :class:`DriverBusy` naming the run, the round and the process that holds it.
+    """
+    path = _lock_path(root_id)
+    lease = path.with_suffix(".owner")
+    me = {"driver": driver, "host": socket.gethostname(), "pid": os.getpid()}
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that has not said who it is"
+            raise DriverBusy(
+                f"run {root_id} (round {round_idx}) is being driven by another process on this host "
+                f"({holder}; lock {path}). Two drivers of one run would train its rounds twice, so this one "
+                "stops. If that process is left over from a killed run, wait for it to end or kill it, "
+                "then `resume` again."
+            ) from None
+        try:
+            if driver is not None:
+                pid = os.getppid()  # the Metaflow runtime that started this task: alive for the whole run
+                runtime = {"driver": driver, "host": me["host"], "pid": pid, "start": _process_start(pid)}
+                try:
+                    owner = json.loads(lease.read_text())
+                except (OSError, ValueError):
+                    owner = {}
+                if owner.get("driver") not in (None, driver) and _alive(owner):
+                    raise DriverBusy(
+                        f"run {root_id} (round {round_idx}) is being driven by {owner['driver']} (its Metaflow "
+                        f"process {owner['pid']} on this host is alive; lease {lease}); {driver} stops: two "
+                        f"resumes of one run at once would train its rounds twice. Wait for {owner['driver']} "
+                        "to end (or kill it), then `resume` again."
+                    )
+                tmp = lease.with_name(f"{lease.name}.{os.getpid()}")
+                tmp.write_text(json.dumps(runtime))
+                os.replace(tmp, lease)
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(me))
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def find_round_runs(root_id: str, round_idx: int) -> list:
@@ -115,6 +194,7 @@ def run_round(
     config: dict[str, Any],
     log: Callable[[str], None] = print,
     show_output: bool = True,
+    driver: str | None = None,
 ) -> dict[str, Any]:
     """Adopt, resume or launch the TangoRoundFlow run of round ``round_idx`` (TANGO.md §3, §9).
 
@@ -124,12 +204,14 @@ def run_round(
         round_idx: 1-based round number.
         previous: pathspec of the task whose ``state`` the round starts from.
         config: the resolved, validated configuration (a JSON-safe dict).
+        driver: the driving run (``TangoFlow/<id>``), named in the lease of :func:`root_lock`.
 
     Returns:
         ``{"pathspec", "state_task", "state", "metrics", "how"}`` with ``how`` one of adopted/resumed/launched.
 
     Raises:
-        RuntimeError naming the child run and its failed task when the round fails.
+        RuntimeError naming the child run and its failed task when the round fails;
+        :class:`DriverBusy` when another live process drives the same run.
     """
     from metaflow import Runner
 
@@ -138,7 +220,7 @@ def run_round(
         os.environ.pop(k)
     tags = [ROOT_TAG.format(root_id), ROUND_TAG.format(round_idx)]
     decospecs = list(config.get("round_with") or [])  # e.g. ["kubernetes"]: every round step runs there
-    with root_lock(root_id, log):
+    with root_lock(root_id, round_idx, driver):
         runs = find_round_runs(root_id, round_idx)
         done = [r for r in runs if succeeded(r)]
         if done:

@@ -103,6 +103,7 @@ class ModelStore:
             with atomic_directory(final, overwrite=True) as tmp:
                 top_manifest = lambda d, names: list(_NOT_MODEL) if Path(d) == src else []  # noqa: E731
                 shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=top_manifest)
+                _kill_point(meta)
                 (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
         else:
             handles = []
@@ -116,6 +117,7 @@ class ModelStore:
             finally:
                 for f in handles:
                     f.close()
+            _kill_point(meta)
             body = io.BytesIO(json.dumps(manifest, sort_keys=True).encode())
             self.storage.save_bytes(iter([(self.storage.path_join(prefix, MANIFEST), body)]), overwrite=True)
         return {
@@ -154,6 +156,14 @@ class ModelStore:
                     shutil.copyfile(path, tmp / name)
             _verify(tmp, ref)
         return local
+
+
+def _kill_point(meta: dict[str, Any] | None) -> None:
+    """The test-only ``checkpoint_write`` kill point: the files are written, the manifest is not."""
+    if os.environ.get("TANGO_KILL_AT"):
+        from tango_steps.stages import maybe_kill
+
+        maybe_kill((meta or {}).get("round"), "checkpoint_write")
 
 
 def _hash_files(root: Path, names: list[str]) -> dict[str, str]:

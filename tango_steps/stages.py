@@ -55,6 +55,26 @@ def maybe_fail(round_idx: int, stage: str, attempt: int = 0) -> None:
             raise RuntimeError(f"failure injected by {FAIL_ENV}={target} (test-only switch)")
 
 
+KILL_ENV = "TANGO_KILL_AT"  # test-only switch, "<round>:<point>": SIGKILL of the whole process group there
+
+
+def maybe_kill(round_idx: int | None, point: str) -> None:
+    """SIGKILL this process's whole group when ``$TANGO_KILL_AT`` is ``<round_idx>:<point>`` (TANGO.md §9).
+
+    The test-only kill switch of ``benchmarks/kill_sweep.py``: no exception, no ``finally``, no
+    Metaflow bookkeeping runs, exactly as when a node dies. Metaflow's local runtime, its tasks and
+    the rounds' nested runs share one process group, so the driver dies with the task. Points: a
+    TangoRoundFlow step's name (at the end of its work, before its artifacts are stored),
+    ``TangoFlow.start`` / ``TangoFlow.round`` / ``TangoFlow.end`` and ``checkpoint_write`` (between a
+    checkpoint's files and its manifest, :meth:`~tango_steps.model_store.ModelStore.save`).
+    """
+    if os.environ.get(KILL_ENV) == f"{round_idx}:{point}":
+        import signal
+
+        print(f"killing the process group at {round_idx}:{point} ({KILL_ENV}, test-only switch)", flush=True)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
 def alpha_horizon(cfg: TangoConfig) -> int:
     """T_g of a run started with ``cfg`` (TANGO.md §4): ``algorithm.alpha_horizon``, else its generator slots.
 
