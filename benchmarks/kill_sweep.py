@@ -77,7 +77,9 @@ from metaflow import Flow, Run, namespace
 from tango_steps.driver import artifact, succeeded
 namespace(None)
 root = sys.argv[1]
-done = [r for r in Flow("TangoFlow").runs() if succeeded(r) and artifact(r["end"].task, "root_id") == root]
+# a resume keeps its origin's root id (its start is cloned), unless the start itself was killed and reran
+done = [r for r in Flow("TangoFlow").runs() if succeeded(r) and root in
+        (artifact(r["end"].task, "root_id"), r["start"].task.metadata_dict.get("origin-run-id"))]
 r = max(done, key=lambda r: r.created_at)
 e = r["end"].task
 m = artifact(e, "metrics")
@@ -147,12 +149,18 @@ def start_killed(root: Path, point: str, config: dict = CONFIG, name: str = "run
     return start(root, ["--config", "config", str(cfg), "run"], root / f"{name}.log", {KILL_ENV: point})
 
 
-def run_id(log: Path) -> str:
-    """The TangoFlow run id a log's run started (Metaflow prints it first)."""
-    found = re.search(r"^\S+ \S+ Workflow starting \(run-id (\d+)\)", log.read_text(), re.MULTILINE)
+def run_id_of(output: str) -> str:
+    """The TangoFlow run id that a run's output started (Metaflow prints it first; nested runs' lines are
+    prefixed by their parent task)."""
+    found = re.search(r"^\S+ \S+ Workflow starting \(run-id (\d+)\)", output, re.MULTILINE)
     if not found:
-        raise RuntimeError(f"no TangoFlow run started in {log}")
+        raise RuntimeError("no TangoFlow run started in this output")
     return found.group(1)
+
+
+def run_id(log: Path) -> str:
+    """The TangoFlow run id a log file's run started."""
+    return run_id_of(log.read_text())
 
 
 def resume(root: Path, origin: str, name: str) -> subprocess.Popen:

@@ -32,8 +32,9 @@ from typing import Any
 
 MANIFEST = "MANIFEST.json"
 VERIFIED = "VERIFIED.json"  # (size, mtime) of each file when its hash last matched: not part of the model
+REMOVED = "REMOVED.json"  # left by tango_steps.retention in place of a deleted checkpoint
 PREFIX = "tango_models"
-_NOT_MODEL = (MANIFEST, VERIFIED)
+_NOT_MODEL = (MANIFEST, VERIFIED, REMOVED)
 
 
 def file_sha256(path: Path) -> str:
@@ -100,11 +101,16 @@ class ModelStore:
             final = Path(self.storage.full_uri(prefix))
             from tango_steps.atomic import atomic_directory
 
-            with atomic_directory(final, overwrite=True) as tmp:
-                top_manifest = lambda d, names: list(_NOT_MODEL) if Path(d) == src else []  # noqa: E731
-                shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=top_manifest)
-                _kill_point(meta)
-                (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
+            try:
+                with atomic_directory(final, overwrite=True) as tmp:
+                    top_manifest = lambda d, names: list(_NOT_MODEL) if Path(d) == src else []  # noqa: E731
+                    shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=top_manifest)
+                    _kill_point(meta)
+                    (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
+            except OSError as e:
+                if _disk_full(e):
+                    raise _disk_full_error(final, key, manifest) from e
+                raise
         else:
             handles = []
             try:
@@ -139,6 +145,10 @@ class ModelStore:
         from tango_steps.modeling import cache_dir
 
         local = cache_dir() / "models" / hashlib.sha256(ref["uri"].encode()).hexdigest()[:20]
+        with self.storage.load_bytes([self.storage.path_join(prefix, REMOVED)]) as results:
+            for _, path, _ in results:  # removed by retention: refused even when a local copy is cached
+                if path is not None:
+                    raise removed_error(ref, Path(path).read_text())
         if local.exists():
             try:
                 _verify(local, ref)
@@ -156,6 +166,31 @@ class ModelStore:
                     shutil.copyfile(path, tmp / name)
             _verify(tmp, ref)
         return local
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether an error (or one it wraps: shutil.copytree collects them) is a full disk or quota."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    nested = e.args[0] if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) else []
+    return any("No space left on device" in str(item) or "Disk quota exceeded" in str(item) for item in nested)
+
+
+def _disk_full_error(final: Path, key: str, manifest: dict[str, Any]) -> OSError:
+    """The error a full disk gives when a checkpoint is stored: what, where, how much, what to do (TANGO.md §9)."""
+    import errno
+
+    parent = next((p for p in (final, *final.parents) if p.exists()), final)
+    free = shutil.disk_usage(parent).free
+    where = _where({"key": key, "uri": str(final), "meta": manifest["meta"]})
+    return OSError(
+        errno.ENOSPC,
+        f"the datastore's disk is full: storing {where} needs {manifest['bytes'] / 2**20:.1f} MiB and "
+        f"{free / 2**20:.1f} MiB are free on {parent}. Nothing of this checkpoint was kept (no partial copy "
+        "is left for a later step to read). Free space (e.g. `python -m tango_steps.retention`), then `resume`.",
+    )
 
 
 def _kill_point(meta: dict[str, Any] | None) -> None:
@@ -184,9 +219,24 @@ def _where(ref: dict[str, Any]) -> str:
     return f"model '{ref.get('uri', '?')}' ({where}{extra})"
 
 
+def removed_error(ref: dict[str, Any], note: bytes | str) -> ValueError:
+    """The error for a checkpoint that the retention command deleted (its ``REMOVED.json`` note)."""
+    try:
+        info = json.loads(note)
+    except ValueError:
+        info = {}
+    return ValueError(
+        f"{_where(ref)} was removed by the retention command ({info.get('removed_by', 'tango_steps.retention')} "
+        f"on {info.get('when', '?')}, for {info.get('run', '?')}; rounds kept whole: {info.get('kept_rounds', '?')}). "
+        "A round that used it can no longer be resumed or forked from; fork from a kept round instead."
+    )
+
+
 def _verify(path: Path, ref: dict[str, Any]) -> None:
     """Refuse a copy that lacks its manifest, or any file that is missing, of another size or (when the
-    reference has hashes) of another sha256 (TANGO.md §9)."""
+    reference has hashes) of another sha256 (TANGO.md §9); a checkpoint removed by retention says so."""
+    if (path / REMOVED).exists():
+        raise removed_error(ref, (path / REMOVED).read_text())
     if not (path / MANIFEST).exists():
         raise ValueError(
             f"{_where(ref)} has no {MANIFEST}: missing or an interrupted save; re-run the step that produced it"

@@ -91,3 +91,26 @@ def metadata_service(tmp_path):
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(mb)``: a size-limited tmpfs mounted for the test (issue #17's full disk), unmounted
+    after it. Mounting needs root (CAP_SYS_ADMIN), which CI's machine gives; elsewhere the test is
+    skipped with that reason (shown by ``-ra``)."""
+    mounted: list[Path] = []
+
+    def mount(mb: int) -> Path:
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        out = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if out.returncode != 0:
+            pytest.skip(f"cannot mount a {mb} MB tmpfs here ({out.stderr.strip()}): the full-disk tests need root")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

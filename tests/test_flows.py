@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -557,6 +558,63 @@ def test_two_runs_killed_in_one_datastore_and_two_resumes_of_one_at_once(tmp_pat
     assert row_b["how"] == "adopted launched", row_b
 
 
+def test_a_full_disk_then_a_damaged_checkpoint_then_resume_equals_the_uninterrupted_run(tmp_path, baseline, small_disk):
+    """Issue #17: the datastore on a 400 MB tmpfs. When round 2 starts, a ballast file leaves 20 MB free:
+    round 2's generator checkpoint (42 MB) does not fit. The run fails with a clear message and leaves
+    no partial checkpoint. With space freed, one byte of the round-0 generator checkpoint (which the
+    resumed update loads) is flipped: ``resume`` stops before training, naming the file, the run and
+    the round. With the byte restored, ``resume`` finishes equal to the uninterrupted baseline."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks import kill_sweep as ks
+
+    _, expected = baseline
+    disk = small_disk(400)
+    ds = Datastore(disk / "mf")
+    proc = subprocess.Popen(
+        [sys.executable, str(TANGO_FLOW), "--config", "config", str(ds.config(SMALL)), "run"],
+        env={**ds.env, "PYTHONUNBUFFERED": "1"}, cwd=ds.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    ballast, log = disk / "ballast", []
+    for line in proc.stdout:
+        log.append(line)
+        if "round 2: launching" in line and not ballast.exists():
+            with open(ballast, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(disk).free - (20 << 20))
+    assert proc.wait(timeout=600) != 0
+    out = "".join(log)
+    assert "round 2: launching" in out and "the datastore's disk is full: storing model" in out, out[-4000:]
+    assert "round 2, role generator) needs 4" in out  # what did not fit, and how much
+    assert ks.leftovers(ds.root) == []  # the torn write was removed: nothing a later step could read
+    ballast.unlink()
+    gen0 = ds.query(
+        """
+        from tango_steps.driver import artifact
+        from tango_steps.model_store import load_model_dir
+        start = Flow("TangoFlow").latest_run["start"].task
+        print(json.dumps(str(load_model_dir(artifact(start, "state")["generator"]))))
+        """
+    )
+    weights = Path(gen0) / "model" / "model.safetensors"
+    good = weights.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 3] ^= 0x01
+    weights.write_bytes(bytes(data))
+    damaged = ds.flow("resume")
+    log = damaged.stdout + damaged.stderr
+    assert damaged.returncode != 0
+    assert "file 'model/model.safetensors' is corrupted" in log and "step start" in log and "round 0" in log, log[
+        -4000:
+    ]
+    assert "update step 1" not in log  # refused before any training
+    weights.write_bytes(good)
+    _ok(ds.flow("resume", "--origin-run-id", ks.run_id_of(out)))
+    final = ds.query(FINAL)
+    assert _digest(final["gen"]) == _digest(expected["gen"])
+    assert _digest(final["ver"]) == _digest(expected["ver"])
+    assert _eval_metrics(final["metrics"]) == _eval_metrics(expected["metrics"])
+
+
 @pytest.fixture(scope="module")
 def sparse_source_and_fork(tmp_path_factory, warmed):
     """A 4-round run evaluated only where ``evaluation.every: 5`` says (rounds 0 and 4), and a 1-round
@@ -642,6 +700,38 @@ def test_evaluation_every_k_rounds_skips_measurement_not_training(tmp_path, base
     bal = {m["round"]: m["eval/verifier_balanced_accuracy"] for m in final["metrics"]}
     assert x[("v0", "s0")] == pytest.approx(bal[0]) and x[("vN", "sN")] == pytest.approx(bal[4])
     assert "the verifier's RL on the last solutions" in out.stdout
+
+
+def test_retention_keeps_the_last_the_forked_and_refuses_a_fork_from_a_removed_round(sparse_source_and_fork):
+    """Issue #17: ``python -m tango_steps.retention --keep-last 1`` on the 4-round source (round 1 a verifier
+    round, 2-4 generator rounds) keeps round 4 (the last), round 2 (the fork's source) and round 0, and
+    removes round 3's generator checkpoint only (round 1's verifier serves rounds 2-4). The dry run
+    changes nothing; afterwards a fork from round 3 stops in ``start`` saying the checkpoint was removed.
+    Runs LAST of this fixture's tests: it deletes a checkpoint of the shared source run."""
+    ds, source, fork, rounds = sparse_source_and_fork
+    cmd = [sys.executable, "-m", "tango_steps.retention", source["run"], "--keep-last", "1"]
+    dry = subprocess.run([*cmd, "--dry-run"], env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    g3 = Path(rounds[2]["gen"])
+    assert f"keep round 2: forked by {fork['run']}" in dry.stdout, dry.stdout
+    assert "keep round 4: the last round" in dry.stdout and "keep round 0:" in dry.stdout
+    gone = [line for line in dry.stdout.splitlines() if "would remove" in line]
+    assert len(gone) == 1 and g3.name in gone[0] and "(round 3 generator, 4" in gone[0], dry.stdout
+    assert "rounds 3 can no longer be resumed or forked from" in dry.stdout
+    assert "42." in dry.stdout.splitlines()[-1] and "MB would be freed" in dry.stdout  # weights + AdamW state
+    assert (g3 / "MANIFEST.json").exists()  # a dry run changes nothing
+    real = subprocess.run(cmd, env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300)
+    assert real.returncode == 0 and "removed 1 checkpoints" in real.stdout, real.stdout + real.stderr[-3000:]
+    assert sorted(p.name for p in g3.iterdir()) == ["REMOVED.json"]
+    for k in (0, 1, 3):  # rounds 1, 2 and 4 are whole
+        assert (Path(rounds[k]["gen"]) / "MANIFEST.json").exists() and (
+            Path(rounds[k]["ver"]) / "MANIFEST.json"
+        ).exists()
+    refused = ds.flow("--config", "config", str(ds.root / "cfg.yaml"), "run", "--start-from", source["rounds"][2],
+                      "--rounds", "1")  # fmt: skip
+    log = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "round 3: launching" not in log and "round 4: launching" not in log
+    assert "round 3, role generator) was removed by the retention command" in log, log[-3000:]
 
 
 def test_a_failed_two_process_update_resumes(tmp_path, warmed):

@@ -129,7 +129,20 @@ def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
         ref = ModelStore(S3Storage("s3://tango/mf")).save({str(src)!r}, "Flow/1/update/3/0/verifier")
         out = load_model_dir(ref)
         again = load_model_dir(ref)  # cached: no second download
-        print(json.dumps({{"ref": ref, "out": str(out), "again": str(again)}}))
+        # issue #17: retention on S3 deletes the objects, leaves its note; the cached copy is refused too
+        from tango_steps import retention
+        store = ModelStore(S3Storage("s3://tango/mf"))
+        other = store.save({str(src)!r}, "Flow/2/update/3/0/.verifier.tmp-abc")
+        before = retention._files(store, "Flow")
+        retention.remove_checkpoint(store, ref, {{"when": "today", "run": "TangoFlow/1", "kept_rounds": [0, 4]}})
+        retention._remove_prefix(store, "tango_models/Flow/2", None)
+        try:
+            load_model_dir(ref)
+            refused = ""
+        except ValueError as e:
+            refused = str(e)
+        print(json.dumps({{"ref": ref, "out": str(out), "again": str(again), "refused": refused,
+                          "before": before, "after": retention._files(store, "Flow")}}))
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -140,3 +153,7 @@ def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
     assert res["again"] == res["out"] and str(tmp_path / "cache") in res["out"]
     assert (out / "model" / "model.safetensors").read_bytes() == (src / "model" / "model.safetensors").read_bytes()
     assert (out / MANIFEST).exists()
+    assert "removed by the retention command" in res["refused"] and "TangoFlow/1" in res["refused"], res["refused"]
+    assert {k for k, _ in res["before"]} >= {"Flow/1/update/3/0/verifier/model/model.safetensors",
+                                             "Flow/2/update/3/0/.verifier.tmp-abc/MANIFEST.json"}  # fmt: skip
+    assert [k for k, _ in res["after"]] == ["Flow/1/update/3/0/verifier/REMOVED.json"]

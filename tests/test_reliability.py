@@ -91,3 +91,29 @@ def test_between_rounds_the_lease_keeps_out_another_run_until_its_runtime_dies(r
     with driver.root_lock(root_id, 3, "TangoFlow/2"):  # a dead runtime's lease is taken over
         pass
     assert json.loads(lease.read_text())["driver"] == "TangoFlow/2"
+
+
+def test_a_full_disk_stores_nothing_and_says_so(small_disk, tmp_path):
+    """A checkpoint that does not fit: a clear error (what, how much, how much is free, what to do),
+    no partial copy, and what was stored before still loads."""
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    from tango_steps.model_store import ModelStore
+
+    disk = small_disk(4)
+    store = ModelStore(LocalStorage(str(disk / "ds")))
+    small, big = tmp_path / "small", tmp_path / "big"
+    for d, mb in ((small, 1), (big, 5)):
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "model.safetensors").write_bytes(os.urandom(mb << 20))
+    kept = store.save(small, "TangoRoundFlow/1/generator_update/3/0/generator", meta={"round": 1, "role": "generator"})
+    with pytest.raises(OSError, match=r"the datastore's disk is full: storing model .*round 2, role generator.*"
+                       r"needs 5\.0 MiB and .* MiB are free .* Nothing of this checkpoint was kept") as e:  # fmt: skip
+        store.save(big, "TangoRoundFlow/2/generator_update/3/0/generator", meta={"round": 2, "role": "generator"})
+    assert e.value.errno == 28  # ENOSPC, for callers that check
+    models = disk / "ds" / "tango_models"
+    assert not (models / "TangoRoundFlow" / "2").exists() or not any(
+        p.is_file() for p in (models / "TangoRoundFlow" / "2").rglob("*")
+    )  # no partial copy, not even in a temporary folder
+    assert not [p for p in models.rglob(".*tmp-*")]
+    assert store.load(kept).is_dir()
