@@ -85,7 +85,8 @@ e = r["end"].task
 m = artifact(e, "metrics")
 rounds = list(artifact(e, "round_runs"))
 cloned = {p: {s.id: s.task.origin_pathspec is not None for s in Run(p)} for p in rounds}
-out = {"run": r.pathspec, "rounds": rounds, "gen": artifact(e, "final_generator")["uri"],
+out = {"run": r.pathspec, "root_id": artifact(e, "root_id"), "rounds": rounds,
+       "gen": artifact(e, "final_generator")["uri"],
        "ver": artifact(e, "final_verifier")["uri"], "how": list(m["how"].fillna("start")) if "how" in m else [],
        "metrics": json.loads(m.to_json(orient="records")), "cloned": cloned,
        "tags": {p: sorted(t for t in Run(p).tags if t.startswith("tango_")) for p in rounds}}
@@ -196,7 +197,7 @@ def row(point: str, root: Path, origin: str, kill_rc: int, resume_rc: int, expec
     out["how"] = " ".join(str(h) for h in res["how"][1:])  # rounds 1.. : launched / resumed / adopted
     if 1 <= k <= len(res["rounds"]) and res["how"][k] == "resumed":
         out["rerun"] = ",".join(s for s, c in res["cloned"][res["rounds"][k - 1]].items() if not c)
-    out["tags_ok"] = all(f"tango_root:{origin}" in t for t in res["tags"].values())  # its own rounds only
+    out["tags_ok"] = all(f"tango_root:{res['root_id']}" in t for t in res["tags"].values())  # its own rounds only
     out["equal"] = got == expected
     if not out["equal"]:
         out["differs"] = [key for key in got if got[key] != expected[key]]
