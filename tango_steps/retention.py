@@ -62,6 +62,7 @@ class RetentionPlan:
 
     @property
     def bytes(self) -> int:
+        """The space the removed checkpoints take (their references' byte counts)."""
         return sum(int(r.get("bytes", 0)) for r in self.remove)
 
 
@@ -248,6 +249,7 @@ def _mb(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module doc); 0 on success, 2 for a run that cannot be read."""
     ap = argparse.ArgumentParser(
         prog="python -m tango_steps.retention", description=__doc__.split("\n\n")[0], epilog="See the module doc."
     )
