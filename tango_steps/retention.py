@@ -244,6 +244,10 @@ def _remove_prefix(store: ModelStore, prefix: str, note: dict[str, Any] | None) 
         client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
 
 
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -260,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         rr = read_run(args.run)
-        plan = plan_retention(rr.states, args.keep_last, args.every, rr.pinned)
+        # only checkpoints this run's own round runs wrote (finished or not) may go
+        owned = tuple(f"{p}/" for p in [*rr.round_runs.values(), *(p for ps in rr.failed_runs.values() for p in ps)])
+        plan = plan_retention(rr.states, args.keep_last, args.every, rr.pinned, owned=owned)
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -276,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     for prefix, size in stale:
         print(f"  {'would remove' if args.dry_run else 'remove'} {prefix} (a failed attempt's, {_mb(size)})")
     if plan.broken:
-        print(f"  rounds {', '.join(map(str, plan.broken))} can no longer be resumed or forked from")
+        which = f"round{'' if len(plan.broken) == 1 else 's'} {', '.join(map(str, plan.broken))}"
+        print(f"  {which} can no longer be resumed or forked from")
     freed = plan.bytes + sum(s for _, s in stale)
     if args.dry_run:
-        print(f"dry run: {len(plan.remove)} checkpoints and {len(stale)} failed attempts, {_mb(freed)} would be freed")
+        print(f"dry run: {_count(plan.remove, 'checkpoint')} and {_count(stale, 'failed attempt')}: "
+              f"{_mb(freed)} would be freed")  # fmt: skip
         return 0
     note = {
         "removed_by": "python -m tango_steps.retention",
@@ -293,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         remove_checkpoint(rr.store, ref, note)
     for key, _ in stale:
         _remove_prefix(rr.store, rr.store.storage.path_join(PREFIX, key), None)
-    print(f"removed {len(plan.remove)} checkpoints and {len(stale)} failed attempts' files: {_mb(freed)} freed")
+    print(f"removed {_count(plan.remove, 'checkpoint')} and the files of {_count(stale, 'failed attempt')}: "
+          f"{_mb(freed)} freed")  # fmt: skip
     return 0
 
 

@@ -717,12 +717,12 @@ def test_retention_keeps_the_last_the_forked_and_refuses_a_fork_from_a_removed_r
     assert "keep round 4: the last round" in dry.stdout and "keep round 0:" in dry.stdout
     gone = [line for line in dry.stdout.splitlines() if "would remove" in line]
     assert len(gone) == 1 and g3.name in gone[0] and "(round 3 generator, 4" in gone[0], dry.stdout
-    assert "rounds 3 can no longer be resumed or forked from" in dry.stdout
+    assert "round 3 can no longer be resumed or forked from" in dry.stdout
     size = json.loads((g3 / "MANIFEST.json").read_text())["bytes"]  # weights + AdamW state, ~44 MB
     assert dry.stdout.splitlines()[-1].endswith(f"{size / 1e6:,.1f} MB would be freed"), dry.stdout
     assert (g3 / "MANIFEST.json").exists()  # a dry run changes nothing
     real = subprocess.run(cmd, env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300)
-    assert real.returncode == 0 and "removed 1 checkpoints" in real.stdout, real.stdout + real.stderr[-3000:]
+    assert real.returncode == 0 and "removed 1 checkpoint and" in real.stdout, real.stdout + real.stderr[-3000:]
     assert sorted(p.name for p in g3.iterdir()) == ["REMOVED.json"]
     for k in (0, 1, 3):  # rounds 1, 2 and 4 are whole
         assert (Path(rounds[k]["gen"]) / "MANIFEST.json").exists() and (
