@@ -10,8 +10,6 @@ Two ways to get the log-probs of the sampled tokens are measured, each in its ow
 peak resident memory is its own):
 
 - ``recorder``: today's engine (``SampledTokenLogprobs``: one (batch, vocabulary) row kept per step);
-- ``static-cache``: the recorder with ``rollout.hf_cache: static`` (the KV cache allocated once for
-  the batch's whole length instead of grown by a copy per layer and step);
 - ``full-logits``: what the engine did before issue #14 (``output_logits=True``: every position's
   full-vocabulary logits kept until ``generate`` returns, batch x new tokens x vocabulary floats).
 
@@ -68,10 +66,8 @@ def child(args: argparse.Namespace) -> dict:
     problems, _ = load_benchmark("gsm8k", path=args.benchmarks, limit=args.prompts)
     prompts = [f"Question: {p.question}\nAnswer:" for p in problems]
     before = rss_mb()
-    cls = full_logits_engine(HFEngine) if args.path == "full-logits" else HFEngine
-    cache = "static" if args.path == "static-cache" else "dynamic"
-    engine = cls(str(resolve_model_ref(args.model)), batch_size=args.batch_size or args.prompts, max_prompt_tokens=512,
-                 cache=cache)  # fmt: skip
+    cls = HFEngine if args.path == "recorder" else full_logits_engine(HFEngine)
+    engine = cls(str(resolve_model_ref(args.model)), batch_size=args.batch_size or args.prompts, max_prompt_tokens=512)
     engine.model.generation_config.min_new_tokens = args.max_tokens  # every completion runs to the limit
     weights_mb = sum(p.numel() * p.element_size() for p in engine.model.parameters()) / 2**20
     loaded = rss_mb()
@@ -102,7 +98,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=0, help="sequences per generate call (0: all prompts at once)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--benchmarks", help="the benchmark files' folder (default: $TANGO_BENCHMARKS)")
-    ap.add_argument("--paths", nargs="+", default=["recorder"], choices=["recorder", "static-cache", "full-logits"])
+    ap.add_argument("--paths", nargs="+", default=["recorder"], choices=["recorder", "full-logits"])
     ap.add_argument("--path", help=argparse.SUPPRESS)  # set in the child process
     args = ap.parse_args()
     if args.path:

@@ -73,11 +73,6 @@ class RolloutConfig(_Section):
     enforce_eager: bool = Field(True, description="vLLM: skip CUDA-graph/compile capture (saves 41 s on CPU)")
     max_model_len: int = Field(1024, ge=16, description="vLLM: prompt + completion token limit")
     hf_batch_size: int = Field(64, ge=1, description="HF: sequences per generate call")
-    hf_cache: Literal["dynamic", "static"] = Field(
-        "dynamic",
-        description="HF: the KV cache; 'static' allocates it once for the whole batch and length instead of "
-        "growing it by copies (lower peak memory on long generations; results can differ in the last bits)",
-    )
     chunk_samples: int = Field(
         256,
         ge=1,

@@ -84,17 +84,6 @@ def test_length_limit_and_finish_reason(hf):
         assert len(c.token_ids) == 5 and c.truncated
 
 
-def test_a_static_cache_samples_the_same_tokens(hf):
-    """``rollout.hf_cache: static`` (issue #14's memory bound): the cache is allocated once instead of grown,
-    the model and the sampled tokens are the same; log-probs agree to float rounding."""
-    static = HFEngine("", model=hf.model, tokenizer=hf.tokenizer, batch_size=4, cache="static")
-    for sampling in (GREEDY, SamplingSettings(n=3, temperature=1.0, max_tokens=24, seed=5)):
-        a, b = hf.generate(PROMPTS, sampling), static.generate(PROMPTS, sampling)
-        for x, y in zip([c for cs in a for c in cs], [c for cs in b for c in cs], strict=True):
-            assert x.token_ids == y.token_ids and x.finish_reason == y.finish_reason
-            assert x.logprobs == pytest.approx(y.logprobs, abs=1e-4)
-
-
 def test_long_prompts_truncate_or_reject(hf, tiny_tokenizer):
     long = "Problem: " + "1 + 1 " * 200
     ids, cut = prepare_prompts(tiny_tokenizer, [long, "x"], max_prompt_tokens=32, on_long_prompt="truncate")

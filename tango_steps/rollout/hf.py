@@ -20,8 +20,6 @@ class HFEngine(RolloutEngine):
         dtype: "float32" / "bfloat16" / "float16".
         device: "cpu", "cuda"... (default: cuda when available).
         batch_size: prompts x samples per ``generate`` call.
-        cache: "dynamic" (HF's default: the KV cache grows by concatenation, a transient copy per layer
-            and step) or "static" (allocated once for the batch's whole length: lower peak memory).
         max_prompt_tokens / on_long_prompt / prompt_format: see :func:`~tango_steps.rollout.base.prepare_prompts`.
     """
 
@@ -36,7 +34,6 @@ class HFEngine(RolloutEngine):
         max_prompt_tokens: int = schema_default(RolloutConfig, "max_prompt_tokens"),
         on_long_prompt: str = schema_default(RolloutConfig, "on_long_prompt"),
         prompt_format: str = schema_default(ModelConfig, "prompt_format"),
-        cache: str = schema_default(RolloutConfig, "hf_cache"),
         model=None,
         tokenizer=None,
     ) -> None:
@@ -45,7 +42,6 @@ class HFEngine(RolloutEngine):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
         self.batch_size = batch_size
-        self.cache = cache
         self.max_prompt_tokens = max_prompt_tokens
         self.on_long_prompt = on_long_prompt
         self.prompt_format = prompt_format
@@ -57,7 +53,7 @@ class HFEngine(RolloutEngine):
     @classmethod
     def from_config(cls, cfg, model_path: str, seed: int = 0, **common) -> HFEngine:
         """The HF engine a ``RolloutConfig`` describes (``seed`` is per call: ``SamplingSettings.seed``)."""
-        return cls(model_path, batch_size=cfg.hf_batch_size, cache=cfg.hf_cache, **common)
+        return cls(model_path, batch_size=cfg.hf_batch_size, **common)
 
     def load_weights(self, model_path: str) -> None:
         """Load another checkpoint's weights into the same model (TANGO.md §3)."""
@@ -99,10 +95,7 @@ class HFEngine(RolloutEngine):
         """``generate``'s arguments for a left-padded batch of prompt ids."""
         width, pad = max(len(x) for x in batch_ids), self.tokenizer.pad_token_id
         greedy = sampling.temperature == 0
-        # a static cache would make generate compile the model on a GPU: not what a rollout wants
-        cache = {"cache_implementation": "static", "disable_compile": True} if self.cache == "static" else {}
         return {
-            **cache,
             "input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in batch_ids], device=self.device),
             "attention_mask": torch.tensor(
                 [[0] * (width - len(x)) + [1] * len(x) for x in batch_ids], device=self.device
