@@ -163,9 +163,9 @@ def read_run(pathspec: str) -> RunRounds:
     for other in Flow("TangoFlow").runs():
         if "start" not in other:
             continue
-        source = artifact(other["start"].task, "forked_from", None)
-        if source and "/".join(source.split("/")[:2]) in by_run:
-            k = by_run["/".join(source.split("/")[:2])]
+        source = artifact(other["start"].task, "forked_from", None) or ""
+        k = by_run.get("/".join(source.split("/")[:2]))  # a run or its end task
+        if k is not None:
             pinned[k] = (pinned[k] + ", " if k in pinned else "forked by ") + other.pathspec
     store = ModelStore.for_ref(first["generator"])
     return RunRounds(root_id, states, round_runs, failed, pinned, store)
@@ -229,12 +229,14 @@ def _remove_prefix(store: ModelStore, prefix: str, note: dict[str, Any] | None) 
         store.storage.save_bytes(iter([(store.storage.path_join(prefix, REMOVED), body)]), overwrite=True)
     if store.ds_type == "local":
         root = Path(store.storage.full_uri(prefix))
-        for p in sorted(root.iterdir()) if root.exists() else []:
-            if p.name == REMOVED and note is not None:
-                continue
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
         if note is None:
             shutil.rmtree(root, ignore_errors=True)
+            return
+        for p in sorted(root.iterdir()):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.name != REMOVED:
+                p.unlink()
         return
     sub = prefix[len(PREFIX) + 1 :]
     client, bucket, base = _s3(store, PREFIX)
