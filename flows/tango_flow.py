@@ -40,7 +40,7 @@ class TangoFlow(FlowSpec):
         from tango_steps.config import resolved
         from tango_steps.driver import begin, fork_source, validate_run_config
         from tango_steps.model_store import ModelStore
-        from tango_steps.stages import maybe_kill
+        from tango_steps.stages import freeze_heap, maybe_kill
 
         cfg = validate_run_config(self.config.to_dict(), self.rounds)
         self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
@@ -64,6 +64,7 @@ class TangoFlow(FlowSpec):
         self.state_task = current.pathspec
         self.more = "more" if self.round_idx < self.total_rounds else "done"
         maybe_kill(self.round_idx, "TangoFlow.start")  # test-only: round 0's checkpoints stored, the task not
+        freeze_heap()  # (models were loaded: a quicker exit)
         self.next({"more": self.round, "done": self.end}, condition="more")
 
     @card(type="blank", id="progress", refresh_interval=10)

@@ -61,11 +61,13 @@ class TangoRoundFlow(FlowSpec):
 
     def _done(self):
         """The end of a step's work: its peak resident memory (each step is its own process;
-        benchmarks/round_overhead.py), and the test-only kill point before its artifacts are stored."""
-        from tango_steps.stages import maybe_kill, peak_rss_mb
+        benchmarks/round_overhead.py), the test-only kill point before its artifacts are stored, and a
+        frozen heap so that the process's exit does not spend a second collecting garbage."""
+        from tango_steps.stages import freeze_heap, maybe_kill, peak_rss_mb
 
         self.peak_rss_mb = peak_rss_mb()
         maybe_kill(self.round_idx, current.step_name)
+        freeze_heap()
 
     @resources(cpu=config.resources.start.cpu, memory=config.resources.start.memory)
     @step
