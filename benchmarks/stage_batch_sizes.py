@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -64,14 +65,13 @@ def main() -> None:
             cfg = load_config(args.config, {"rollout.hf_batch_size": bs})
             row = []
             for plan in (gen_round, ver_round):
-                s, (roll, _) = timed(lambda p=plan: stages.rollout(cfg, p, dirs["generator"], log=QUIET), args.repeats)
+                s, (roll, _) = timed(partial(stages.rollout, cfg, plan, dirs["generator"], log=QUIET), args.repeats)
                 if plan is gen_round:
                     row.append(s)
-                s, (judg, _) = timed(lambda p=plan, r=roll: stages.judge(cfg, p, dirs["verifier"], r, log=QUIET),
-                                     args.repeats)  # fmt: skip
+                s, (judg, _) = timed(partial(stages.judge, cfg, plan, dirs["verifier"], roll, log=QUIET), args.repeats)
                 row.append(s)
                 tables[plan.slot] = (roll, judg)
-            s, _ = timed(lambda c=cfg: stages.evaluate(c, dirs["generator"], dirs["verifier"], log=QUIET), args.repeats)
+            s, _ = timed(partial(stages.evaluate, cfg, dirs["generator"], dirs["verifier"], log=QUIET), args.repeats)
             row.append(s)
             print(f"| {bs} | " + " | ".join(f"{x:.2f}" for x in row) + " |", flush=True)
         if not args.micro:
@@ -80,15 +80,18 @@ def main() -> None:
         print("|---|---|---|")
         fresh = itertools.count()  # an update refuses to overwrite a checkpoint: one folder per call
         for mb in args.micro:
-            cfg = load_config(args.config, {"generator_update.micro_batch_size": mb, "verifier_update.micro_batch_size": mb})
+            cfg = load_config(args.config, {f"{r}_update.micro_batch_size": mb for r in ("generator", "verifier")})
             row = []
             for plan, role in ((gen_round, "generator"), (ver_round, "verifier")):
                 roll, judg = tables[plan.slot]
                 out = stages.reward(cfg, plan, roll, judg, None, log=QUIET)
                 batch = out.generator_batch if role == "generator" else out.verifier_batch
-                s, _ = timed(lambda p=plan, r=role, b=batch: stages.update(
-                    cfg, p, r, dirs[r], dirs[r], b, Path(tmp) / f"{r}-{next(fresh)}", log=QUIET), args.repeats)  # fmt: skip
-                row.append(s)
+
+                def update(plan=plan, role=role, batch=batch, cfg=cfg):
+                    new = Path(tmp) / f"{role}-{next(fresh)}"
+                    return stages.update(cfg, plan, role, dirs[role], dirs[role], batch, new, log=QUIET)
+
+                row.append(timed(update, args.repeats)[0])
             print(f"| {mb} | " + " | ".join(f"{x:.2f}" for x in row) + " |", flush=True)
 
 
