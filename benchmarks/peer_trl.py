@@ -15,7 +15,9 @@ batch with the same learning rate and KL coefficient. Per step it prints:
 - ours through the flow (``--flow-rounds``): a TangoFlow run of the same recipe, the mean wall time
   of a round run (process starts, artifacts, cards, the held-out evaluation if the recipe makes one;
   ``evaluation.every`` is set past the run so only round 0 and the last round are evaluated), and
-  the ratio flow round / TRL step. The first step of each side is a warm-up and is not counted.
+  the ratio flow round / TRL step, over the rounds that do not evaluate (like for like: neither TRL's
+  step nor the in-process round evaluates) and over every round. The first step of each side is a
+  warm-up and is not counted; ``--flow-rounds 6`` leaves 4 rounds without evaluation to average.
 
 Figures depend on the machine and on what else runs on it: run it alone (docs/performance.md).
 """
@@ -129,8 +131,9 @@ def trl_steps(cfg, steps: int) -> list[float]:
     return timer.seconds
 
 
-def flow_round_seconds(cfg_data: dict) -> list[float]:
-    """Wall seconds of each round run of a TangoFlow run of the recipe (benchmarks/round_overhead.py's clock)."""
+def flow_round_seconds(cfg_data: dict) -> list[tuple[float, bool]]:
+    """Wall seconds of each round run of a TangoFlow run of the recipe (benchmarks/round_overhead.py's clock),
+    and whether the round ran the held-out evaluation (the last round always does)."""
     import yaml
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -143,7 +146,11 @@ def flow_round_seconds(cfg_data: dict) -> list[float]:
 
     namespace(None)
     rounds = Run(pathspec)["end"].task["round_runs"].data
-    return [sum(r["wall"] for r in step_times(Run(rp))) for rp in rounds]
+    out = []
+    for rp in rounds:
+        steps = step_times(Run(rp))
+        out.append((sum(r["wall"] for r in steps), any(r["step"] == "evaluate" for r in steps)))
+    return out
 
 
 def _summary(xs: list[float]) -> str:
@@ -176,7 +183,10 @@ def main() -> None:
     rows = [("TRL GRPOTrainer step", trl), ("ours, in process (InProcessRun round)", ours)]
     if args.flow_rounds:
         flow = flow_round_seconds({**data, "rounds": args.flow_rounds})
-        rows.append(("ours, through TangoFlow (round run wall)", flow))
+        # like for like: neither TRL's step nor the in-process round evaluates; the flow's last round does
+        train = [flow[0][0]] + [w for w, evaluated in flow[1:] if not evaluated]
+        rows.append(("ours, through TangoFlow (round run wall, rounds without evaluation)", train))
+        rows.append(("ours, through TangoFlow (round run wall, every round)", [w for w, _ in flow]))
     base = statistics.mean(trl[1:] or trl)
     print("\n| side | seconds per step (mean, first excluded) | / TRL step |\n|---|---|---|")
     for name, xs in rows:
