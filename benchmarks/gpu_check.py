@@ -23,7 +23,10 @@ random model costs the same FLOPs as a trained one).
    checkpoint save and load) for a verifier round and a generator round, then the held-out
    evaluation; reports where each model ran, per-stage seconds and the round's figures.
 
-The fused linear + log-softmax kernel (liger-kernel) is not measured here: it is not a dependency.
+The update also runs a fourth way, ``full+liger`` (``update.logprob_backend: liger``: liger-kernel's fused
+linear cross-entropy instead of the chunked log-probs; entropy bonus 0, which it requires), when
+liger-kernel is installed (it is not a dependency: ``pip install --no-deps liger_kernel-*.whl``
+beside a CUDA torch, which brings Triton); otherwise a line says why that row is missing.
 """
 
 from __future__ import annotations
@@ -112,8 +115,9 @@ def update_row(shape: str, mode: str, model_dir: Path, n_params: int, work: Path
     )
 
     lora = LoraSettings(r=16, alpha=32, dropout=0.0, target_modules="all-linear") if mode == "lora" else None
+    liger = dict(logprob_backend="liger", entropy_coef=0.0) if mode == "full+liger" else {}
     settings = UpdateSettings(
-        learning_rate=1e-6, micro_batch_size=4, gradient_checkpointing=mode == "full+gc", lora=lora, seed=0
+        learning_rate=1e-6, micro_batch_size=4, gradient_checkpointing=mode == "full+gc", lora=lora, seed=0, **liger
     )
     ckpt = init_checkpoint(str(model_dir), work / f"{shape}-{mode}-ckpt", settings)
     g = torch.Generator().manual_seed(0)
@@ -246,9 +250,17 @@ def main() -> None:
             models[shape] = build_random_model(shape, tok, work / shape)
             print(f"built {shape}: {models[shape][1] / 1e6:.0f}M parameters", flush=True)
         if "update" in parts:
+            from tango_steps.loss import liger_unavailable
+
+            modes = ["full", "full+gc", "lora"]
+            why = liger_unavailable(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            if why is None:
+                modes.append("full+liger")
+            else:
+                print(f"update full+liger: not measured ({why})", flush=True)
             rows = []
             for shape in shapes:
-                for mode in ("full", "full+gc", "lora"):
+                for mode in modes:
                     rows.append(update_row(shape, mode, *models[shape], work, seqs, length))
                     print(f"update {shape} {mode}: {rows[-1]}", flush=True)
             table(f"Update: {seqs} sequences x {length} tokens, bf16 autocast, micro-batch 4", rows)

@@ -249,6 +249,12 @@ class UpdateConfig(_Section):
     kl_coef: float = Field(0.001, ge=0, description="beta of the k3 KL to the reference (paper: 0.001)")
     entropy_coef: float = Field(0.001, ge=0, description="entropy bonus (paper: 0.001; 0 for REINFORCE++)")
     logprob_chunk_size: int = Field(2048, ge=1, description="tokens per chunk of the log-prob computation")
+    logprob_backend: Literal["chunked", "liger"] = Field(
+        "chunked",
+        description="token log-probs: chunked (lm_head + log-softmax per checkpointed chunk) or liger "
+        "(liger-kernel's fused linear cross-entropy on CUDA, the chunked path where it cannot run; needs "
+        "entropy_coef 0, since it never forms the logits the entropy needs)",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="bf16 on GPU, fp32 on CPU when auto")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
     processes: int = Field(
@@ -264,6 +270,15 @@ class UpdateConfig(_Section):
         "each, one torch.distributed group (resources.update_nodes per node; docs/scaling.md)",
     )
     lora: LoraConfig | None = Field(None, description="LoRA settings; null = full fine-tuning")
+
+    @model_validator(mode="after")
+    def _liger_has_no_entropy(self) -> UpdateConfig:
+        if self.logprob_backend == "liger" and self.entropy_coef:
+            raise ValueError(
+                f"logprob_backend 'liger' needs entropy_coef 0 (got {self.entropy_coef}): the fused kernel "
+                "returns log-probs only, and the entropy bonus needs every position's full logits"
+            )
+        return self
 
 
 class EvaluationConfig(_Section):

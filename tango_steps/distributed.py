@@ -71,17 +71,18 @@ class LogprobModule(torch.nn.Module):
     is this module's forward.
     """
 
-    def __init__(self, policy: torch.nn.Module, chunk_size: int, temperature: float) -> None:
+    def __init__(self, policy: torch.nn.Module, chunk_size: int, temperature: float, backend: str = "chunked") -> None:
         super().__init__()
         self.policy = policy
         self.chunk_size = chunk_size
         self.temperature = temperature
+        self.backend = backend
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L-1) log-probs and entropies of tokens 1..L-1, as ``sequence_logprobs``."""
         from tango_steps.training import sequence_logprobs
 
-        logp, entropy = sequence_logprobs(self.policy, ids, attn, self.chunk_size, self.temperature)
+        logp, entropy = sequence_logprobs(self.policy, ids, attn, self.chunk_size, self.temperature, self.backend)
         # FSDP hooks the outputs for its backward; a view's hook would be lost to an in-place op
         return logp.clone(), entropy.clone()
 
@@ -124,7 +125,7 @@ class Runtime:
 
 def wrap_policy(policy: torch.nn.Module, strategy: str, settings, device) -> torch.nn.Module:
     """``policy`` inside a :class:`LogprobModule`, replicated (``ddp``) or sharded (``fsdp``)."""
-    module = LogprobModule(policy, settings.logprob_chunk_size, settings.temperature)
+    module = LogprobModule(policy, settings.logprob_chunk_size, settings.temperature, settings.logprob_backend)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

@@ -13,6 +13,9 @@ batch never exist at once (measured on an H100: a naive version needs 61 GB for 
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -200,3 +203,95 @@ def chunked_token_logprobs(
         logps.append(lp)
         ents.append(en)
     return torch.cat(logps).reshape(b, t), torch.cat(ents).reshape(b, t)
+
+
+def liger_unavailable(device: torch.device) -> str | None:
+    """Why liger-kernel cannot compute the update's log-probs (TANGO.md §6) on ``device``, or None when it can.
+
+    Its kernels are Triton kernels: they run on CUDA devices, or anywhere under Triton's
+    interpreter (``TRITON_INTERPRET=1``, numpy-speed, what the CPU tests use).
+    """
+    if importlib.util.find_spec("liger_kernel") is None or importlib.util.find_spec("triton") is None:
+        return "liger-kernel (and triton) is not installed: pip install liger-kernel"
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"its Triton kernels run on CUDA devices, and the model is on {device.type}"
+    return None
+
+
+def liger_token_logprobs(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head_bias: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probabilities of ``labels`` through liger-kernel's fused linear cross-entropy (TANGO.md §6).
+
+    The kernel projects and normalises chunk by chunk on the GPU and never keeps the logits: what
+    :func:`chunked_token_logprobs` does in PyTorch, fused, and with its backward recomputing the
+    chunks itself (``reduction="none"`` folds each token's upstream gradient in before the weight
+    gradient is summed). It returns no entropy. The temperature divides the logits, so it divides
+    the hidden states and the bias ((h / T) W^T + b / T = logits / T). Weight and bias are cast to
+    the hidden states' dtype, as autocast would cast them for the matmul (the cast is differentiable,
+    so fp32 master weights still get their gradient).
+
+    Args:
+        hidden: (B, T, H) final hidden states, aligned with ``labels``.
+        lm_head_weight: (V, H) output projection.
+        labels: (B, T) long.
+        lm_head_bias: (V,) or None.
+        temperature: logits are divided by it.
+
+    Returns:
+        ``logp`` (B, T), float32.
+    """
+    from liger_kernel.ops import LigerFusedLinearCrossEntropyFunction
+
+    b, t, h = hidden.shape
+    x = hidden.reshape(b * t, h)
+    weight = lm_head_weight.to(x.dtype)
+    bias = lm_head_bias.to(x.dtype) if lm_head_bias is not None else None
+    if temperature != 1.0:
+        x = x / temperature
+        bias = bias / temperature if bias is not None else None
+    # positional: input, weight, target, bias, ce_weight, ignore_index, lse_square_scale,
+    # label_smoothing, reduction (every label is a real token, so nothing is ignored)
+    nll, *_ = LigerFusedLinearCrossEntropyFunction.apply(
+        x.contiguous(), weight, labels.reshape(b * t), bias, None, -100, 0.0, 0.0, "none"
+    )
+    return -nll.float().reshape(b, t)
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head_bias: torch.Tensor | None = None,
+    chunk_size: int = 2048,
+    temperature: float = 1.0,
+    backend: str = "chunked",
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of ``labels`` (and entropies) by the configured backend (TANGO.md §6; ``update.logprob_backend``).
+
+    ``chunked`` is :func:`chunked_token_logprobs`. ``liger`` is :func:`liger_token_logprobs` where
+    liger-kernel can run (:func:`liger_unavailable`), and the chunked path, with a warning, where it
+    cannot. The liger path has no entropy: with ``with_entropy`` (the training pass's metric; the
+    config requires ``entropy_coef`` 0 with liger, so no gradient goes through it) it is computed
+    by the chunked path without gradient, else None.
+    """
+    if backend not in ("chunked", "liger"):
+        raise ValueError(f"logprob backend must be chunked or liger, got {backend!r}")
+    if backend == "liger":
+        why = liger_unavailable(hidden.device)
+        if why is None:
+            logp = liger_token_logprobs(hidden, lm_head_weight, labels, lm_head_bias, temperature)
+            if not with_entropy:
+                return logp, None
+            with torch.no_grad():
+                _, entropy = chunked_token_logprobs(
+                    hidden.detach(), lm_head_weight, labels, lm_head_bias, chunk_size, temperature
+                )
+            return logp, entropy
+        warnings.warn(f"logprob_backend liger: {why}; using the chunked path", stacklevel=2)
+    return chunked_token_logprobs(hidden, lm_head_weight, labels, lm_head_bias, chunk_size, temperature)

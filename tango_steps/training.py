@@ -31,7 +31,7 @@ import torch
 
 from tango_steps.atomic import atomic_directory
 from tango_steps.config import LoraConfig, UpdateConfig, schema_default
-from tango_steps.loss import chunked_token_logprobs, get_policy_loss
+from tango_steps.loss import get_policy_loss, token_logprobs
 
 STATE_FILE = "trainer_state.json"
 
@@ -66,6 +66,8 @@ class UpdateSettings:
         clip_eps / kl_coef / entropy_coef: PPO clip range, beta of the k3 KL, entropy bonus
             (paper: 0.2, 0.001, 0.001; entropy 0 for REINFORCE++).
         logprob_chunk_size: tokens per chunk of the chunked log-prob computation.
+        logprob_backend: ``chunked``, or ``liger`` (liger-kernel's fused kernel on CUDA; needs
+            ``entropy_coef`` 0; :func:`tango_steps.loss.token_logprobs`).
         temperature: sampling temperature; logits are divided by it for log-probs (1.0 = raw).
         dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32" or "bfloat16".
         gradient_checkpointing: recompute activations in backward (saves memory).
@@ -91,6 +93,7 @@ class UpdateSettings:
     kl_coef: float = schema_default(UpdateConfig, "kl_coef")
     entropy_coef: float = schema_default(UpdateConfig, "entropy_coef")
     logprob_chunk_size: int = schema_default(UpdateConfig, "logprob_chunk_size")
+    logprob_backend: str = schema_default(UpdateConfig, "logprob_backend")
     temperature: float = 1.0
     dtype: str = schema_default(UpdateConfig, "dtype")
     gradient_checkpointing: bool = schema_default(UpdateConfig, "gradient_checkpointing")
@@ -111,6 +114,14 @@ class UpdateSettings:
                 f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}",
             ),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+            (
+                self.logprob_backend in ("chunked", "liger"),
+                f"logprob_backend must be chunked or liger, got {self.logprob_backend!r}",
+            ),
+            (
+                not (self.logprob_backend == "liger" and self.entropy_coef),
+                f"logprob_backend liger needs entropy_coef 0 (it returns no entropy), got {self.entropy_coef}",
+            ),
             (self.processes >= 1, f"processes must be >= 1, got {self.processes}"),
             (self.strategy in ("ddp", "fsdp"), f"strategy must be ddp or fsdp, got {self.strategy!r}"),
             (
@@ -399,16 +410,33 @@ def _causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def sequence_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, chunk_size: int, temperature: float = 1.0):
+def sequence_logprobs(
+    model,
+    ids: torch.Tensor,
+    attn: torch.Tensor,
+    chunk_size: int,
+    temperature: float = 1.0,
+    backend: str = "chunked",
+    with_entropy: bool = True,
+):
     """Log-probs and entropies of tokens 1..L-1 given their prefixes, (B, L-1) each (TANGO.md §6).
 
-    Runs the decoder for hidden states and the LM head chunk by chunk, never building full logits.
+    Runs the decoder for hidden states and the LM head chunk by chunk (or liger-kernel's fused
+    kernel, ``backend``), never building full logits. The entropies are None only for the liger
+    backend without ``with_entropy`` (the no-grad passes that discard them).
     """
     lm = _causal_lm(model)
     hidden = lm.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state  # (B, L, H)
     head = lm.get_output_embeddings()
-    return chunked_token_logprobs(
-        hidden[:, :-1], head.weight, ids[:, 1:], lm_head_bias=head.bias, chunk_size=chunk_size, temperature=temperature
+    return token_logprobs(
+        hidden[:, :-1],
+        head.weight,
+        ids[:, 1:],
+        lm_head_bias=head.bias,
+        chunk_size=chunk_size,
+        temperature=temperature,
+        backend=backend,
+        with_entropy=with_entropy,
     )
 
 
@@ -586,10 +614,14 @@ def _setup_distributed_update(
     return _UpdateRun(rt, model, tok, optimizer, state, policy, rt.rank, rt.world, settings.strategy)
 
 
-def _logprobs(run: _UpdateRun, model, ids: torch.Tensor, attn: torch.Tensor, settings: UpdateSettings):
+def _logprobs(
+    run: _UpdateRun, model, ids: torch.Tensor, attn: torch.Tensor, settings: UpdateSettings, with_entropy: bool = True
+):
     """Token log-probs and entropies through ``model``: the policy itself, or the distributed wrapper."""
     if run.world == 1:
-        return sequence_logprobs(model, ids, attn, settings.logprob_chunk_size, settings.temperature)
+        return sequence_logprobs(
+            model, ids, attn, settings.logprob_chunk_size, settings.temperature, settings.logprob_backend, with_entropy
+        )
     return model(ids, attn)
 
 
@@ -662,17 +694,23 @@ def _frozen_logprobs(
                 continue
             t = _pack(batch, mb, run.tok.pad_token_id, accelerator.device)
             if need_old:
-                lp, _ = _logprobs(run, policy, t["ids"], t["attn"], settings)
+                lp, _ = _logprobs(run, policy, t["ids"], t["attn"], settings, with_entropy=False)
                 for r, i in enumerate(mb):
                     old_lp[i] = lp[r].float()
             if need_ref:
                 if reference is not None:
                     lp, _ = sequence_logprobs(
-                        reference, t["ids"], t["attn"], settings.logprob_chunk_size, settings.temperature
+                        reference,
+                        t["ids"],
+                        t["attn"],
+                        settings.logprob_chunk_size,
+                        settings.temperature,
+                        settings.logprob_backend,
+                        with_entropy=False,
                     )
                 else:  # LoRA: the reference is the base model with adapters disabled, no second copy
                     with run.policy.disable_adapter():
-                        lp, _ = _logprobs(run, policy, t["ids"], t["attn"], settings)
+                        lp, _ = _logprobs(run, policy, t["ids"], t["attn"], settings, with_entropy=False)
                 for r, i in enumerate(mb):
                     ref_lp[i] = lp[r].float()
     return old_lp, ref_lp

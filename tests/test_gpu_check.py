@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -29,8 +31,8 @@ def _tables(stdout: str) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+def _run(args: list[str], **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra_env}
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -40,6 +42,7 @@ def test_gpu_check_smoke_runs_every_part_on_cpu():
     tables = _tables(done.stdout)
     update = next(rows for title, rows in tables.items() if title.startswith("Update"))
     assert [r["mode"] for r in update] == ["full", "full+gc", "lora"]
+    assert "update full+liger: not measured" in done.stdout  # no CUDA, no Triton interpreter: said, not hidden
     for r in update:
         assert r["device"] == "cpu" and int(r["tokens"]) == 128 and math.isfinite(float(r["tok/s"]))
     sampling = next(rows for title, rows in tables.items() if title.startswith("HF engine sampling"))
@@ -74,3 +77,18 @@ def test_rollout_memory_benchmark_on_a_tiny_model(tiny_model_dir, tmp_path):
             line.startswith("| full-logits")]  # fmt: skip
     assert [r[0].strip() for r in rows] == ["recorder", "full-logits"]
     assert all(int(r[3]) == 24 for r in rows)  # 3 prompts x 8 tokens, each held to the limit
+
+
+@pytest.mark.skipif(not os.environ.get("TANGO_LIGER_SITE"), reason="TANGO_LIGER_SITE is not set; .ci/run sets it")
+def test_gpu_check_measures_the_liger_update_where_liger_runs():
+    """With liger-kernel importable (here under Triton's interpreter, on CPU) the update gets its fourth row."""
+    site = os.environ["TANGO_LIGER_SITE"]
+    done = _run(
+        ["benchmarks/gpu_check.py", "--smoke", "--parts", "update"],
+        TRITON_INTERPRET="1",
+        PYTHONPATH=os.pathsep.join([str(REPO), site]),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    update = next(rows for title, rows in _tables(done.stdout).items() if title.startswith("Update"))
+    assert [r["mode"] for r in update] == ["full", "full+gc", "lora", "full+liger"]
+    assert math.isfinite(float(update[-1]["tok/s"]))
