@@ -104,7 +104,8 @@ for backend in ("chunked", "liger"):
     metrics[backend] = rl_update(c0, batch, UpdateSettings(**common, logprob_backend=backend), out + "/" + backend)
 a = load_file(out + "/chunked/model/model.safetensors")
 c = load_file(out + "/liger/model/model.safetensors")
-res["weights"] = max((a[k] - c[k]).abs().max().item() for k in a)
+diff = torch.cat([(a[k] - c[k]).abs().flatten() for k in a])
+res["weights"], res["weights_mean"] = diff.max().item(), diff.mean().item()
 res["moved"] = max((a[k] - load_file(out + "/c0/model/model.safetensors")[k]).abs().max().item() for k in a)
 res["loss"] = [metrics["chunked"]["loss"], metrics["liger"]["loss"]]
 res["entropy"] = [metrics["chunked"]["entropy"], metrics["liger"]["entropy"]]
@@ -130,7 +131,8 @@ def test_the_liger_kernel_matches_the_chunked_path_under_tritons_interpreter(tmp
     assert res["logp"] < 1e-4 and res["grads"] < 1e-4, res
     assert res["moved"] > 1e-3, res  # the update did train
     # ... and the same way with either backend: AdamW's first step is ~lr x sign(gradient), so a
-    # near-zero gradient component can move differently on float noise; 2% of the step bounds it
-    assert res["weights"] < 0.02 * res["moved"], res
+    # near-zero gradient component can move differently on float noise (measured: at most 0.5% of
+    # the step here, 6% on the warmed-up tiny generator), while the gradient itself agrees to 1e-6
+    assert res["weights"] < 0.1 * res["moved"] and res["weights_mean"] < 1e-3 * res["moved"], res
     assert abs(res["grad_norm"][0] - res["grad_norm"][1]) < 1e-4 * res["grad_norm"][0], res
     assert abs(res["loss"][0] - res["loss"][1]) < 1e-5 and abs(res["entropy"][0] - res["entropy"][1]) < 1e-5, res
