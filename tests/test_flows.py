@@ -937,6 +937,14 @@ def test_verifier_alarm_is_shown_and_can_stop_the_run(tmp_path, warmed):
     row = health.stdout.splitlines()[1].split()
     assert row[0] == "0" and row[1] == "1" and "0 1" in health.stdout  # seed 0, 1 round, alarms in rounds 0 and 1
     assert "of 1 runs pass" in health.stdout
+    # ... and so does the curves table: a row per round, with the held-out figures
+    script = str(REPO / "benchmarks" / "run_curves.py")
+    curves = subprocess.run(
+        [sys.executable, script, "--run", final["run"]], env=ds.env, cwd=ds.root, capture_output=True, text=True
+    )
+    assert curves.returncode == 0, curves.stderr[-3000:]
+    lines = [line for line in curves.stdout.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| round |") and "held-out gen. acc." in lines[0] and len(lines) == 3, curves.stdout
 
 
 needs_smollm2_and_vllm = pytest.mark.skipif(
