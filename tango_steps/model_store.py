@@ -99,7 +99,7 @@ class ModelStore:
         manifest = {"files": files, "sha256": sha, "bytes": sum(files.values()), "meta": dict(meta or {})}
         if self.ds_type == "local":
             final = Path(self.storage.full_uri(prefix))
-            from tango_steps.atomic import atomic_directory
+            from tango_steps.atomic import atomic_directory, is_disk_full
 
             try:
                 with atomic_directory(final, overwrite=True) as tmp:
@@ -108,7 +108,7 @@ class ModelStore:
                     _kill_point(meta)
                     (tmp / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
             except OSError as e:
-                if _disk_full(e):
+                if is_disk_full(e):
                     raise _disk_full_error(final, key, manifest) from e
                 raise
         else:
@@ -168,29 +168,15 @@ class ModelStore:
         return local
 
 
-def _disk_full(e: BaseException) -> bool:
-    """Whether an error (or one it wraps: shutil.copytree collects them) is a full disk or quota."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    nested = e.args[0] if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) else []
-    return any("No space left on device" in str(item) or "Disk quota exceeded" in str(item) for item in nested)
-
-
 def _disk_full_error(final: Path, key: str, manifest: dict[str, Any]) -> OSError:
     """The error a full disk gives when a checkpoint is stored: what, where, how much, what to do (TANGO.md §9)."""
-    import errno
+    from tango_steps.atomic import disk_full_error
 
-    parent = next((p for p in (final, *final.parents) if p.exists()), final)
-    free = shutil.disk_usage(parent).free
     where = _where({"key": key, "uri": str(final), "meta": manifest["meta"]})
-    return OSError(
-        errno.ENOSPC,
-        f"the datastore's disk is full: storing {where} needs {manifest['bytes'] / 2**20:.1f} MiB and "
-        f"{free / 2**20:.1f} MiB are free on {parent}. Nothing of this checkpoint was kept (no partial copy "
-        "is left for a later step to read). Free space (e.g. `python -m tango_steps.retention`), then `resume`.",
-    )
+    return disk_full_error(
+        "the datastore's disk", f"storing {where}", manifest["bytes"], final.parent,
+        "Free space (e.g. `python -m tango_steps.retention`), then `resume`.",
+    )  # fmt: skip
 
 
 def _kill_point(meta: dict[str, Any] | None) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from tango_steps.atomic import atomic_directory
+from tango_steps.atomic import atomic_directory, disk_full_error, free_bytes, is_disk_full
 from tango_steps.config import LoraConfig, UpdateConfig, schema_default
 from tango_steps.loss import get_policy_loss, token_logprobs
 
@@ -234,24 +234,67 @@ def _write_checkpoint(
 ) -> Path:
     """Write a checkpoint to a temporary sibling directory, then rename it into place (never overwrites).
 
-    ``model_state``: the full weights when ``model`` holds only a shard of them (FSDP).
+    ``model_state``: the full weights when ``model`` holds only a shard of them (FSDP). A disk too
+    small for it is refused before anything is written, and a disk that fills up while it is written
+    (another process) is named as such; either way nothing is left behind.
     """
+    if settings.lora is None or state.updates == 0:
+        weights = model_state if model_state is not None else _causal_lm(model).state_dict()
+    else:  # the adapter only
+        weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state)
+
+    def full() -> OSError:
+        what = f"writing the checkpoint '{out_dir}'"
+        return disk_full_error("the disk", what, needed, Path(out_dir).parent, "Free space, then `resume`.")
+
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    if free_bytes(Path(out_dir).parent) < needed:
+        raise full()
     with atomic_directory(out_dir) as tmp:
-        if settings.lora is None:
-            model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
-        elif state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
-            model.save_pretrained(tmp / "adapter")
-            model.merge_and_unload(safe_merge=True).save_pretrained(tmp / "model", safe_serialization=True)
-        else:  # later ones only the adapter: small I/O per update; engines merge it at load (servable_model)
-            model.save_pretrained(tmp / "adapter")
-            _causal_lm(model).config.save_pretrained(tmp / "model")
-        tokenizer.save_pretrained(tmp / "model")
-        if optimizer_state is not None:
-            torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / "rng_state.pt")
-        payload = {**asdict(state), "settings": json.loads(json.dumps(asdict(settings), default=str))}
-        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        try:
+            _write_checkpoint_files(tmp, model, tokenizer, optimizer_state, state, settings, model_state)
+        except Exception as e:
+            if is_disk_full(e, where=tmp):
+                raise full() from e
+            raise
     return out_dir
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensors in a nested dict / list (tied weights once): what will be written."""
+    seen: dict[int, int] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            seen[x.untyped_storage().data_ptr() if x.device.type != "meta" else id(x)] = x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return sum(seen.values())
+
+
+def _write_checkpoint_files(tmp: Path, model, tokenizer, optimizer_state, state, settings, model_state) -> None:
+    """The files of a checkpoint (``_write_checkpoint``), into the temporary directory ``tmp``."""
+    if settings.lora is None:
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
+    elif state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
+        model.save_pretrained(tmp / "adapter")
+        model.merge_and_unload(safe_merge=True).save_pretrained(tmp / "model", safe_serialization=True)
+    else:  # later ones only the adapter: small I/O per update; engines merge it at load (servable_model)
+        model.save_pretrained(tmp / "adapter")
+        _causal_lm(model).config.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng_state.pt")
+    payload = {**asdict(state), "settings": json.loads(json.dumps(asdict(settings), default=str))}
+    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
 
 def servable_model(ckpt: str | Path, log=None) -> Path:

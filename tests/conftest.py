@@ -24,12 +24,16 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # one worker, so the fixture is built once (`pytest_xdist_make_scheduler`); every other test goes to
 # whichever worker is free. The baseline TangoFlow run is shared across workers instead (`baseline`).
 ONE_WORKER_MODULES = ("test_forks.py", "test_ablation_flow.py", "test_distributed.py", "test_rollout.py")
+# Tests that load the real SmolLM2-135M: one at a time, on one worker. Each needs several GB of memory
+# and writes 0.5-4 GB of checkpoints; two at once filled a CI disk (torch.save: "unexpected pos").
+ONE_AT_A_TIME_PREFIX = "test_smollm2_"
 FIRST_MODULES = ("test_flows.py", "test_forks.py", "test_ablation_flow.py")  # minutes each: started first
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown (and unused) without it
 def pytest_xdist_make_scheduler(config, log):
-    """xdist's load-by-scope scheduler, with a scope per test except ONE_WORKER_MODULES' (a scope each).
+    """xdist's load-by-scope scheduler, with a scope per test except ONE_WORKER_MODULES' (a scope each)
+    and the SmolLM2 tests' (one scope for all: ``ONE_AT_A_TIME_PREFIX``).
 
     (Not ``xdist_group`` marks: pytest-xdist 3.8 tags a grouped test by rewriting ``item._nodeid``,
     which pytest 9.2 no longer reads, so the marks group nothing.)"""
@@ -37,7 +41,9 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModuleGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
+            path, _, name = nodeid.partition("::")
+            if name.startswith(ONE_AT_A_TIME_PREFIX):
+                return ONE_AT_A_TIME_PREFIX
             return path if Path(path).name in ONE_WORKER_MODULES else nodeid
 
     config.option.loadscopereorder = False  # keep pytest_collection_modifyitems' order (long tests first)

@@ -108,7 +108,7 @@ def test_a_full_disk_stores_nothing_and_says_so(small_disk, tmp_path):
         (d / "model" / "model.safetensors").write_bytes(os.urandom(mb << 20))
     kept = store.save(small, "TangoRoundFlow/1/generator_update/3/0/generator", meta={"round": 1, "role": "generator"})
     with pytest.raises(OSError, match=r"the datastore's disk is full: storing model .*round 2, role generator.*"
-                       r"needs 5\.0 MiB and .* MiB are free .* Nothing of this checkpoint was kept") as e:  # fmt: skip
+                       r"needs 5\.0 MiB and .* MiB are free .* Nothing of it was kept") as e:  # fmt: skip
         store.save(big, "TangoRoundFlow/2/generator_update/3/0/generator", meta={"round": 2, "role": "generator"})
     assert e.value.errno == 28  # ENOSPC, for callers that check
     models = disk / "ds" / "tango_models"
