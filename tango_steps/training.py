@@ -248,8 +248,7 @@ def _write_checkpoint(
         what = f"writing the checkpoint '{out_dir}'"
         return disk_full_error("the disk", what, needed, Path(out_dir).parent, "Free space, then `resume`.")
 
-    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
-    if free_bytes(Path(out_dir).parent) < needed:
+    if free_bytes(Path(out_dir).parent) < needed:  # (of the nearest existing folder: nothing is made yet)
         raise full()
     with atomic_directory(out_dir) as tmp:
         try:
