@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,8 +166,8 @@ def test_two_round_run_trains_both_models_and_records_everything(baseline):
     assert str(ds.root) in models["verifier"]
 
 
-REFERENCE = REPO / "tests" / "reference" / "pre_refactor_small_run.json"
-RECORD_ENV = "TANGO_RECORD_REFERENCE"  # set to 1 to (re)write REFERENCE from this machine's baseline
+REFERENCES = REPO / "tests" / "reference"  # one recorded result per CPU model: <cpu>.json
+RECORD_ENV = "TANGO_RECORD_REFERENCE"  # set to 1 to (re)write this CPU's reference from its baseline run
 
 
 def _cpu_model() -> str:
@@ -176,13 +177,18 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def test_the_refactor_left_the_results_unchanged(baseline):
-    """Issue #13's guard: the SMALL 2-round run (a verifier round, then a generator round) ends with the
-    same weights and the same reward and held-out figures as the code before the round refactor
-    (recorded in REFERENCE with main at 55a1151, torch's default thread count on this machine's 2 cores).
+def _reference_file(cpu: str) -> Path:
+    return REFERENCES / (re.sub(r"[^A-Za-z0-9]+", "_", cpu).strip("_") + ".json")
 
-    Bit-identical results are only expected on the same CPU (README, "Determinism"): on another CPU
-    model the test says so and skips rather than compare what is not expected to match.
+
+def test_the_refactor_left_the_results_unchanged(baseline):
+    """The refactors' guard: the SMALL 2-round run (a verifier round, then a generator round) ends with the
+    same weights and the same reward and held-out figures as the code before them, recorded per CPU model
+    in ``tests/reference/<cpu>.json`` (torch's default thread count on that machine's cores).
+
+    Bit-identical results are only expected on the same CPU (README, "Determinism"): on a CPU model with
+    no recorded reference the test skips, naming how to record one (``TANGO_RECORD_REFERENCE=1`` on the
+    commit before a refactor), rather than compare what is not expected to match.
     """
     _, final = baseline
     got = {
@@ -197,12 +203,16 @@ def test_the_refactor_left_the_results_unchanged(baseline):
             for m in final["metrics"]
         ],
     }
+    reference = _reference_file(_cpu_model())
     if os.environ.get(RECORD_ENV) == "1":
-        REFERENCE.parent.mkdir(exist_ok=True)
-        REFERENCE.write_text(json.dumps({"cpu": _cpu_model(), "torch_threads": _torch_threads(), **got}, indent=1))
-    want = json.loads(REFERENCE.read_text())
-    if want["cpu"] != _cpu_model():
-        pytest.skip(f"reference recorded on '{want['cpu']}', this CPU is '{_cpu_model()}': not comparable bit for bit")
+        reference.write_text(json.dumps({"cpu": _cpu_model(), "torch_threads": _torch_threads(), **got}, indent=1))
+    if not reference.exists():
+        pytest.skip(
+            f"no reference recorded on this CPU ('{_cpu_model()}'; recorded: "
+            f"{', '.join(sorted(p.stem for p in REFERENCES.glob('*.json')))}): results are not comparable bit for "
+            f"bit across CPU models; record one with {RECORD_ENV}=1 on the commit before a refactor"
+        )
+    want = json.loads(reference.read_text())
     assert got["generator_sha256"] == want["generator_sha256"]
     assert got["verifier_sha256"] == want["verifier_sha256"]
     assert len(got["metrics"]) == len(want["metrics"])
