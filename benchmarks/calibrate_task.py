@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps import warmup as W
+from tango_steps.training import warmup as W
 
 
 def main() -> None:

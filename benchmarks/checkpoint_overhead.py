@@ -3,7 +3,7 @@
 Runs two three-step flows (start saves a model directory, middle loads it and saves a copy, end
 loads it) in a fresh local datastore each: one through ``metaflow-checkpoint`` (``@model``,
 installed with --no-deps into a private folder put on PYTHONPATH so the project's environment is
-left alone), one through ``tango_steps.model_store.ModelStore``. Prints the wall time of each
+left alone), one through ``tango_steps.pipeline.model_store.ModelStore``. Prints the wall time of each
 task and the per-task difference. The payload is the tiny default's warmed-up generator checkpoint
 (``initial_checkpoints``) or any directory given with --model-dir.
 
@@ -57,7 +57,7 @@ STORE_FLOW = textwrap.dedent(
     """
     import os
     from metaflow import FlowSpec, step
-    from tango_steps.model_store import ModelStore, task_key
+    from tango_steps.pipeline.model_store import ModelStore, task_key
 
     SRC = os.environ["BENCH_MODEL_DIR"]
 
@@ -113,7 +113,7 @@ def main() -> None:
         model_dir = args.model_dir
     else:
         from tango_steps.config import TangoConfig
-        from tango_steps.driver import initial_checkpoints
+        from tango_steps.pipeline.driver import initial_checkpoints
 
         model_dir = str(initial_checkpoints(TangoConfig(), tempfile.mkdtemp(prefix="bench-ckpt-"))["generator"])
     size = sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())

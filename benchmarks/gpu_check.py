@@ -8,7 +8,7 @@ Needs only torch and transformers (and this repository): nothing is downloaded. 
 built from the published Qwen2.5 configurations with random weights and the tiny tokenizer (a
 random model costs the same FLOPs as a trained one).
 
-1. **Update**: one RL update (``tango_steps.training``: the PPO-clip step of TANGO.md §6, chunked
+1. **Update**: one RL update (``tango_steps.training.update``: the PPO-clip step of TANGO.md §6, chunked
    log-probs, bf16 autocast over fp32 weights and AdamW) of 16 sequences x 1,024 tokens on the
    Qwen2.5-0.5B and -1.5B shapes, three ways: full fine-tuning, full with gradient checkpointing,
    LoRA. Reported: the optimizer step's tokens/s, TFLOP/s as 6 x parameters x tokens / time (the
@@ -19,7 +19,7 @@ random model costs the same FLOPs as a trained one).
 2. **Sampling**: the HF engine (``tango_steps.rollout.HFEngine``), 0.5B shape, 256-token prompts,
    512 new tokens, T = 1, batch 64 and 256 (H100: 808 and 2,989 tok/s).
 3. **A tiny round**: the tiny default (its shipped warmed-up models, ``data/tiny``) run through the
-   round's stage functions (``tango_steps.local.InProcessRun``: rollout, judge, reward, update,
+   round's stage functions (``tango_steps.round.in_process.InProcessRun``: rollout, judge, reward, update,
    checkpoint save and load) for a verifier round and a generator round, then the held-out
    evaluation; reports where each model ran, per-stage seconds and the round's figures.
 
@@ -58,9 +58,9 @@ H100_SAMPLING = {("qwen2.5-0.5b", 64): 808, ("qwen2.5-0.5b", 256): 2989}
 
 
 def tiny_tokenizer():
+    from tango_steps.models.tiny import build_tokenizer, tokenizer_corpus
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
-    from tango_steps.tiny import build_tokenizer, tokenizer_corpus
+    from tango_steps.tasks.templates import get_template
 
     return build_tokenizer(tokenizer_corpus(get_task("arithmetic"), get_template("compact"), n=300), vocab_size=384)
 
@@ -69,7 +69,7 @@ def build_random_model(shape: str, tok, out: Path) -> tuple[Path, int]:
     """A random-weight model of a published shape saved (fp32, as checkpoints hold it) with the tiny tokenizer."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from tango_steps.tiny import save_pretrained_atomic
+    from tango_steps.models.tiny import save_pretrained_atomic
 
     config = Qwen2Config(**SHAPES[shape], **COMMON, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def reset_peak() -> None:
 def update_row(shape: str, mode: str, model_dir: Path, n_params: int, work: Path, seqs: int, length: int) -> dict:
     """One update of ``seqs`` x ``length`` tokens (1/8 prompt), timed: the whole update, then a second
     optimizer step alone (the first paid one-off costs: optimizer state, kernels)."""
-    from tango_steps.training import (
+    from tango_steps.training.update import (
         LoraSettings,
         RLBatch,
         UpdateSettings,
@@ -180,9 +180,9 @@ def sampling_row(shape: str, model_dir: Path, batch: int, prompt_tokens: int, ne
 def tiny_round(work: Path, smoke: bool) -> list[dict]:
     """A verifier round and a generator round of the tiny default through the stage functions, then evaluation."""
     from tango_steps.config import load_config
-    from tango_steps.driver import initial_checkpoints
-    from tango_steps.local import InProcessRun
-    from tango_steps.training import read_state
+    from tango_steps.pipeline.driver import initial_checkpoints
+    from tango_steps.round.in_process import InProcessRun
+    from tango_steps.training.update import read_state
 
     overrides = {"schedule.verifier_warmup_rounds": 1}  # round 1 updates the verifier, round 2 the generator
     if smoke:  # small enough for a CPU test
@@ -250,7 +250,7 @@ def main() -> None:
             models[shape] = build_random_model(shape, tok, work / shape)
             print(f"built {shape}: {models[shape][1] / 1e6:.0f}M parameters", flush=True)
         if "update" in parts:
-            from tango_steps.loss import liger_unavailable
+            from tango_steps.method.loss import liger_unavailable
 
             modes = ["full", "full+gc", "lora"]
             why = liger_unavailable(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -5,7 +5,7 @@
 
 Each point is one fresh datastore: a 2-round TangoFlow run of the embedded tiny default (round 1 a
 verifier round, round 2 a generator round; the sizes of tests/test_flows.py) started with the
-test-only switch ``TANGO_KILL_AT=<round>:<point>`` (``tango_steps.stages.maybe_kill``: SIGKILL of the
+test-only switch ``TANGO_KILL_AT=<round>:<point>`` (``tango_steps.round.stages.maybe_kill``: SIGKILL of the
 process group at that point, nothing gets to clean up), then ``resume`` once without it. The finished
 run's models (sha256 of the safetensors) and held-out metrics are compared with one uninterrupted run.
 Prints the table (markdown); ``--out`` keeps the datastores and logs.
@@ -37,7 +37,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TANGO_FLOW = REPO / "flows" / "tango_flow.py"
-KILL_ENV = "TANGO_KILL_AT"  # tango_steps.stages.maybe_kill
+KILL_ENV = "TANGO_KILL_AT"  # tango_steps.round.stages.maybe_kill
 
 # The sizes of tests/test_flows.py's SMALL: both update paths run in two rounds.
 CONFIG = {
@@ -74,7 +74,7 @@ POINTS = [
 FINAL = """
 import json, sys
 from metaflow import Flow, Run, namespace
-from tango_steps.driver import artifact, succeeded
+from tango_steps.pipeline.driver import artifact, succeeded
 namespace(None)
 root = sys.argv[1]
 # a resume keeps its origin's root id (its start is cloned), unless the start itself was killed and reran

@@ -60,7 +60,7 @@ def start_s3() -> subprocess.Popen:
 def checkpoint(model: str, folder: Path) -> Path:
     """The round-0 policy checkpoint of ``model`` (``tiny``: the tiny default's generator)."""
     from tango_steps.config import load_config
-    from tango_steps.driver import initial_checkpoints
+    from tango_steps.pipeline.driver import initial_checkpoints
 
     overrides = {} if model == "tiny" else {"generator.path": model, "verifier.path": model}
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml", overrides)
@@ -69,7 +69,7 @@ def checkpoint(model: str, folder: Path) -> Path:
 
 def measure(store, src: Path, repeats: int, cache_root: Path) -> dict[str, float]:
     """Mean seconds of a save and of a load into a fresh cache."""
-    from tango_steps.model_store import load_model_dir
+    from tango_steps.pipeline.model_store import load_model_dir
 
     saves, loads = [], []
     for i in range(repeats):
@@ -92,7 +92,7 @@ def main() -> None:
     from metaflow.plugins.datastores.local_storage import LocalStorage
     from metaflow.plugins.datastores.s3_storage import S3Storage
 
-    from tango_steps.model_store import ModelStore
+    from tango_steps.pipeline.model_store import ModelStore
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ right, 0 otherwise), normalise within each prompt's group (GRPO) and take ONE op
 batch with the same learning rate and KL coefficient. Per step it prints:
 
 - TRL: the wall time of ``GRPOTrainer.training_step`` (generation, reward, loss, backward, step);
-- ours in process: ``tango_steps.local.InProcessRun`` rounds (rollout, reward, update; the judge is
+- ours in process: ``tango_steps.round.in_process.InProcessRun`` rounds (rollout, reward, update; the judge is
   skipped without step rewards), i.e. the same stage functions the flow calls;
 - ours through the flow (``--flow-rounds``): a TangoFlow run of the same recipe, the mean wall time
   of a round run (process starts, artifacts, cards, the held-out evaluation if the recipe makes one;
@@ -53,8 +53,8 @@ def recipe(prompts: int, samples: int, tokens: int, rounds: int) -> dict:
 
 def ours_in_process(cfg, steps: int) -> list[float]:
     """Seconds of each in-process round (rollout, reward, update)."""
-    from tango_steps.driver import initial_checkpoints
-    from tango_steps.local import InProcessRun
+    from tango_steps.pipeline.driver import initial_checkpoints
+    from tango_steps.round.in_process import InProcessRun
 
     with tempfile.TemporaryDirectory() as tmp:
         run = InProcessRun(cfg, initial_checkpoints(cfg, Path(tmp) / "r0", log=lambda s: None), Path(tmp))
@@ -67,11 +67,11 @@ def trl_steps(cfg, steps: int) -> list[float]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from tango_steps.modeling import load_model, load_tokenizer
-    from tango_steps.stages import round_problems
+    from tango_steps.models.loading import load_model, load_tokenizer
+    from tango_steps.round.stages import round_problems
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
-    from tango_steps.warmup import warmed_up_models, warmup_settings
+    from tango_steps.tasks.templates import get_template
+    from tango_steps.training.warmup import warmed_up_models, warmup_settings
 
     warm, _ = warmed_up_models(warmup_settings(cfg), log=lambda s: None)
     model_dir = str(warm / "generator")

@@ -8,7 +8,7 @@ one run only; or a CSV saved by an earlier call), writes
 ``<out>/ablation_metrics.csv`` (from a run), one PNG of curves per task (``<out>/<task>.png``: held-out
 generator accuracy by round and by generator update, verifier outcome F1, process F1, mean outcome
 reward, alpha; seed mean with a band of +-1 standard deviation over seeds) and prints the summary
-of ``tango_steps.ablation.summarize`` as a Markdown table.
+of ``tango_steps.study.ablation.summarize`` as a Markdown table.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps.ablation import merge_tables, summarize
+from tango_steps.study.ablation import merge_tables, summarize
 
 COLORS = {"tango": "tab:red", "grpo": "tab:blue", "frozen_verifier": "tab:orange", "frozen_generator": "tab:green"}
 PANELS = [

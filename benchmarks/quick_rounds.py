@@ -4,13 +4,13 @@
         --set schedule.train_verifier=false --set schedule.verifier_warmup_rounds=0 \
         --set schedule.generator_per_verifier=0 --set generator_update.learning_rate=2e-4
 
-Calls the same ``tango_steps.stages`` stage functions as TangoRoundFlow's steps, in the same order,
+Calls the same ``tango_steps.round.stages`` stage functions as TangoRoundFlow's steps, in the same order,
 with checkpoints in a temporary folder: about 11 s per tiny round instead of ~41 s, because no step
 starts a process, stores artifacts or renders a card. There is no resume, no lineage and nothing
 to browse; use it to decide what to run, then run that with TangoFlow / AblationFlow. The figures in
 docs/results.md "What was tried" came from this script. ``--set`` values are parsed as YAML.
 
-``--variant`` applies an AblationFlow arm's switches (``tango_steps.ablation.VARIANTS``, before the
+``--variant`` applies an AblationFlow arm's switches (``tango_steps.study.ablation.VARIANTS``, before the
 ``--set`` overrides) and ``--finals`` appends every evaluation's per-problem correctness to a CSV in
 ``benchmarks/study_intervals.py``'s long format, so in-process arms can be compared paired per problem:
 
@@ -30,11 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps import stages
-from tango_steps.ablation import VARIANTS
 from tango_steps.config import load_config, parse_overrides
-from tango_steps.driver import initial_checkpoints
-from tango_steps.local import QUIET, InProcessRun
+from tango_steps.pipeline.driver import initial_checkpoints
+from tango_steps.round import stages
+from tango_steps.round.in_process import QUIET, InProcessRun
+from tango_steps.study.ablation import VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -58,9 +58,9 @@ def child(args: argparse.Namespace) -> dict:
     """One measurement in this process: load, generate once, report times and memory."""
     import torch
 
-    from tango_steps.datasets import load_benchmark
-    from tango_steps.modeling import resolve_model_ref
+    from tango_steps.models.loading import resolve_model_ref
     from tango_steps.rollout import HFEngine, SamplingSettings
+    from tango_steps.tasks.benchmarks import load_benchmark
 
     torch.set_num_threads(args.threads)
     problems, _ = load_benchmark("gsm8k", path=args.benchmarks, limit=args.prompts)
@@ -92,7 +92,7 @@ def child(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m", help="a model reference (tango_steps.modeling)")
+    ap.add_argument("--model", default="smollm2-135m", help="a model reference (tango_steps.models.loading)")
     ap.add_argument("--prompts", type=int, default=50)
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=0, help="sequences per generate call (0: all prompts at once)")
@@ -104,7 +104,7 @@ def main() -> None:
     if args.path:
         print(json.dumps(child(args)))
         return
-    from tango_steps.modeling import resolve_model_ref
+    from tango_steps.models.loading import resolve_model_ref
 
     resolve_model_ref(args.model)  # a one-time conversion (SmolLM2's GGUF) happens here, not in a measurement
     rows = []

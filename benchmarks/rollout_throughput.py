@@ -18,9 +18,15 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
 def tiny_model(out: str) -> str:
+    from tango_steps.models.tiny import (
+        TinyModelSpec,
+        build_model,
+        build_tokenizer,
+        save_pretrained_atomic,
+        tokenizer_corpus,
+    )
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
-    from tango_steps.tiny import TinyModelSpec, build_model, build_tokenizer, save_pretrained_atomic, tokenizer_corpus
+    from tango_steps.tasks.templates import get_template
 
     tok = build_tokenizer(tokenizer_corpus(get_task("arithmetic"), get_template("compact"), n=500), 512)
     model = build_model(TinyModelSpec(), len(tok), tok.eos_token_id, tok.pad_token_id)
@@ -31,7 +37,7 @@ def benchmark_models(tmpdir: str, smollm2: bool) -> list[tuple[str, str]]:
     """(name, path) of the models to measure: the tiny Qwen2, and SmolLM2-135M if asked for."""
     models = [("tiny-3.6M", tiny_model(tmpdir))]
     if smollm2:
-        from tango_steps.modeling import resolve_model_ref
+        from tango_steps.models.loading import resolve_model_ref
 
         models.append(("smollm2-135m", resolve_model_ref("smollm2-135m")))
     return models

@@ -3,9 +3,9 @@
     python benchmarks/round_layouts.py                    # (S, P) in (1, 1), (2, 1), (1, 2), (2, 2)
 
 The stages of round 2 (a generator round: rollout, judge, reward, generator update) of
-``configs/tiny.yaml`` from its shipped warmed-up models, in this process (``tango_steps.local``):
+``configs/tiny.yaml`` from its shipped warmed-up models, in this process (``tango_steps.round.in_process``):
 S shards run one after another, each loading its own engine (on a cluster they would run at once on
-S devices), and the update runs on P processes through torchrun (``tango_steps/distributed.py``).
+S devices), and the update runs on P processes through torchrun (``tango_steps/training/distributed.py``).
 On a CPU machine the figures are the COST of scaling out (engine loads, process launch, collectives),
 not its speed-up, which needs a device per shard and per process.
 
@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tango_steps.config import load_config
-from tango_steps.driver import initial_checkpoints
-from tango_steps.local import QUIET, InProcessRun
+from tango_steps.pipeline.driver import initial_checkpoints
+from tango_steps.round.in_process import QUIET, InProcessRun
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@
     python benchmarks/round_scaling.py --prompts 8,16 --lengths 32,64 --n 4
 
 Runs the stages of one generator round (rollout, judge, reward, generator update) in this process
-through the same ``tango_steps.stages`` functions the flow calls, on a RANDOMLY initialised tiny Qwen2
+through the same ``tango_steps.round.stages`` functions the flow calls, on a RANDOMLY initialised tiny Qwen2
 of the default shape: it almost never emits EOS, so every response is as long as the limit and the
 length axis is really the response length (a warmed-up model stops at ~40 tokens whatever the limit).
 Orchestration (a process per step, artifacts, cards) adds a constant ~13 s per round on top; see
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_throughput import tiny_model
 
 from tango_steps.config import load_config
-from tango_steps.driver import initial_checkpoints
-from tango_steps.local import QUIET, InProcessRun
+from tango_steps.pipeline.driver import initial_checkpoints
+from tango_steps.round.in_process import QUIET, InProcessRun
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/sft_step_seconds.py --config configs/study.yaml \
         --steps 10 --per-step 32 --budget 1451 --updates 16
 
-Times ONE generator update of the ``sft`` arm (``tango_steps.ablation.VARIANTS["sft"]``: gold
+Times ONE generator update of the ``sft`` arm (``tango_steps.study.ablation.VARIANTS["sft"]``: gold
 solutions of a round's problems, advantage 1, each optimizer step a plain NLL step) on the recipe's
-warmed-up generator, exactly as a round runs it (``tango_steps.stages.sft_batch`` + ``stages.update``),
+warmed-up generator, exactly as a round runs it (``tango_steps.round.stages.sft_batch`` + ``stages.update``),
 with ``--steps`` optimizer steps of ``--per-step`` gold solutions. Prints the seconds per step and,
 given a budget in seconds over ``--updates`` generator updates, the steps per update that fill it
 (docs/results.md, Study 2: the floor at equal compute). Measure it under the load the budget was
@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps import stages
-from tango_steps.ablation import VARIANTS
 from tango_steps.config import load_config, parse_overrides
-from tango_steps.driver import initial_checkpoints
-from tango_steps.modeling import load_tokenizer
+from tango_steps.models.loading import load_tokenizer
+from tango_steps.pipeline.driver import initial_checkpoints
+from tango_steps.round import stages
+from tango_steps.study.ablation import VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
     python benchmarks/stage_batch_sizes.py                          # tiny default, hf batch 64, 32, 16
     python benchmarks/stage_batch_sizes.py --hf 64 32 --micro 64 32 --repeats 2
 
-Runs, in this process, the stages a TangoRoundFlow step runs (the same ``tango_steps.stages``
+Runs, in this process, the stages a TangoRoundFlow step runs (the same ``tango_steps.round.stages``
 functions, engine load included): a generator round's rollout, its judge and its generator update,
 a verifier round's judge and verifier update, and the held-out evaluation, once per value of
 ``rollout.hf_batch_size`` (sampling stages) and of the updates' ``micro_batch_size``. Threads are what
@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps import stages
 from tango_steps.config import load_config
-from tango_steps.driver import initial_checkpoints
+from tango_steps.pipeline.driver import initial_checkpoints
+from tango_steps.round import stages
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = lambda s: None  # noqa: E731

@@ -5,7 +5,7 @@
     python benchmarks/study_intervals.py --csv grpo_s0.csv --csv tango=tango_run2_s0.csv --save joined.csv.gz
 
 Each branch's final per-problem score is its correctness on each held-out problem averaged over its
-last ``--window`` distinct generator checkpoints (``tango_steps.ablation.final_rounds``; read from the
+last ``--window`` distinct generator checkpoints (``tango_steps.study.ablation.final_rounds``; read from the
 round runs' ``eval_table`` artifacts through the Metaflow client). Every arm is compared with
 ``--baseline`` (grpo) paired per (seed, problem); the interval is a paired bootstrap over problems
 pooled over seeds (``paired_bootstrap``, 10,000 resamples). ``--csv ARM=FILE`` relabels that file's
@@ -28,7 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.plot_ablation import markdown
-from tango_steps.ablation import merge_tables, paired_comparisons
+from tango_steps.study.ablation import merge_tables, paired_comparisons
 
 
 def eval_correct(pathspec: str) -> pd.Series:
@@ -44,7 +44,7 @@ def finals_from_runs(runs: list[str], window: int) -> pd.DataFrame:
     """Long table (task, variant, seed, round, run, prompt_id, correct) of every branch's final rounds."""
     from metaflow import Run, namespace
 
-    from tango_steps.ablation import final_rounds
+    from tango_steps.study.ablation import final_rounds
 
     namespace(None)
     table = merge_tables([Run(run)["join"].task["metrics"].data for run in runs])
@@ -106,7 +106,7 @@ def curves(finals: pd.DataFrame, resamples: int) -> pd.DataFrame:
     """
     import numpy as np
 
-    from tango_steps.ablation import paired_bootstrap
+    from tango_steps.study.ablation import paired_bootstrap
 
     rows = []
     for (task, variant), g in finals.groupby(["task", "variant"], sort=False):

@@ -6,7 +6,7 @@
 
 Trained tokens per second of one `rl_update` (old/ref log-probs, forward, backward, AdamW step,
 atomic checkpoint write included) and the process's peak resident memory (CPU) or peak CUDA memory.
-With P > 1 processes (torchrun inside the call, tango_steps/distributed.py) the row also gives the
+With P > 1 processes (torchrun inside the call, tango_steps/training/distributed.py) the row also gives the
 wall time of the whole call and the launch overhead (process start, group, imports, loading the
 checkpoint on every process); the memory is the largest worker's peak RSS (CPU) then.
 """
@@ -36,7 +36,7 @@ def main() -> None:
 
     from rollout_throughput import benchmark_models
 
-    from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
+    from tango_steps.training.update import RLBatch, UpdateSettings, init_checkpoint, rl_update
 
     rows = []
     with tempfile.TemporaryDirectory() as d:

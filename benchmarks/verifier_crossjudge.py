@@ -36,9 +36,9 @@ def crossjudge(run: str) -> list[dict]:
     """The four (verifier, solutions) pairings of one TangoFlow run (TANGO.md §5, §8), one row each."""
     from metaflow import Run, namespace
 
-    from tango_steps import stages
     from tango_steps.config import TangoConfig, validate
-    from tango_steps.driver import round_models
+    from tango_steps.pipeline.driver import round_models
+    from tango_steps.round import stages
 
     namespace(None)
     r = Run(run)

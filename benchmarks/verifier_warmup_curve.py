@@ -4,7 +4,7 @@
 
 Takes the seed's warmed-up GENERATOR from the cache (``$TANGO_CACHE/tiny/generators/<key>``, built
 first if missing), samples ``--solutions`` training solutions from it and trains a fresh verifier
-exactly as ``tango_steps.warmup.warm_up`` does (outcome recipe), printing every ``--every`` steps the
+exactly as ``tango_steps.training.warmup.warm_up`` does (outcome recipe), printing every ``--every`` steps the
 verifier's format rate and balanced accuracy on the warm-up's 200 sampled held-out solutions. With
 the defaults' steps, the last line equals the warm-up's own ``verifier_heldout`` report.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps import warmup as W
+from tango_steps.training import warmup as W
 
 
 def main() -> None:
@@ -34,11 +34,11 @@ def main() -> None:
     import torch
     from transformers import TrainerCallback
 
-    from tango_steps.modeling import load_model, load_tokenizer
+    from tango_steps.models.loading import load_model, load_tokenizer
+    from tango_steps.models.tiny import build_model
     from tango_steps.rollout.hf import HFEngine
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
-    from tango_steps.tiny import build_model
+    from tango_steps.tasks.templates import get_template
 
     s = W.WarmupSettings(seed=args.seed, verifier_solutions=args.solutions)
     s = replace(s, verifier_sft=replace(s.verifier_sft, max_steps=args.steps))

@@ -3,7 +3,7 @@
     python data/build_heldout.py
 
 One file per embedded task with its default parameters: the first 500 problems of the task's
-``heldout`` split drawn with the held-out seed (``tango_steps.heldout.HELDOUT_SEED``), in order.
+``heldout`` split drawn with the held-out seed (``tango_steps.tasks.heldout.HELDOUT_SEED``), in order.
 Every run, seed and study arm evaluates on a prefix of this list (``evaluation.heldout_problems``),
 so comparisons are paired per problem. ``tests/test_data.py`` checks that each file equals what
 the task's generator produces; a change to a task's generator fails that test until this script
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps.heldout import HELDOUT_DIR, SHIPPED_SIZE, SHIPPED_TASKS, generated
+from tango_steps.tasks.heldout import HELDOUT_DIR, SHIPPED_SIZE, SHIPPED_TASKS, generated
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 
 Runs (or takes from ``~/.cache/tango/tiny``) the default warm-up, ``WarmupSettings()`` (the
 `configs/tiny.yaml` run with seed 0), and copies its ``generator/``, ``verifier/`` and ``report.json``
-here, replacing any folder of an older key. ``tango_steps.warmup.warmed_up_models`` reads a shipped
+here, replacing any folder of an older key. ``tango_steps.training.warmup.warmed_up_models`` reads a shipped
 folder only under its own key, so after a change of the warm-up (its settings or WARMUP_VERSION) the
 old models are never used: rebuild them with this command (tests/test_warmup.py fails until then).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tango_steps.modeling import cache_dir
-from tango_steps.warmup import SHIPPED, WarmupSettings, warmed_up_models
+from tango_steps.models.loading import cache_dir
+from tango_steps.training.warmup import SHIPPED, WarmupSettings, warmed_up_models
 
 
 def main() -> None:

@@ -42,8 +42,8 @@ class AblationFlow(FlowSpec):
     @step
     def start(self):
         """Validate every branch's configuration before anything trains."""
-        from tango_steps.ablation import branches, parse_grid, parse_variants
-        from tango_steps.driver import validate_run_config
+        from tango_steps.pipeline.driver import validate_run_config
+        from tango_steps.study.ablation import branches, parse_grid, parse_variants
 
         base = validate_run_config(self.config.to_dict(), self.rounds)
         if self.final_window < 1:
@@ -56,8 +56,8 @@ class AblationFlow(FlowSpec):
     @step
     def init(self):
         """Round 0 of one branch, as TangoFlow's start: initial checkpoints (shared warm-up) and evaluation."""
-        from tango_steps.driver import begin, validate_run_config
-        from tango_steps.model_store import ModelStore
+        from tango_steps.pipeline.driver import begin, validate_run_config
+        from tango_steps.pipeline.model_store import ModelStore
 
         self.branch = self.input
         cfg = validate_run_config(self.branch["config"])
@@ -72,7 +72,7 @@ class AblationFlow(FlowSpec):
     @step
     def train(self):
         """The branch's rounds, each one TangoRoundFlow run driven as TangoFlow's ``round`` step drives it."""
-        from tango_steps.driver import history_row, run_round
+        from tango_steps.pipeline.driver import history_row, run_round
 
         cfg = self.branch["config"]
         self.round_runs = []
@@ -92,8 +92,8 @@ class AblationFlow(FlowSpec):
         """One table of every branch's curves, the summary of TANGO.md §8, and a card of the curves."""
         from metaflow.cards import Markdown, Table
 
-        from tango_steps.ablation import study_table, summarize
-        from tango_steps.cards import ablation_components
+        from tango_steps.pipeline.cards import ablation_components
+        from tango_steps.study.ablation import study_table, summarize
 
         results = [(i.branch, i.history) for i in inputs]
         self.metrics = study_table(results)

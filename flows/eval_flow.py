@@ -33,7 +33,7 @@ class EvalFlow(FlowSpec):
     @step
     def start(self):
         """Check every name before any model is loaded, then fan out over the benchmarks."""
-        from tango_steps.evaluation import check_request
+        from tango_steps.study.evaluation import check_request
 
         self.items = check_request(
             self.benchmarks, self.generator, self.verifier, self.template, self.engine, self.limit, self.max_tokens,
@@ -44,7 +44,7 @@ class EvalFlow(FlowSpec):
     @step
     def evaluate(self):
         """One benchmark: greedy pass@1 (generator) or ProcessBench F1 (verifier)."""
-        from tango_steps.evaluation import run_item
+        from tango_steps.study.evaluation import run_item
 
         self.item = self.input
         self.table, self.metrics = run_item(

@@ -7,7 +7,7 @@ machine, on Kubernetes / Batch they are pods / jobs that can reach each other. E
 torchrun with the group's address from ``current.parallel`` (what the ``metaflow-torchrun``
 extension's ``@torchrun`` does; its 0.2.2 fails on Metaflow 2.19: its ``task_pre_step`` skips
 ``@parallel``'s, "object has no attribute 'input_paths'"), and every process runs the same worker
-as a one-machine multi-process update (``tango_steps/distributed.py``):
+as a one-machine multi-process update (``tango_steps/training/distributed.py``):
 the checkpoint each node loads comes from the datastore, global rank 0 writes the result. ``join``
 compares it with the same update on one process (``start``); ``matches`` says whether it is the same
 within float tolerance. TangoRoundFlow runs a round's update the same way when a recipe sets
@@ -29,8 +29,8 @@ class ParallelUpdateFlow(FlowSpec):
     @step
     def start(self):
         """A tiny model, a fixed batch and the one-process update, all into the datastore."""
-        from tango_steps.distributed import check_case
-        from tango_steps.model_store import ModelStore, task_key
+        from tango_steps.pipeline.model_store import ModelStore, task_key
+        from tango_steps.training.distributed import check_case
 
         store = ModelStore.for_flow(self)
         with tempfile.TemporaryDirectory() as tmp:
@@ -43,8 +43,8 @@ class ParallelUpdateFlow(FlowSpec):
     @step
     def update(self):
         """Every node: load the checkpoint, join the group, run the update; rank 0 stores the result."""
-        from tango_steps.distributed import read_metrics, run_workers, torchrun_command, write_spec
-        from tango_steps.model_store import ModelStore, task_key
+        from tango_steps.pipeline.model_store import ModelStore, task_key
+        from tango_steps.training.distributed import read_metrics, run_workers, torchrun_command, write_spec
 
         store = ModelStore.for_flow(self)
         ckpt = store.load(self.ckpt0)
@@ -63,8 +63,8 @@ class ParallelUpdateFlow(FlowSpec):
     @step
     def join(self, inputs):
         """Compare the N-node update with the one-process one."""
-        from tango_steps.distributed import compare_with_one_process
-        from tango_steps.model_store import load_model_dir
+        from tango_steps.pipeline.model_store import load_model_dir
+        from tango_steps.training.distributed import compare_with_one_process
 
         first = next(i for i in inputs if i.updated is not None)
         self.updated, self.metrics, self.settings = first.updated, first.metrics, first.settings

@@ -38,9 +38,9 @@ class TangoFlow(FlowSpec):
     def start(self):
         """Validate, build or load the initial models, evaluate round 0 (or take a forked round's state)."""
         from tango_steps.config import resolved
-        from tango_steps.driver import begin, fork_source, validate_run_config
-        from tango_steps.model_store import ModelStore
-        from tango_steps.stages import freeze_heap, maybe_kill
+        from tango_steps.pipeline.driver import begin, fork_source, validate_run_config
+        from tango_steps.pipeline.model_store import ModelStore
+        from tango_steps.round.stages import freeze_heap, maybe_kill
 
         cfg = validate_run_config(self.config.to_dict(), self.rounds)
         self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
@@ -73,9 +73,9 @@ class TangoFlow(FlowSpec):
         """Round k as a TangoRoundFlow run: adopted if finished, resumed at its failed stage, else launched."""
         from metaflow.cards import Markdown
 
-        from tango_steps.cards import history_components
-        from tango_steps.driver import history_row, run_round
-        from tango_steps.stages import maybe_kill
+        from tango_steps.pipeline.cards import history_components
+        from tango_steps.pipeline.driver import history_row, run_round
+        from tango_steps.round.stages import maybe_kill
 
         k = self.round_idx + 1
         for c in [Markdown(f"**round {k} of {self.total_rounds} is running**"), *history_components(self.history)]:
@@ -108,8 +108,8 @@ class TangoFlow(FlowSpec):
         import pandas as pd
         from metaflow.cards import Markdown, Table
 
-        from tango_steps.cards import history_components
-        from tango_steps.stages import maybe_kill
+        from tango_steps.pipeline.cards import history_components
+        from tango_steps.round.stages import maybe_kill
 
         self.metrics = pd.DataFrame(self.history)
         self.final_generator = self.state["generator"]

@@ -22,8 +22,8 @@ model and the reason of the skip, ``eval_table = None``); the skipped evaluation
 ``reward``'s card.
 
 TangoFlow launches it once per round (you normally never run it by hand). Each step calls one
-function of ``tango_steps.stages`` and stores what it returns; models live in the datastore as
-directories, referenced by small dicts (``tango_steps.model_store``). The configuration is validated
+function of ``tango_steps.round.stages`` and stores what it returns; models live in the datastore as
+directories, referenced by small dicts (``tango_steps.pipeline.model_store``). The configuration is validated
 once, in ``start``; later steps use that object. Artifact names are listed in the README ("Artifacts").
 """
 
@@ -46,7 +46,7 @@ class TangoRoundFlow(FlowSpec):
     previous = Parameter("previous", type=str, default="", help="pathspec of the task holding the starting state")
 
     def _store(self):
-        from tango_steps.model_store import ModelStore
+        from tango_steps.pipeline.model_store import ModelStore
 
         return ModelStore.for_flow(self)
 
@@ -55,7 +55,7 @@ class TangoRoundFlow(FlowSpec):
             current.card.append(c)
 
     def _check(self, stage):
-        from tango_steps.stages import maybe_fail
+        from tango_steps.round.stages import maybe_fail
 
         maybe_fail(self.round_idx, stage, current.retry_count)
 
@@ -63,7 +63,7 @@ class TangoRoundFlow(FlowSpec):
         """The end of a step's work: its peak resident memory (each step is its own process;
         benchmarks/round_overhead.py), the test-only kill point before its artifacts are stored, and a
         frozen heap so that the process's exit does not spend a second collecting garbage."""
-        from tango_steps.stages import freeze_heap, maybe_kill, peak_rss_mb
+        from tango_steps.round.stages import freeze_heap, maybe_kill, peak_rss_mb
 
         self.peak_rss_mb = peak_rss_mb()
         maybe_kill(self.round_idx, current.step_name)
@@ -74,9 +74,9 @@ class TangoRoundFlow(FlowSpec):
     def start(self):
         """Validate the configuration once, read the starting state (client API) and plan the round."""
         from tango_steps.config import TangoConfig, validate
-        from tango_steps.driver import read_task_state
-        from tango_steps.stages import alpha_horizon, plan_dict, round_plan
-        from tango_steps.state import RoundState
+        from tango_steps.pipeline.driver import read_task_state
+        from tango_steps.round.stages import alpha_horizon, plan_dict, round_plan
+        from tango_steps.round.state import RoundState
 
         self._check("start")
         self.cfg = validate(TangoConfig, self.config.to_dict(), source="round configuration")
@@ -106,7 +106,8 @@ class TangoRoundFlow(FlowSpec):
     @step
     def sample_shard(self):
         """One shard: the generator samples its prompts, then the verifier judges its solutions (TANGO.md §2-§3)."""
-        from tango_steps import cards, stages
+        from tango_steps.pipeline import cards
+        from tango_steps.round import stages
 
         k, shards = self.input, len(self.shard_ids)
         plan = stages.plan_from_dict(self.plan)
@@ -128,7 +129,8 @@ class TangoRoundFlow(FlowSpec):
     @step
     def join_shards(self, inputs):
         """The shards' tables joined in prompt order: what the unsharded rollout and judge steps make."""
-        from tango_steps import cards, stages
+        from tango_steps.pipeline import cards
+        from tango_steps.round import stages
 
         # a pydantic object re-pickles with its field sets in a per-process order: the same cfg, other bytes
         self.cfg = inputs[0].cfg
@@ -156,7 +158,8 @@ class TangoRoundFlow(FlowSpec):
     @step
     def rollout(self):
         """The generator samples the round's solutions (TANGO.md §3)."""
-        from tango_steps import cards, stages
+        from tango_steps.pipeline import cards
+        from tango_steps.round import stages
 
         self._check("rollout")
         plan = stages.plan_from_dict(self.plan)
@@ -177,7 +180,8 @@ class TangoRoundFlow(FlowSpec):
     @step
     def judge(self):
         """The verifier judges every solution step by step (TANGO.md §2-§3)."""
-        from tango_steps import cards, stages
+        from tango_steps.pipeline import cards
+        from tango_steps.round import stages
 
         self._check("judge")
         plan = stages.plan_from_dict(self.plan)
@@ -193,7 +197,8 @@ class TangoRoundFlow(FlowSpec):
     @step
     def reward(self):
         """Outcome and step rewards, the advantages and the RL batch of the round's slot (TANGO.md §4-§5)."""
-        from tango_steps import cards, stages
+        from tango_steps.pipeline import cards
+        from tango_steps.round import stages
 
         self._check("reward")
         plan = stages.plan_from_dict(self.plan)
@@ -231,8 +236,8 @@ class TangoRoundFlow(FlowSpec):
         node 0 has the checkpoint to store: the others return None)."""
         import time
 
-        from tango_steps import stages
-        from tango_steps.model_store import task_key
+        from tango_steps.pipeline.model_store import task_key
+        from tango_steps.round import stages
 
         store = self._store()
         t0 = time.perf_counter()
@@ -257,7 +262,7 @@ class TangoRoundFlow(FlowSpec):
     @step
     def verifier_update(self):
         """One RL update of the verifier (TANGO.md §5-§6); only verifier rounds come here."""
-        from tango_steps import cards
+        from tango_steps.pipeline import cards
 
         self._check("verifier_update")
         self.verifier_out, self.verifier_update_metrics, self.compute_seconds = self._update("verifier")
@@ -274,7 +279,7 @@ class TangoRoundFlow(FlowSpec):
     @step
     def generator_update(self):
         """One RL update of the generator (TANGO.md §4, §6); only generator rounds come here."""
-        from tango_steps import cards
+        from tango_steps.pipeline import cards
 
         self._check("generator_update")
         self.generator_out, self.generator_update_metrics, self.compute_seconds = self._update("generator")
@@ -285,7 +290,7 @@ class TangoRoundFlow(FlowSpec):
     @step
     def split_nodes(self):
         """update.nodes N > 1: the round's update as N @parallel tasks (one process group across them)."""
-        from tango_steps import stages
+        from tango_steps.round import stages
 
         plan = stages.plan_from_dict(self.plan)
         self.update_role = "generator" if plan.update_generator else "verifier"
@@ -301,7 +306,7 @@ class TangoRoundFlow(FlowSpec):
     @step
     def update_nodes(self):
         """One node of an update across machines (TANGO.md §6): its processes join the group; node 0 stores."""
-        from tango_steps import cards
+        from tango_steps.pipeline import cards
 
         self._check("update_nodes")
         par = current.parallel
@@ -336,7 +341,8 @@ class TangoRoundFlow(FlowSpec):
     def evaluate(self):
         """Held-out generator accuracy and verifier outcome/process metrics (TANGO.md §7-§8); only
         measured rounds come here (``evaluation.every``)."""
-        from tango_steps import cards, stages
+        from tango_steps.pipeline import cards
+        from tango_steps.round import stages
 
         self._check("evaluate")
         store = self._store()
@@ -349,8 +355,8 @@ class TangoRoundFlow(FlowSpec):
     @step
     def end(self):
         """The state the next round starts from, the round's metrics and its lineage."""
-        from tango_steps.stages import plan_from_dict, round_metrics
-        from tango_steps.state import RoundState
+        from tango_steps.round.stages import plan_from_dict, round_metrics
+        from tango_steps.round.state import RoundState
 
         self._check("end")
         self.compute_seconds = 0.0  # (inherited from evaluate otherwise)

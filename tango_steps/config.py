@@ -22,7 +22,7 @@ ENGINES = {
     "hf": "tango_steps.rollout.hf:HFEngine",
     "vllm": "tango_steps.rollout.vllm_engine:VLLMEngine",
 }
-# Advantage estimator names (TANGO.md §4), for the same reason: tango_steps.advantages registers one
+# Advantage estimator names (TANGO.md §4), for the same reason: tango_steps.method.advantages registers one
 # implementation under each of these names and refuses to import if the two ever differ.
 ESTIMATORS = ("grpo", "reinforce_pp", "rloo")
 
@@ -53,7 +53,7 @@ class ModelConfig(_Section):
         "self_check",
         description="tiny verifier only: how it learns the output format (outcome: from scratch, step verdicts "
         "derived from the outcome; self_check: initialised from the generator, step verdicts from the "
-        "generator redoing each step). See tango_steps.warmup",
+        "generator redoing each step). See tango_steps.training.warmup",
     )
     prompt_format: Literal["auto", "chat", "raw"] = Field(
         "auto",
@@ -354,7 +354,7 @@ class TangoConfig(_Section):
     @field_validator("template")
     @classmethod
     def _known_template(cls, v: str) -> str:
-        from tango_steps.templates import get_template
+        from tango_steps.tasks.templates import get_template
 
         get_template(v)  # raises naming the known templates
         return v

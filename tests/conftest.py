@@ -100,9 +100,9 @@ def shared_once(tmp_path_factory, name: str, build):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
+    from tango_steps.models.tiny import build_tokenizer, tokenizer_corpus
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
-    from tango_steps.tiny import build_tokenizer, tokenizer_corpus
+    from tango_steps.tasks.templates import get_template
 
     return build_tokenizer(tokenizer_corpus(get_task("arithmetic"), get_template("compact"), n=300), vocab_size=384)
 
@@ -110,7 +110,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     """A randomly initialised 2-layer Qwen2 (hidden 64, head_dim 32, untied) saved as safetensors."""
-    from tango_steps.tiny import TinyModelSpec, build_model, save_pretrained_atomic
+    from tango_steps.models.tiny import TinyModelSpec, build_model, save_pretrained_atomic
 
     spec = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128, seed=3)
     model = build_model(spec, len(tiny_tokenizer), tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id)
@@ -120,7 +120,7 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="session")
 def warmed():
     """The tiny default's warmed-up models (built once per TANGO_CACHE, minutes on 2 cores)."""
-    from tango_steps.warmup import WarmupSettings, warmed_up_models
+    from tango_steps.training.warmup import WarmupSettings, warmed_up_models
 
     return warmed_up_models(WarmupSettings())
 

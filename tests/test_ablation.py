@@ -1,4 +1,4 @@
-"""Tests of the ablation grid and its summary (tango_steps.ablation, TANGO.md §8)."""
+"""Tests of the ablation grid and its summary (tango_steps.study.ablation, TANGO.md §8)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import math
 import pandas as pd
 import pytest
 
-from tango_steps.ablation import (
+from tango_steps.config import load_yaml
+from tango_steps.method.schedule import plan_round
+from tango_steps.study.ablation import (
     VARIANTS,
     branches,
     final_accuracy,
@@ -20,8 +22,6 @@ from tango_steps.ablation import (
     summarize,
     variant_config,
 )
-from tango_steps.config import load_yaml
-from tango_steps.schedule import plan_round
 
 BASE = {"task": {"name": "arithmetic", "params": {"max_ops": 2}}, "rounds": 5}
 
@@ -216,7 +216,7 @@ def test_paired_comparisons_pair_final_checkpoints_per_seed_and_problem():
     """Final per-problem scores average the last distinct generator checkpoints; arms pair per (seed, problem)."""
     import numpy as np
 
-    from tango_steps.ablation import paired_comparisons
+    from tango_steps.study.ablation import paired_comparisons
 
     rng = np.random.default_rng(1)
     scores: dict[str, pd.Series] = {}

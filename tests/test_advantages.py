@@ -1,4 +1,4 @@
-"""Tests of tango_steps.advantages (TANGO.md §4, §5)."""
+"""Tests of tango_steps.method.advantages (TANGO.md §4, §5)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tango_steps.advantages import (
+from tango_steps.method.advantages import (
     EPS,
     OUTCOME_ESTIMATORS,
     VerifierReweighter,
@@ -24,8 +24,8 @@ from tango_steps.advantages import (
     reverse_cumsum,
     step_advantages,
 )
-from tango_steps.rewards import step_rewards
-from tango_steps.schedule import alpha_schedule
+from tango_steps.method.rewards import step_rewards
+from tango_steps.method.schedule import alpha_schedule
 
 # ----------------------------------------------------------------------------------------------
 # The hand-worked example (also written out in docs/advantages.md)

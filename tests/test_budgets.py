@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.budgets import check_budgets, measure, needed, percentile, run_tokenizer
 from tango_steps.config import ConfigError, load_config
-from tango_steps.formats import format_solution, parse_solution
-from tango_steps.templates import CUT_MARK, get_template
+from tango_steps.method.formats import format_solution, parse_solution
+from tango_steps.pipeline.budgets import check_budgets, measure, needed, percentile, run_tokenizer
+from tango_steps.tasks.templates import CUT_MARK, get_template
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from tango_steps import training
 from tango_steps.config import TangoConfig
-from tango_steps.local import InProcessRun
 from tango_steps.rollout import HFEngine, format_prompts, prepare_prompts
+from tango_steps.round.in_process import InProcessRun
+from tango_steps.training import update as training
 
 # a template that changes the text (the tiny models' own template only concatenates the turns)
 CHAT = (
@@ -22,7 +22,7 @@ CHAT = (
 @pytest.fixture(scope="module")
 def chat_model_dir(tmp_path_factory, tiny_model_dir):
     """The tiny random model with a chat template that wraps the prompt."""
-    from tango_steps.modeling import load_tokenizer
+    from tango_steps.models.loading import load_tokenizer
 
     out = tmp_path_factory.mktemp("chat") / "model"
     shutil.copytree(tiny_model_dir, out)
@@ -33,7 +33,7 @@ def chat_model_dir(tmp_path_factory, tiny_model_dir):
 
 
 def test_format_prompts_per_setting(tiny_tokenizer, chat_model_dir):
-    from tango_steps.modeling import load_tokenizer
+    from tango_steps.models.loading import load_tokenizer
 
     chat_tok = load_tokenizer(str(chat_model_dir))
     prompts = ["Problem: 1 + 2\nSolution:\n"]
@@ -68,8 +68,8 @@ def test_update_trains_on_the_prompt_ids_it_sampled_from(tmp_path, monkeypatch, 
     """A verifier round and a generator round (with step rewards, so the verifier judges) and a held-out
     evaluation of a chat model: every prompt the update trains on is one the engine sampled from, and
     with ``auto`` each is the chat-formatted prompt (with ``raw``, the bare one)."""
-    from tango_steps.driver import initial_checkpoints
-    from tango_steps.modeling import load_tokenizer
+    from tango_steps.models.loading import load_tokenizer
+    from tango_steps.pipeline.driver import initial_checkpoints
 
     sampled: list[list[int]] = []
     trained: list[list[int]] = []

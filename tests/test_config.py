@@ -65,7 +65,7 @@ def test_whole_recipe_errors_name_each_field(tmp_path):
 
 def test_overrides_with_dotted_keys():
     from tango_steps.config import load_config
-    from tango_steps.training import update_settings
+    from tango_steps.training.update import update_settings
 
     cfg = load_config(overrides={"rounds": 3, "generator_update.lora": {"r": 4}, "algorithm.estimator": "rloo"})
     assert cfg.rounds == 3 and cfg.algorithm.estimator == "rloo"
@@ -86,10 +86,10 @@ def test_runtime_settings_take_their_defaults_from_the_schema():
     """Issue #13: every default lives once, in tango_steps/config.py; settings objects carry no copy."""
     import dataclasses
 
-    from tango_steps.advantages import VerifierReweighter
     from tango_steps.config import AlgorithmConfig, SamplingConfig, UpdateConfig
+    from tango_steps.method.advantages import VerifierReweighter
     from tango_steps.rollout import SamplingSettings
-    from tango_steps.training import UpdateSettings
+    from tango_steps.training.update import UpdateSettings
 
     for settings, section in ((UpdateSettings, UpdateConfig), (SamplingSettings, SamplingConfig)):
         shared = [f for f in dataclasses.fields(settings) if f.name in section.model_fields]
@@ -119,7 +119,7 @@ def test_names_are_checked_against_the_registries_with_one_error(overrides, mess
 
 
 def test_the_estimator_names_are_the_registered_estimators():
-    from tango_steps.advantages import generator_estimator_names
     from tango_steps.config import ESTIMATORS
+    from tango_steps.method.advantages import generator_estimator_names
 
     assert sorted(ESTIMATORS) == generator_estimator_names()

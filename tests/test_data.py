@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from tango_steps.warmup import SHIPPED, WarmupSettings, warmed_up_models
+from tango_steps.training.warmup import SHIPPED, WarmupSettings, warmed_up_models
 
 REBUILD = "stale shipped tiny models: rebuild them with `python data/build_tiny_models.py`"
 
@@ -24,7 +24,7 @@ def test_shipped_tiny_models_are_the_current_default_warmup():
 
 
 def test_the_default_warmup_is_read_from_data_not_rebuilt(monkeypatch):
-    from tango_steps import warmup
+    from tango_steps.training import warmup
 
     def refuse(*args, **kwargs):
         raise AssertionError("the default warm-up was rebuilt although data/ ships it")
@@ -42,8 +42,8 @@ def test_the_default_warmup_is_read_from_data_not_rebuilt(monkeypatch):
 @pytest.mark.parametrize("task", ["arithmetic", "last_letters"])
 def test_shipped_heldout_sets_are_what_the_task_generates(task):
     """data/heldout/<task>.jsonl is the task's held-out list (rebuild: python data/build_heldout.py)."""
-    from tango_steps.heldout import HELDOUT_DIR, SHIPPED_SIZE, generated, heldout_set
     from tango_steps.tasks import get_task
+    from tango_steps.tasks.heldout import HELDOUT_DIR, SHIPPED_SIZE, generated, heldout_set
 
     rows = [json.loads(line) for line in (HELDOUT_DIR / f"{task}.jsonl").read_text().splitlines()]
     want = [json.loads(json.dumps(p.to_dict())) for p in generated(task, SHIPPED_SIZE)]
@@ -58,9 +58,9 @@ def test_shipped_heldout_sets_are_what_the_task_generates(task):
 
 
 def test_heldout_sets_are_shared_by_seeds_and_read_from_the_file(tmp_path, monkeypatch):
-    import tango_steps.heldout as heldout
+    import tango_steps.tasks.heldout as heldout
     from tango_steps.config import TangoConfig
-    from tango_steps.stages import heldout_problems
+    from tango_steps.round.stages import heldout_problems
 
     a = heldout_problems(TangoConfig.model_validate({"seed": 0, "evaluation": {"heldout_problems": 7}}))
     b = heldout_problems(TangoConfig.model_validate({"seed": 3, "evaluation": {"heldout_problems": 7}}))

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.datasets import (
+from tango_steps.tasks.benchmarks import (
     BENCHMARKS,
     PROCESSBENCH_SUBSETS,
     BenchmarkError,
     load_benchmark,
     load_processbench,
 )
-from tango_steps.grading import is_correct
+from tango_steps.tasks.grading import is_correct
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 

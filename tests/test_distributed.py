@@ -1,4 +1,4 @@
-"""Issue #15: one RL update on several processes (tango_steps.distributed): torchrun, gloo on CPU.
+"""Issue #15: one RL update on several processes (tango_steps.training.distributed): torchrun, gloo on CPU.
 
 The same global batch on 1 process and on 2 (DDP, FSDP2) must end with the same weights within
 float tolerance (the processes add their gradients in another order) and log the same loss, KL and
@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tango_steps.distributed import (
+from tango_steps.training.distributed import (
     optimizer_state_by_name,
     optimizer_state_by_position,
     rank_micro_batches,
 )
-from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, read_state, rl_update
+from tango_steps.training.update import RLBatch, UpdateSettings, init_checkpoint, read_state, rl_update
 
 # several optimizer steps (old log-probs computed), a KL term (reference log-probs), micro-batches
 # that leave one process an empty one: every code path of the split
@@ -157,7 +157,7 @@ def test_optimizer_state_keys_round_trip():
 
 
 def test_bad_settings_are_refused_naming_them():
-    from tango_steps.training import LoraSettings
+    from tango_steps.training.update import LoraSettings
 
     with pytest.raises(ValueError, match="strategy must be ddp or fsdp"):
         UpdateSettings(strategy="zero3")

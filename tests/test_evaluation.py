@@ -1,4 +1,4 @@
-"""Benchmark evaluation (tango_steps.evaluation) and EvalFlow, on fixtures written here and the tiny models."""
+"""Benchmark evaluation (tango_steps.study.evaluation) and EvalFlow, on fixtures written here and the tiny models."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.datasets import BenchmarkError, BenchmarkProblem, ProcessSample
-from tango_steps.evaluation import check_request, evaluate_generator, evaluate_processbench, processbench_solution
 from tango_steps.rollout import HFEngine
+from tango_steps.study.evaluation import check_request, evaluate_generator, evaluate_processbench, processbench_solution
 from tango_steps.tasks import get_task
-from tango_steps.templates import get_template
+from tango_steps.tasks.benchmarks import BenchmarkError, BenchmarkProblem, ProcessSample
+from tango_steps.tasks.templates import get_template
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -158,7 +158,7 @@ def test_two_round_run_trains_both_models_and_records_everything(baseline):
     # weights live in the datastore, not in artifacts; a notebook helper loads any round's models
     models = ds.query(
         f"""
-        from tango_steps.driver import round_models
+        from tango_steps.pipeline.driver import round_models
         print(json.dumps({{k: str(v) for k, v in round_models({final["rounds"][0]!r}).items()}}))
         """
     )
@@ -289,7 +289,7 @@ HOSTILE_CARD_FLOW = """
 import pandas as pd
 from metaflow import FlowSpec, card, current, step
 
-from tango_steps import cards
+from tango_steps.pipeline import cards
 
 EVIL = ["<script>document.documentElement.setAttribute('data-pwned', 'script')</script>",
         "<img src=x onerror=\\"document.documentElement.setAttribute('data-pwned', 'img')\\">",
@@ -370,7 +370,7 @@ def test_failure_then_resume_matches_uninterrupted_run(tmp_path, baseline):
     # every earlier round's models stay loadable
     round1 = ds.query(
         """
-        from tango_steps.driver import round_models
+        from tango_steps.pipeline.driver import round_models
         r = [r for r in Flow("TangoRoundFlow").runs("tango_round:1")][0]
         print(json.dumps({k: str(v) for k, v in round_models(r.pathspec).items()}))
         """
@@ -424,7 +424,7 @@ def test_a_run_its_resume_and_a_fork_on_an_s3_datastore_equal_the_local_run(tmp_
     res = ds.query(
         f"""
         import boto3
-        from tango_steps.model_store import load_model_dir
+        from tango_steps.pipeline.model_store import load_model_dir
         runs = [Run({final["run"]!r}), Flow("TangoFlow").latest_successful_run]  # the resumed run, the fork
         models = [[str(load_model_dir(r["end"].task[m].data)) for m in ("final_generator", "final_verifier")]
                   for r in runs]
@@ -434,7 +434,7 @@ def test_a_run_its_resume_and_a_fork_on_an_s3_datastore_equal_the_local_run(tmp_
                 for o in page.get("Contents", [])]
         # benchmark files and a dataset task's prompts from the bucket, through s3fs
         s3.put_object(Bucket="tango", Key="data/gsm8k/test.jsonl", Body={_gsm8k_style_rows(6)!r}.encode())
-        from tango_steps.datasets import load_benchmark
+        from tango_steps.tasks.benchmarks import load_benchmark
         from tango_steps.tasks import get_task
         bench, stats = load_benchmark("gsm8k", path="s3://tango/data")
         prompts = get_task("dataset", benchmark="gsm8k", path="s3://tango/data").problems(3, "train", seed=0)
@@ -478,8 +478,8 @@ def test_a_run_its_resume_a_fork_and_an_adoption_through_a_metadata_service(tmp_
     _ok(resumed)
     assert "round 2: resuming TangoRoundFlow/" in resumed.stdout + resumed.stderr
     query = """
-        from tango_steps.driver import artifact, find_round_runs, succeeded, run_round
-        from tango_steps.model_store import load_model_dir
+        from tango_steps.pipeline.driver import artifact, find_round_runs, succeeded, run_round
+        from tango_steps.pipeline.model_store import load_model_dir
         done = [r for r in Flow("TangoFlow").runs() if succeeded(r)]
         models = lambda end: [str(load_model_dir(artifact(end, m))) for m in ("final_generator", "final_verifier")]
         """
@@ -593,8 +593,8 @@ def test_a_full_disk_then_a_damaged_checkpoint_then_resume_equals_the_uninterrup
     ballast.unlink()
     gen0 = ds.query(
         """
-        from tango_steps.driver import artifact
-        from tango_steps.model_store import load_model_dir
+        from tango_steps.pipeline.driver import artifact
+        from tango_steps.pipeline.model_store import load_model_dir
         start = Flow("TangoFlow").latest_run["start"].task
         print(json.dumps(str(load_model_dir(artifact(start, "state")["generator"]))))
         """
@@ -643,8 +643,8 @@ def test_a_failed_two_process_update_resumes(tmp_path, warmed):
         f"""
         import tempfile
         from pathlib import Path
-        from tango_steps import stages
-        from tango_steps.model_store import load_model_dir
+        from tango_steps.round import stages
+        from tango_steps.pipeline.model_store import load_model_dir
         u = Run({final["rounds"][0]!r})["generator_update"].task
         state_in = u["state_in"].data
         ckpt, init = load_model_dir(state_in["generator"]), load_model_dir(state_in["generator_init"])
@@ -683,8 +683,8 @@ def test_sharded_sampling_retries_a_shard_resumes_only_the_failed_one_and_matche
         import base64, re, tempfile
         import pandas as pd
         from metaflow.cards import get_cards
-        from tango_steps.local import InProcessRun
-        from tango_steps.model_store import load_model_dir
+        from tango_steps.round.in_process import InProcessRun
+        from tango_steps.pipeline.model_store import load_model_dir
         r = Run({final["rounds"][0]!r})
         origin = {{t.index: t.origin_pathspec for t in r["sample_shard"]}}
         first = Run("/".join(origin[0].split("/")[:2]))  # the failed run, whose shard 0 was cloned
@@ -732,8 +732,8 @@ def test_an_update_on_two_parallel_nodes_equals_two_processes_on_one_machine(tmp
         f"""
         import tempfile
         from pathlib import Path
-        from tango_steps import stages
-        from tango_steps.model_store import load_model_dir
+        from tango_steps.round import stages
+        from tango_steps.pipeline.model_store import load_model_dir
         r = Run({final["rounds"][0]!r})
         j = r["join_nodes"].task
         cfg, state_in = j["cfg"].data, j["state_in"].data
@@ -883,7 +883,7 @@ def test_smollm2_chat_model_runs_a_verifier_and_a_generator_round_with_vllm(tmp_
     info = ds.query(
         f"""
         from metaflow.cards import get_cards
-        from tango_steps.modeling import load_tokenizer
+        from tango_steps.models.loading import load_tokenizer
         def has_card(task):
             try:
                 return bool(list(get_cards(task)))

@@ -107,13 +107,13 @@ def test_evaluation_every_k_rounds_skips_measurement_not_training(tmp_path, base
 
 
 def test_retention_keeps_the_last_the_forked_and_refuses_a_fork_from_a_removed_round(sparse_source_and_fork):
-    """Issue #17: ``python -m tango_steps.retention --keep-last 1`` on the 4-round source (round 1 a verifier
+    """Issue #17: ``python -m tango_steps.pipeline.retention --keep-last 1`` on the 4-round source (round 1 a verifier
     round, 2-4 generator rounds) keeps round 4 (the last), round 2 (the fork's source) and round 0, and
     removes round 3's generator checkpoint only (round 1's verifier serves rounds 2-4). The dry run
     changes nothing; afterwards a fork from round 3 stops in ``start`` saying the checkpoint was removed.
     Runs LAST of this fixture's tests: it deletes a checkpoint of the shared source run."""
     ds, source, fork, rounds = sparse_source_and_fork
-    cmd = [sys.executable, "-m", "tango_steps.retention", source["run"], "--keep-last", "1"]
+    cmd = [sys.executable, "-m", "tango_steps.pipeline.retention", source["run"], "--keep-last", "1"]
     dry = subprocess.run([*cmd, "--dry-run"], env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     g3 = Path(rounds[2]["gen"])

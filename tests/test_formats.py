@@ -1,4 +1,4 @@
-"""Tests of tango_steps.formats and tango_steps.templates (TANGO.md §2, §5)."""
+"""Tests of tango_steps.method.formats and tango_steps.tasks.templates (TANGO.md §2, §5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tango_steps.formats import (
+from tango_steps.method.formats import (
     find_blocks,
     format_solution,
     format_verification,
@@ -18,7 +18,7 @@ from tango_steps.formats import (
     parse_verification,
     verifier_format_score,
 )
-from tango_steps.templates import COMPACT, FULL, PromptTemplate, get_template, register_template, render_solution
+from tango_steps.tasks.templates import COMPACT, FULL, PromptTemplate, get_template, register_template, render_solution
 
 GOOD = "<think><step>2+3=5</step><step>5*4=20</step></think>\n<answer>\\boxed{20}</answer>"
 
@@ -259,7 +259,7 @@ def test_template_validation_errors_name_the_problem():
 
 
 def test_register_custom_template():
-    from tango_steps import templates
+    from tango_steps.tasks import templates
 
     tpl = PromptTemplate("mine", "Q: {problem}\nA:", "{problem}|{solution}|{num_steps}")
     try:

@@ -1,4 +1,4 @@
-"""Tests of tango_steps.grading (TANGO.md §4: r_out by Math-Verify), with the real math-verify."""
+"""Tests of tango_steps.tasks.grading (TANGO.md §4: r_out by Math-Verify), with the real math-verify."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tango_steps import grading
-from tango_steps._grade_worker import grade_one
-from tango_steps.grading import Grader, extract_gold, is_correct
+from tango_steps.tasks import grading
+from tango_steps.tasks._grade_worker import grade_one
+from tango_steps.tasks.grading import Grader, extract_gold, is_correct
 
 PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"  # sympy tries to evaluate 9^(9^387420489): hangs for hours
 
@@ -201,7 +201,7 @@ def test_worker_grade_one_in_process():
     ],
 )
 def test_strict_and_flexible_answers(response, strict, flexible):
-    from tango_steps.grading import extract_answer, last_number
+    from tango_steps.tasks.grading import extract_answer, last_number
 
     assert extract_answer(response, "strict") == strict
     assert extract_answer(response, "flexible") == flexible == last_number(response)

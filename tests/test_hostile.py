@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.formats import parse_solution, parse_verification
-from tango_steps.grading import Grader, extract_answer
+from tango_steps.method.formats import parse_solution, parse_verification
 from tango_steps.tasks import get_task
+from tango_steps.tasks.grading import Grader, extract_answer
 
 
 def _payloads(marker: Path) -> list[str]:

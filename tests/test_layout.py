@@ -1,4 +1,4 @@
-"""Issue #15: the recipes' update layouts fit their GPUs by tango_steps.layout's estimate, and their
+"""Issue #15: the recipes' update layouts fit their GPUs by tango_steps.pipeline.layout's estimate, and their
 sampling shards all have work."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tango_steps.config import load_config
-from tango_steps.layout import SHAPES, fits, recipe_update_memory, sampling_layout, update_memory_gib
+from tango_steps.pipeline.layout import SHAPES, fits, recipe_update_memory, sampling_layout, update_memory_gib
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 H100_GIB = 80

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from tango_steps.config import ConfigError, load_config
-from tango_steps.loss import chunked_token_logprobs, token_logprobs
-from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
+from tango_steps.method.loss import chunked_token_logprobs, token_logprobs
+from tango_steps.training.update import RLBatch, UpdateSettings, init_checkpoint, rl_update
 
 ROOT = Path(__file__).resolve().parent.parent
 LIGER_SITE = os.environ.get("TANGO_LIGER_SITE", "")
@@ -73,8 +73,8 @@ _KERNEL_SCRIPT = r"""
 import json, sys
 import torch
 from safetensors.torch import load_file
-from tango_steps.loss import liger_token_logprobs, chunked_token_logprobs, liger_unavailable
-from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
+from tango_steps.method.loss import liger_token_logprobs, chunked_token_logprobs, liger_unavailable
+from tango_steps.training.update import RLBatch, UpdateSettings, init_checkpoint, rl_update
 
 model_dir, out = sys.argv[1], sys.argv[2]
 assert liger_unavailable(torch.device("cpu")) is None, liger_unavailable(torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Tests of tango_steps.loss (TANGO.md §6)."""
+"""Tests of tango_steps.method.loss (TANGO.md §6)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tango_steps.loss import (
+from tango_steps.method.loss import (
     chunked_token_logprobs,
     get_policy_loss,
     kl_k3,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.model_store import MANIFEST, ModelStore, load_model_dir
+from tango_steps.pipeline.model_store import MANIFEST, ModelStore, load_model_dir
 
 
 def _model_dir(root: Path) -> Path:
@@ -81,7 +81,7 @@ def test_a_corrupted_or_missing_file_is_named_with_its_run_and_round(tmp_path):
 
 
 def test_verification_hashes_once_while_files_are_unchanged(tmp_path, monkeypatch):
-    from tango_steps import model_store
+    from tango_steps.pipeline import model_store
 
     store = _local_store(tmp_path)
     ref = store.save(_model_dir(tmp_path), "k/generator")
@@ -125,12 +125,12 @@ def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
         import json, boto3
         boto3.client("s3", endpoint_url={s3_server!r}).create_bucket(Bucket="tango")
         from metaflow.plugins.datastores.s3_storage import S3Storage
-        from tango_steps.model_store import ModelStore, load_model_dir
+        from tango_steps.pipeline.model_store import ModelStore, load_model_dir
         ref = ModelStore(S3Storage("s3://tango/mf")).save({str(src)!r}, "Flow/1/update/3/0/verifier")
         out = load_model_dir(ref)
         again = load_model_dir(ref)  # cached: no second download
         # issue #17: retention on S3 deletes the objects, leaves its note; the cached copy is refused too
-        from tango_steps import retention
+        from tango_steps.pipeline import retention
         store = ModelStore(S3Storage("s3://tango/mf"))
         other = store.save({str(src)!r}, "Flow/2/update/3/0/.verifier.tmp-abc")
         before = retention._files(store, "Flow")

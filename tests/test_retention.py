@@ -1,4 +1,4 @@
-"""tango_steps.retention: which rounds keep their checkpoints, and a removed checkpoint refuses loads."""
+"""tango_steps.pipeline.retention: which rounds keep their checkpoints, and a removed checkpoint refuses loads."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.model_store import REMOVED, ModelStore, load_model_dir
-from tango_steps.retention import plan_retention, remove_checkpoint
+from tango_steps.pipeline.model_store import REMOVED, ModelStore, load_model_dir
+from tango_steps.pipeline.retention import plan_retention, remove_checkpoint
 
 
 def _ref(key: str, round_: int, role: str, mb: int = 40) -> dict:
@@ -75,7 +75,7 @@ def test_a_removed_checkpoint_refuses_to_load_and_says_why(tmp_path):
     (src / "model" / "model.safetensors").write_bytes(os.urandom(4096))
     gone = store.save(src, "TangoRoundFlow/7/generator_update/5/0/generator", meta={"round": 3, "role": "generator"})
     kept = store.save(src, "TangoRoundFlow/8/generator_update/5/0/generator", meta={"round": 4, "role": "generator"})
-    remove_checkpoint(store, gone, {"removed_by": "python -m tango_steps.retention", "when": "2026-12-01",
+    remove_checkpoint(store, gone, {"removed_by": "python -m tango_steps.pipeline.retention", "when": "2026-12-01",
                                     "run": "TangoFlow/1", "kept_rounds": [0, 4]})  # fmt: skip
     folder = Path(gone["uri"])
     assert sorted(p.name for p in folder.iterdir()) == [REMOVED]  # the weights are gone, the note stays

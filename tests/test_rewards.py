@@ -1,4 +1,4 @@
-"""Tests of tango_steps.rewards (TANGO.md §4, §5)."""
+"""Tests of tango_steps.method.rewards (TANGO.md §4, §5)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from tango_steps.formats import format_solution, parse_solution
-from tango_steps.rewards import outcome_reward, outcome_rewards, sampled_step_end_tokens, step_rewards, verifier_reward
+from tango_steps.method.formats import format_solution, parse_solution
+from tango_steps.method.rewards import (
+    outcome_reward,
+    outcome_rewards,
+    sampled_step_end_tokens,
+    step_rewards,
+    verifier_reward,
+)
 
 
 # The offset method: an independent way to find the token holding each step's last character, from

@@ -153,8 +153,8 @@ def test_vllm_seeded_sampling_of_more_prompt_tokens_than_one_step_holds(vllm_eng
 
 @needs_vllm
 def test_vllm_load_weights_swaps_checkpoint(tmp_path, tiny_model_dir, vllm_engine):
-    from tango_steps.modeling import load_model
-    from tango_steps.tiny import save_pretrained_atomic
+    from tango_steps.models.loading import load_model
+    from tango_steps.models.tiny import save_pretrained_atomic
 
     model = load_model(str(tiny_model_dir))
     with torch.no_grad():
@@ -204,7 +204,7 @@ def test_engine_from_config_hands_each_engine_its_options(monkeypatch):
 
 def test_a_chat_models_other_end_tokens_stop_generation(tiny_model_dir):
     """The generation config's extra eos ids (a chat model's end-of-turn) end a completion, as the eos does."""
-    from tango_steps.modeling import stop_token_ids
+    from tango_steps.models.loading import stop_token_ids
 
     engine = HFEngine(str(tiny_model_dir), batch_size=4)
     eos = engine.tokenizer.eos_token_id

@@ -1,10 +1,10 @@
-"""The round schedule (tango_steps.schedule, TANGO.md §3)."""
+"""The round schedule (tango_steps.method.schedule, TANGO.md §3)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tango_steps.schedule import evaluates, plan_round, total_generator_updates
+from tango_steps.method.schedule import evaluates, plan_round, total_generator_updates
 
 
 def test_paper_schedule_440_steps():

@@ -1,5 +1,5 @@
 """Issue #15: a round's sampling split into shards (whole engine calls; a shard samples its prompts, then
-judges its own solutions) joins into exactly the unsharded tables (tango_steps.stages.sample_shard,
+judges its own solutions) joins into exactly the unsharded tables (tango_steps.round.stages.sample_shard,
 join_shards)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tango_steps import stages
 from tango_steps.config import TangoConfig
-from tango_steps.training import UpdateSettings, init_checkpoint
+from tango_steps.round import stages
+from tango_steps.training.update import UpdateSettings, init_checkpoint
 
 # 6 prompts x 2 samples, 4 samples an engine call: 3 calls of 2 prompts each, so 2 shards are uneven
 CFG = TangoConfig.model_validate(
@@ -101,7 +101,7 @@ def test_shard_ranges_are_whole_engine_calls():
 
 
 def test_the_in_process_runner_with_shards_runs_the_same_round(tmp_path, ckpt):
-    from tango_steps.local import InProcessRun
+    from tango_steps.round.in_process import InProcessRun
 
     cfg = CFG.model_copy(update={"schedule": CFG.schedule.model_copy(update={"verifier_warmup_rounds": 0})})
     two_shards = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"shards": 2})})

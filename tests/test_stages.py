@@ -1,4 +1,5 @@
-"""Round stages (tango_steps.stages) and metrics (tango_steps.metrics) without Metaflow: rewards, plans, metrics."""
+"""Round stages (tango_steps.round.stages) and metrics (tango_steps.method.metrics) without Metaflow: rewards,
+plans, metrics."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from tango_steps.advantages import VerifierReweighter
 from tango_steps.config import TangoConfig
-from tango_steps.formats import format_solution, format_verification, parse_solution
-from tango_steps.metrics import binary_metrics, process_f1
-from tango_steps.rewards import sampled_step_end_tokens, verifier_reward
-from tango_steps.schedule import alpha_schedule
-from tango_steps.stages import heldout_problems, maybe_fail, plan_dict, reward, round_plan, round_problems
+from tango_steps.method.advantages import VerifierReweighter
+from tango_steps.method.formats import format_solution, format_verification, parse_solution
+from tango_steps.method.metrics import binary_metrics, process_f1
+from tango_steps.method.rewards import sampled_step_end_tokens, verifier_reward
+from tango_steps.method.schedule import alpha_schedule
+from tango_steps.round.stages import heldout_problems, maybe_fail, plan_dict, reward, round_plan, round_problems
 
 
 def test_sampled_step_end_tokens_on_non_canonical_ids(tiny_tokenizer):
@@ -207,7 +208,7 @@ def test_round_data_is_a_pure_function_of_seed_and_round():
 
 def test_unusable_step_verdicts_are_wrong_in_process_f1():
     """ProcessBench protocol (TANGO.md §8): no usable prediction is right on no solution (issue #12, fix 3)."""
-    from tango_steps.metrics import NO_PREDICTION, predicted_first_error, process_metrics
+    from tango_steps.method.metrics import NO_PREDICTION, predicted_first_error, process_metrics
 
     assert predicted_first_error([True, False, False]) == 1
     assert predicted_first_error([True, True]) == -1
@@ -231,7 +232,7 @@ def test_unusable_step_verdicts_are_wrong_in_process_f1():
 
 def test_oracle_step_verdicts_are_the_exact_labels(tiny_model_dir, tiny_tokenizer, tmp_path):
     """The study's ceiling arm: step rewards from the task's exact labels, and a noisy copy of them."""
-    from tango_steps.stages import judge, oracle_judgments
+    from tango_steps.round.stages import judge, oracle_judgments
     from tango_steps.tasks import get_task
 
     task = get_task("arithmetic")
@@ -264,7 +265,7 @@ def test_oracle_step_verdicts_are_the_exact_labels(tiny_model_dir, tiny_tokenize
 
 
 def test_verifier_alarm():
-    from tango_steps.metrics import verifier_alarm
+    from tango_steps.method.metrics import verifier_alarm
 
     healthy = {"eval/verifier_says_correct_frac": 0.4, "eval/verifier_format_ok_frac": 0.97}
     assert verifier_alarm(healthy) is None
@@ -281,7 +282,7 @@ def test_verifier_alarm():
 
 
 def test_step_verdict_histogram():
-    from tango_steps.metrics import step_verdict_histogram
+    from tango_steps.method.metrics import step_verdict_histogram
 
     h = step_verdict_histogram([[True, True], [False, True], [True, True, False], None, [True] * 4 + [False]])
     assert h == {
@@ -299,7 +300,7 @@ def test_heldout_set_is_shared_by_every_seed():
 
 
 def test_hacking_diagnostics_by_hand():
-    from tango_steps.metrics import hacking_diagnostics
+    from tango_steps.method.metrics import hacking_diagnostics
 
     table = pd.DataFrame(
         {
@@ -318,9 +319,9 @@ def test_hacking_diagnostics_by_hand():
 
 def test_sft_arm_batch_is_gold_and_its_update_is_the_sft_gradient(tiny_model_dir, tiny_tokenizer):
     """The study's floor: advantage 1 on gold tokens through PPO-clip at ratio 1 is the NLL gradient."""
-    from tango_steps.loss import ppo_clip_loss
-    from tango_steps.modeling import load_model
-    from tango_steps.stages import sft_batch
+    from tango_steps.method.loss import ppo_clip_loss
+    from tango_steps.models.loading import load_model
+    from tango_steps.round.stages import sft_batch
 
     cfg = _cfg(
         algorithm={"generator_objective": "sft", "step_rewards": False, "sft_sequences": 6},
@@ -357,9 +358,9 @@ def test_sft_arm_batch_is_gold_and_its_update_is_the_sft_gradient(tiny_model_dir
 def test_sft_arm_updates_take_each_optimizer_step_at_ratio_1(monkeypatch, tmp_path, tiny_model_dir):
     """round.update hands the sft objective's generator update ratio_to_current (no PPO clip across steps)
     and trains it on the round's gold solutions, tokenised there (the reward stage loads no tokenizer)."""
-    import tango_steps.training as training
-    from tango_steps.modeling import load_tokenizer
-    from tango_steps.stages import sft_batch, update
+    import tango_steps.training.update as training
+    from tango_steps.models.loading import load_tokenizer
+    from tango_steps.round.stages import sft_batch, update
 
     seen = []
     monkeypatch.setattr(training, "rl_update", lambda ckpt, b, settings, *a, **k: seen.append((settings, b)) or {
@@ -396,9 +397,9 @@ def test_reward_parses_nothing_and_imports_no_model_library():
         """
         import sys
         import pandas as pd
-        import tango_steps.formats as formats
+        import tango_steps.method.formats as formats
         from tango_steps.config import TangoConfig
-        from tango_steps.stages import reward, round_plan
+        from tango_steps.round.stages import reward, round_plan
 
         formats.parse_solution = None  # any second parse would fail here
         cfg = TangoConfig.model_validate({"schedule": {"verifier_warmup_rounds": 1}, "rounds": 5})
@@ -422,8 +423,8 @@ def test_reward_parses_nothing_and_imports_no_model_library():
 def test_a_non_finite_update_names_the_round_and_model_and_writes_nothing(tmp_path, tiny_model_dir, tiny_tokenizer):
     """Issue #17: NaN advantages make the loss non-finite; the update stops before writing anything,
     with an error naming the round and the model, and the checkpoint it started from is unchanged."""
-    from tango_steps.stages import update
-    from tango_steps.training import UpdateSettings, init_checkpoint
+    from tango_steps.round.stages import update
+    from tango_steps.training.update import UpdateSettings, init_checkpoint
 
     ckpt = init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", UpdateSettings())
     before = (ckpt / "model" / "model.safetensors").read_bytes()

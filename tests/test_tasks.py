@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tango_steps.formats import format_solution
+from tango_steps.method.formats import format_solution
 from tango_steps.tasks import ArithmeticTask, LastLettersTask, get_task
 
 

@@ -1,4 +1,4 @@
-"""Tests of the RL update step (tango_steps.training, TANGO.md §6) on a tiny random Qwen2."""
+"""Tests of the RL update step (tango_steps.training.update, TANGO.md §6) on a tiny random Qwen2."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tango_steps.loss import ppo_clip_loss
-from tango_steps.training import (
+from tango_steps.method.loss import ppo_clip_loss
+from tango_steps.training.update import (
     LoraSettings,
     RLBatch,
     UpdateSettings,
@@ -169,7 +169,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused_or_named_and_leaves_nothing(c
     "unexpected pos") is named as a full disk too. Neither leaves a file behind."""
     import re
 
-    import tango_steps.training as training
+    import tango_steps.training.update as training
 
     disk = small_disk(1)
     with pytest.raises(OSError, match=r"the disk is full: writing the checkpoint '.*c1' needs .* MiB are free"
@@ -275,8 +275,8 @@ def test_lora_rounds_sample_from_the_merged_adapter(tmp_path, tiny_model_dir, mo
     """Rounds with LoRA updates (both models): after an update the checkpoint holds the adapter only, and
     the next round's rollout and the evaluation load the base with that adapter merged."""
     from tango_steps.config import TangoConfig
-    from tango_steps.driver import initial_checkpoints
-    from tango_steps.local import InProcessRun
+    from tango_steps.pipeline.driver import initial_checkpoints
+    from tango_steps.round.in_process import InProcessRun
 
     monkeypatch.setenv("TANGO_CACHE", str(tmp_path / "cache"))
     model = {"path": str(tiny_model_dir)}

@@ -1,4 +1,4 @@
-"""The tiny default's warm-up (tango_steps.warmup): accuracy band, verifier format, outcome labels only.
+"""The tiny default's warm-up (tango_steps.training.warmup): accuracy band, verifier format, outcome labels only.
 
 The warm-up runs once per cache directory (``TANGO_CACHE``; .ci/run points it into the clone) and
 takes minutes on 2 cores: it is the slowest part of the suite, shared with the flow tests.
@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from tango_steps.formats import format_solution
+from tango_steps.method.formats import format_solution
 from tango_steps.rollout import HFEngine
 from tango_steps.tasks import get_task
-from tango_steps.templates import get_template
-from tango_steps.warmup import WarmupSettings, generator_accuracy, self_check_rows, verifier_warmup_rows
+from tango_steps.tasks.templates import get_template
+from tango_steps.training.warmup import WarmupSettings, generator_accuracy, self_check_rows, verifier_warmup_rows
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ def test_run_recipes_map_to_warmup_settings():
     from pathlib import Path
 
     from tango_steps.config import load_config
-    from tango_steps.warmup import warmup_settings
+    from tango_steps.training.warmup import warmup_settings
 
     configs = Path(__file__).resolve().parent.parent / "configs"
     for name in ("tiny.yaml", "ablation.yaml", "reinforce_pp.yaml"):
@@ -128,7 +128,7 @@ def test_run_recipes_map_to_warmup_settings():
 
 def test_verifier_settings_reuse_the_generator_warmup():
     """The generator's cache key ignores the verifier's settings (so a verifier change costs no generator SFT)."""
-    from tango_steps.warmup import SFTSettings
+    from tango_steps.training.warmup import SFTSettings
 
     base = WarmupSettings()
     for other in (
@@ -147,7 +147,7 @@ def test_two_processes_never_warm_up_the_same_models_twice(tmp_path, monkeypatch
     import threading
     import time
 
-    from tango_steps import warmup
+    from tango_steps.training import warmup
 
     calls = []
 
@@ -189,7 +189,7 @@ def test_warmup_sft_trains_in_fp32_without_checkpointing_on_cpu(tmp_path):
     on CPUs without native bf16 and rounds differently per CPU, so warm-ups diverged across machines."""
     import torch
 
-    from tango_steps.warmup import SFTSettings, sft_config
+    from tango_steps.training.warmup import SFTSettings, sft_config
 
     cfg = sft_config(SFTSettings(), 0, str(tmp_path))
     assert cfg.bf16 == torch.cuda.is_available() and not cfg.gradient_checkpointing
@@ -201,8 +201,8 @@ def test_both_warmup_stages_run_for_real(tmp_path, warmed):
     verifier recipe on the shipped generator (copied into a fresh cache, so only the verifier trains)."""
     import shutil
 
-    from tango_steps.tiny import TinyModelSpec
-    from tango_steps.warmup import SFTSettings, warm_up_generator, warmed_up_models
+    from tango_steps.models.tiny import TinyModelSpec
+    from tango_steps.training.warmup import SFTSettings, warm_up_generator, warmed_up_models
 
     small = WarmupSettings(
         generator=TinyModelSpec(hidden_size=64, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=128),

@@ -37,7 +37,7 @@ class HFEngine(RolloutEngine):
         model=None,
         tokenizer=None,
     ) -> None:
-        from tango_steps.modeling import load_model, load_tokenizer, stop_token_ids
+        from tango_steps.models.loading import load_model, load_tokenizer, stop_token_ids
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
@@ -57,7 +57,7 @@ class HFEngine(RolloutEngine):
 
     def load_weights(self, model_path: str) -> None:
         """Load another checkpoint's weights into the same model (TANGO.md §3)."""
-        from tango_steps.modeling import load_model
+        from tango_steps.models.loading import load_model
 
         self.model = load_model(model_path, dtype=self.dtype).to(self.device).eval()
 

@@ -68,7 +68,7 @@ class VLLMEngine(RolloutEngine):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM
 
-        from tango_steps.modeling import load_tokenizer, resolve_model_ref, stop_token_ids
+        from tango_steps.models.loading import load_tokenizer, resolve_model_ref, stop_token_ids
 
         path = resolve_model_ref(model_path)
         self.tokenizer = load_tokenizer(path)

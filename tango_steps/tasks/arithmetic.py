@@ -22,8 +22,8 @@ from __future__ import annotations
 import random
 import re
 
-from tango_steps.grading import _plain_number
 from tango_steps.tasks.base import Problem, Task, problem_id
+from tango_steps.tasks.grading import _plain_number
 
 _STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}

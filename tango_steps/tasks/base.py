@@ -15,7 +15,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tango_steps.formats import ParsedSolution, format_solution, parse_solution
+from tango_steps.method.formats import ParsedSolution, format_solution, parse_solution
 
 SPLITS = ("train", "heldout")
 
@@ -146,7 +146,7 @@ class Task:
     def check(self, problem: Problem, text: str, parsed: ParsedSolution | None = None) -> CheckResult:
         """Outcome label and exact step labels of ANY candidate solution text (TANGO.md §8).
 
-        ``parsed``: the text's :func:`~tango_steps.formats.parse_solution`, when the caller has it
+        ``parsed``: the text's :func:`~tango_steps.method.formats.parse_solution`, when the caller has it
         (the rollout parses each completion once).
 
         Step k (0-based) is right iff it is exactly what step k of a correct solution must state

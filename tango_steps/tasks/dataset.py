@@ -1,7 +1,7 @@
 """Prompts from a benchmark-format file (GSM8K, MATH...), graded by answer only (TANGO.md §7).
 
 ``task: {name: dataset, params: {benchmark: gsm8k, path: /data/gsm8k/train.jsonl}}`` trains on a
-real dataset: the file is read by :func:`tango_steps.datasets.load_benchmark` (local path or
+real dataset: the file is read by :func:`tango_steps.tasks.benchmarks.load_benchmark` (local path or
 ``s3://``), split into train/held-out by a hash of each question as the embedded tasks are, and a
 candidate is correct when its boxed answer is equivalent to the gold one (the core grader). There
 are no step labels: ``check`` returns ``step_labels=None``, and the process-level metrics that need
@@ -19,12 +19,12 @@ class DatasetTask(Task):
     """A benchmark file as a task (TANGO.md §7): answer-graded, no step labels.
 
     Args:
-        benchmark: the file's format, one of ``tango_steps.datasets.BENCHMARKS``.
+        benchmark: the file's format, one of ``tango_steps.tasks.benchmarks.BENCHMARKS``.
         path: the file, or a folder with the benchmark's usual layout (local or ``s3://``).
         limit: read at most this many rows.
         answer: how a response's answer is read for the reward: ``strict`` (its boxed answer,
             TANGO.md §2; the default) or ``flexible`` (the last number it writes, as common GSM8K
-            harnesses read it; :func:`tango_steps.grading.last_number`).
+            harnesses read it; :func:`tango_steps.tasks.grading.last_number`).
     """
 
     name = "dataset"
@@ -39,8 +39,8 @@ class DatasetTask(Task):
         answer: str = "strict",
     ) -> None:
         super().__init__(split_seed, heldout_percent)
-        from tango_steps.datasets import BENCHMARKS, _exists
-        from tango_steps.grading import ANSWER_EXTRACTIONS
+        from tango_steps.tasks.benchmarks import BENCHMARKS, _exists
+        from tango_steps.tasks.grading import ANSWER_EXTRACTIONS
 
         if answer not in ANSWER_EXTRACTIONS:
             raise ValueError(f"params.answer must be one of {', '.join(ANSWER_EXTRACTIONS)}, got {answer!r}")
@@ -57,7 +57,7 @@ class DatasetTask(Task):
 
     def _load(self) -> dict[str, list[Problem]]:
         if self._splits is None:
-            from tango_steps.datasets import load_benchmark
+            from tango_steps.tasks.benchmarks import load_benchmark
 
             rows, _ = load_benchmark(self.benchmark, self.path, self.limit)
             self._splits = {"train": [], "heldout": []}
@@ -80,15 +80,15 @@ class DatasetTask(Task):
         return len(self._load().get(split, []))
 
     def _answer_ok(self, problem: Problem, answer: str) -> bool:
-        from tango_steps.grading import is_correct
+        from tango_steps.tasks.grading import is_correct
 
         return is_correct(f"\\boxed{{{answer}}}", problem.answer)
 
     def check(self, problem: Problem, text: str, parsed=None) -> CheckResult:
         """Outcome only (TANGO.md §7): the answer (boxed, or with ``answer: flexible`` the last number)
         against the gold one; no step labels."""
-        from tango_steps.formats import parse_solution
-        from tango_steps.grading import last_number
+        from tango_steps.method.formats import parse_solution
+        from tango_steps.tasks.grading import last_number
 
         if self.answer == "flexible":
             answer = last_number(text)

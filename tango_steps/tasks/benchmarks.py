@@ -5,7 +5,7 @@ a JSON list), from a local path or an ``s3://`` URL (through s3fs). ``path`` may
 a folder holding the benchmark's usual layout (``<root>/gsm8k/test.jsonl``...); with no path the
 root is ``$TANGO_BENCHMARKS``.
 
-Gold answers follow the grader's rules (:func:`tango_steps.grading.extract_gold`): GSM8K's text
+Gold answers follow the grader's rules (:func:`tango_steps.tasks.grading.extract_gold`): GSM8K's text
 after ``####``; the last ``\\boxed{}`` of a MATH solution; OlympiadBench's answer list joined;
 AMC's float answers written as integers when integral. A row with a missing field or no usable
 gold answer is an error naming the file and the line, unless ``on_bad_row="skip"``: then it is
@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from tango_steps.grading import extract_gold
+from tango_steps.tasks.grading import extract_gold
 
 
 @dataclass(frozen=True)

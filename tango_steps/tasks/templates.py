@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tango_steps.formats import ParsedSolution
+from tango_steps.method.formats import ParsedSolution
 from tango_steps.registry import lookup
 
 _PLACEHOLDER = re.compile(r"\{(problem|solution|num_steps)\}")

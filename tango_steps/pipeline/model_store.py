@@ -32,7 +32,7 @@ from typing import Any
 
 MANIFEST = "MANIFEST.json"
 VERIFIED = "VERIFIED.json"  # (size, mtime) of each file when its hash last matched: not part of the model
-REMOVED = "REMOVED.json"  # left by tango_steps.retention in place of a deleted checkpoint
+REMOVED = "REMOVED.json"  # left by tango_steps.pipeline.retention in place of a deleted checkpoint
 PREFIX = "tango_models"
 _NOT_MODEL = (MANIFEST, VERIFIED, REMOVED)
 
@@ -142,7 +142,7 @@ class ModelStore:
             _verify(path, ref)
             return path
         from tango_steps.atomic import atomic_directory
-        from tango_steps.modeling import cache_dir
+        from tango_steps.models.loading import cache_dir
 
         local = cache_dir() / "models" / hashlib.sha256(ref["uri"].encode()).hexdigest()[:20]
         with self.storage.load_bytes([self.storage.path_join(prefix, REMOVED)]) as results:
@@ -175,14 +175,14 @@ def _disk_full_error(final: Path, key: str, manifest: dict[str, Any]) -> OSError
     where = _where({"key": key, "uri": str(final), "meta": manifest["meta"]})
     return disk_full_error(
         "the datastore's disk", f"storing {where}", manifest["bytes"], final.parent,
-        "Free space (e.g. `python -m tango_steps.retention`), then `resume`.",
+        "Free space (e.g. `python -m tango_steps.pipeline.retention`), then `resume`.",
     )  # fmt: skip
 
 
 def _kill_point(meta: dict[str, Any] | None) -> None:
     """The test-only ``checkpoint_write`` kill point: the files are written, the manifest is not."""
     if os.environ.get("TANGO_KILL_AT"):
-        from tango_steps.stages import maybe_kill
+        from tango_steps.round.stages import maybe_kill
 
         maybe_kill((meta or {}).get("round"), "checkpoint_write")
 
@@ -212,7 +212,8 @@ def removed_error(ref: dict[str, Any], note: bytes | str) -> ValueError:
     except ValueError:
         info = {}
     return ValueError(
-        f"{_where(ref)} was removed by the retention command ({info.get('removed_by', 'tango_steps.retention')} "
+        f"{_where(ref)} was removed by the retention command "
+        f"({info.get('removed_by', 'tango_steps.pipeline.retention')} "
         f"on {info.get('when', '?')}, for {info.get('run', '?')}; rounds kept whole: {info.get('kept_rounds', '?')}). "
         "A round that used it can no longer be resumed or forked from; fork from a kept round instead."
     )

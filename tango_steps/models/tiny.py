@@ -18,9 +18,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from tango_steps.formats import format_verification
+from tango_steps.method.formats import format_verification
 from tango_steps.tasks.base import Task
-from tango_steps.templates import PromptTemplate
+from tango_steps.tasks.templates import PromptTemplate
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -64,7 +64,7 @@ class TinyModelSpec:
 
 def tokenizer_corpus(task: Task, template: PromptTemplate, n: int = 2000, seed: int = 0) -> list[str]:
     """Text the tiny tokenizer is trained on: prompts, gold solutions and verifications (TANGO.md §2)."""
-    from tango_steps.formats import parse_solution
+    from tango_steps.method.formats import parse_solution
 
     rng = random.Random(seed)
     texts = [template.generator, template.verifier]

@@ -1,6 +1,6 @@
 """Tango rounds in one process, without Metaflow (TANGO.md §3): the runner of the benchmarks' scans.
 
-:class:`InProcessRun` calls the same ``tango_steps.stages`` stage functions as TangoRoundFlow's
+:class:`InProcessRun` calls the same ``tango_steps.round.stages`` stage functions as TangoRoundFlow's
 steps, in the same order, skipping the same stages, with checkpoints in a local folder; a test
 checks that it reproduces an AblationFlow branch exactly. There is no resume, no lineage and
 nothing to browse: ``benchmarks/quick_rounds.py`` and ``benchmarks/round_scaling.py`` use it to
@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from tango_steps import stages
 from tango_steps.config import TangoConfig
-from tango_steps.schedule import RoundPlan
+from tango_steps.method.schedule import RoundPlan
+from tango_steps.round import stages
 
 QUIET = lambda s: None  # noqa: E731
 
@@ -43,9 +43,9 @@ class InProcessRun:
     """A run's models and state in one process; :meth:`round` runs the next round, :meth:`evaluate` measures.
 
     ``dirs``: initial checkpoint directories (``{"generator": ..., "verifier": ...}``, e.g. from
-    :func:`~tango_steps.driver.initial_checkpoints`), also each model's KL reference. With
+    :func:`~tango_steps.pipeline.driver.initial_checkpoints`), also each model's KL reference. With
     ``rollout.shards`` S > 1 the round's sampling runs as S shards one after another
-    (:func:`~tango_steps.stages.sample_shard`: engines of their own, as a flow's shards would on separate
+    (:func:`~tango_steps.round.stages.sample_shard`: engines of their own, as a flow's shards would on separate
     devices), joined: the same tables, at the cost of the engine loads. An update with ``update.nodes``
     N > 1 runs its N x ``processes`` processes on this machine (one torchrun): the same process group.
     """

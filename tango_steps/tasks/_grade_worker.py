@@ -1,4 +1,4 @@
-"""Answer-grading worker process for :mod:`tango_steps.grading` (TANGO.md §4: Math-Verify outcome reward).
+"""Answer-grading worker process for :mod:`tango_steps.tasks.grading` (TANGO.md §4: Math-Verify outcome reward).
 
 Run as a script (``python _grade_worker.py``), it imports math-verify once, prints ``ready`` and then
 answers one JSON request per line (``{"gold": ..., "pred": ...}``) with one JSON line

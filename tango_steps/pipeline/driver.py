@@ -268,7 +268,7 @@ def validate_run_config(config: Any, rounds: int | None = None):
     resolved now, so a missing path fails before any training with the field named.
     """
     from tango_steps.config import ConfigError, TangoConfig, validate
-    from tango_steps.modeling import resolve_model_ref
+    from tango_steps.models.loading import resolve_model_ref
 
     data = json.loads(json.dumps(dict(config), default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
     if rounds is not None:
@@ -290,9 +290,9 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
     ``path: tiny`` builds and warms up the embedded tiny models once (cached by their settings); any
     other path is loaded as it is. Each checkpoint is also its model's frozen KL reference.
     """
-    from tango_steps.modeling import resolve_model_ref
-    from tango_steps.training import init_checkpoint, update_settings
-    from tango_steps.warmup import warmed_up_models, warmup_settings
+    from tango_steps.models.loading import resolve_model_ref
+    from tango_steps.training.update import init_checkpoint, update_settings
+    from tango_steps.training.warmup import warmed_up_models, warmup_settings
 
     out = Path(out_dir)
     dirs = {}
@@ -315,10 +315,10 @@ def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any
     Shared by TangoFlow's ``start`` and AblationFlow's ``init``, so every ablation branch starts
     exactly as a TangoFlow run does. Returns ``(state, eval_table, first history row)``.
     """
-    from tango_steps import stages
-    from tango_steps.budgets import check_budgets
-    from tango_steps.model_store import task_key
-    from tango_steps.state import RoundState
+    from tango_steps.pipeline.budgets import check_budgets
+    from tango_steps.pipeline.model_store import task_key
+    from tango_steps.round import stages
+    from tango_steps.round.state import RoundState
 
     lengths = check_budgets(cfg)  # before any warm-up or training: the limits must hold the task
     log(f"token budgets hold (99th percentiles of the task's gold data: {lengths})")
@@ -342,9 +342,9 @@ def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple
 
     from metaflow import Run, namespace
 
-    from tango_steps.model_store import load_model_dir
-    from tango_steps.stages import alpha_horizon
-    from tango_steps.state import RoundState
+    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.round.stages import alpha_horizon
+    from tango_steps.round.state import RoundState
 
     namespace(None)
     raw = read_task_state(pathspec)
@@ -369,13 +369,13 @@ def round_models(pathspec: str) -> dict[str, Path]:
     models) or any task with a ``state`` artifact (e.g. a TangoFlow ``start`` task: round 0). Each
     directory holds ``model/`` (safetensors + tokenizer, loadable with ``from_pretrained``; a LoRA
     checkpoint after its first update holds ``adapter/`` instead of the weights:
-    :func:`~tango_steps.training.servable_model` gives the merged model), ``optimizer.pt``,
+    :func:`~tango_steps.training.update.servable_model` gives the merged model), ``optimizer.pt``,
     ``rng_state.pt`` and ``trainer_state.json``. S3 models are downloaded once into
     the local cache.
     """
     from metaflow import Run, namespace
 
-    from tango_steps.model_store import load_model_dir
+    from tango_steps.pipeline.model_store import load_model_dir
 
     namespace(None)
     parts = pathspec.strip("/").split("/")

@@ -1,7 +1,7 @@
 """How a recipe spreads over devices: what one update process holds in memory, by estimate, and how
 its sampling splits over shards (TANGO.md §7 hardware; docs/scaling.md).
 
-The estimate follows what :func:`tango_steps.training.rl_update` does, not a generic trainer:
+The estimate follows what :func:`tango_steps.training.update.rl_update` does, not a generic trainer:
 
 - the policy is loaded in fp32 and trained under bf16 autocast on GPUs: 4 bytes of weights, 4 of
   gradients and 8 of AdamW moments per parameter, 16 in all, divided by P under ``fsdp`` and not
@@ -118,7 +118,7 @@ def sampling_layout(cfg) -> dict[str, int]:
     generator round (B_g prompts x M samples) and in a verifier round (B_v prompts x 1). Each shard's
     engine spans ``tensor_parallel_size`` GPUs.
     """
-    from tango_steps.stages import sampling_chunks
+    from tango_steps.round.stages import sampling_chunks
 
     r = cfg.rollout
     calls = {

@@ -33,11 +33,11 @@ from typing import Any
 
 from tango_steps.atomic import exclusive_lock
 from tango_steps.config import ModelConfig
-from tango_steps.formats import format_verification, parse_solution, parse_verification
+from tango_steps.method.formats import format_verification, parse_solution, parse_verification
+from tango_steps.models.tiny import TinyModelSpec
 from tango_steps.tasks import get_task
 from tango_steps.tasks.base import Problem, Task
-from tango_steps.templates import PromptTemplate, get_template
-from tango_steps.tiny import TinyModelSpec
+from tango_steps.tasks.templates import PromptTemplate, get_template
 
 # Bump when the warm-up procedure changes: cached models are then rebuilt. 2: fp32 SFT without
 # gradient checkpointing on CPU (TRL's SFTConfig defaults are bf16 and checkpointing, even on CPU).
@@ -49,7 +49,7 @@ VERIFIER_RECIPES = ("outcome", "self_check")
 # The default warm-up's models, shipped in the repository (``python data/build_tiny_models.py``) so a
 # fresh machine skips the slowest part of its first run. A folder is used only under its own key, so a
 # stale one (warm-up settings or WARMUP_VERSION changed since) is never read: the models are rebuilt.
-SHIPPED = Path(__file__).resolve().parent.parent / "data" / "tiny"
+SHIPPED = Path(__file__).resolve().parents[2] / "data" / "tiny"
 # The settings that only the verifier's warm-up reads (left out of the generator's cache key).
 VERIFIER_FIELDS = ("verifier", "verifier_sft", "verifier_solutions", "verifier_recipe")
 
@@ -194,7 +194,7 @@ def _sft(model, tokenizer, rows: list[dict], sft: SFTSettings, seed: int, callba
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from tango_steps.training import _reset_accelerate_state
+    from tango_steps.training.update import _reset_accelerate_state
 
     _reset_accelerate_state()  # an earlier update's Accelerator in this process must not leak into the trainer
     out = tempfile.mkdtemp(prefix="tango-sft-")
@@ -405,8 +405,8 @@ def warm_up_generator(settings: WarmupSettings, out_dir: str | Path, log=print) 
     """
     import torch
 
+    from tango_steps.models.tiny import build_model, build_tokenizer, save_pretrained_atomic, tokenizer_corpus
     from tango_steps.rollout.hf import HFEngine
-    from tango_steps.tiny import build_model, build_tokenizer, save_pretrained_atomic, tokenizer_corpus
 
     out = Path(out_dir)
     task = get_task(settings.task, **settings.task_params)
@@ -454,9 +454,9 @@ def warm_up(settings: WarmupSettings, generator_dir: str | Path, out_dir: str | 
     """
     import torch
 
-    from tango_steps.modeling import load_model, load_tokenizer
+    from tango_steps.models.loading import load_model, load_tokenizer
+    from tango_steps.models.tiny import build_model, save_pretrained_atomic
     from tango_steps.rollout.hf import HFEngine
-    from tango_steps.tiny import build_model, save_pretrained_atomic
 
     out, base = Path(out_dir), Path(generator_dir) / "generator"
     t0 = time.perf_counter()
@@ -537,7 +537,7 @@ def warmed_up_generator(
     ``root`` defaults to ``<cache_dir>/tiny``. The folder holds ``generator/``; a later
     :func:`warmed_up_models` with the same generator settings reuses it.
     """
-    from tango_steps.modeling import cache_dir
+    from tango_steps.models.loading import cache_dir
 
     settings = settings or WarmupSettings()
     base = Path(root) if root is not None else cache_dir() / "tiny"
@@ -555,7 +555,7 @@ def warmed_up_models(
     ``generators/<generator_key>`` (shared by every verifier recipe and verifier setting), the pair under
     ``<key>``. The report merges both stages'.
     """
-    from tango_steps.modeling import cache_dir
+    from tango_steps.models.loading import cache_dir
 
     settings = settings or WarmupSettings()
     shipped = SHIPPED / settings.key()

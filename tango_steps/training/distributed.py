@@ -1,7 +1,7 @@
 """One RL update on several processes: data parallel (DDP) or fully sharded (FSDP2) (TANGO.md §6, §7).
 
 The paper's update runs on 32 GPUs; here ``update.processes: P`` runs the SAME update function
-(:func:`tango_steps.training.rl_update`) on P processes launched by ``torchrun`` inside the update
+(:func:`tango_steps.training.update.rl_update`) on P processes launched by ``torchrun`` inside the update
 step (``gloo`` on CPU, ``nccl`` on GPUs). Each optimizer step's samples are dealt out over the
 processes (sample i to process i mod P), each process accumulates the gradient of its share over
 micro-batches of ``micro_batch_size`` (a per-process size, as in every DP trainer), and the
@@ -53,7 +53,7 @@ def rank_micro_batches(indices: list[int], size: int, rank: int, world: int) -> 
     forward, DDP reduces gradients in one backward per step), so a process with fewer samples runs
     an empty micro-batch: a forward whose loss is multiplied by zero.
     """
-    from tango_steps.training import _micro_batches
+    from tango_steps.training.update import _micro_batches
 
     if not 0 <= rank < world:
         raise ValueError(f"rank must be in [0, {world}), got {rank}")
@@ -65,7 +65,7 @@ def rank_micro_batches(indices: list[int], size: int, rank: int, world: int) -> 
 class LogprobModule(torch.nn.Module):
     """The policy's token log-probs and entropies as ONE module forward (what DDP and FSDP wrap).
 
-    :func:`~tango_steps.training.sequence_logprobs` calls the decoder and the LM head separately
+    :func:`~tango_steps.training.update.sequence_logprobs` calls the decoder and the LM head separately
     (chunked, never full logits); DDP prepares its gradient reduction and FSDP all-gathers the root's
     parameters (embeddings, final norm, head) only inside the wrapped module's forward, so that call
     is this module's forward.
@@ -80,7 +80,7 @@ class LogprobModule(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L-1) log-probs and entropies of tokens 1..L-1, as ``sequence_logprobs``."""
-        from tango_steps.training import sequence_logprobs
+        from tango_steps.training.update import sequence_logprobs
 
         logp, entropy = sequence_logprobs(self.policy, ids, attn, self.chunk_size, self.temperature, self.backend)
         # FSDP hooks the outputs for its backward; a view's hook would be lost to an in-place op
@@ -90,7 +90,7 @@ class LogprobModule(torch.nn.Module):
 def decoder_layers(policy: torch.nn.Module) -> list[torch.nn.Module]:
     """The transformer blocks of a causal LM (the FSDP units), found by the model's own
     ``_no_split_modules`` class names (every HF decoder model lists its block class there)."""
-    from tango_steps.training import _causal_lm
+    from tango_steps.training.update import _causal_lm
 
     lm = _causal_lm(policy)
     names = set(getattr(lm, "_no_split_modules", None) or [])
@@ -265,7 +265,7 @@ def launch_update(
     reference_model: str | None = None,
     lora_base: str | None = None,
 ) -> dict[str, float]:
-    """:func:`~tango_steps.training.rl_update` on ``settings.processes`` processes (``torchrun``).
+    """:func:`~tango_steps.training.update.rl_update` on ``settings.processes`` processes (``torchrun``).
 
     Same arguments and result as ``rl_update``; the worker processes' output is passed to ``log``
     line by line (rank 0 logs progress). A failed worker fails the call with its output's tail and
@@ -302,7 +302,7 @@ def torchrun_command(
         cmd.append("--standalone")
     else:
         cmd += [f"--nnodes={nodes}", f"--node-rank={node_rank}", f"--master-addr={main_addr}", f"--master-port={port}"]
-    return [*cmd, "-m", "tango_steps.distributed", str(spec)]
+    return [*cmd, "-m", "tango_steps.training.distributed", str(spec)]
 
 
 def run_workers(cmd: list[str], log, what: str, out_dir: Path) -> None:
@@ -324,7 +324,7 @@ def run_workers(cmd: list[str], log, what: str, out_dir: Path) -> None:
 
 def main(spec_path: str) -> None:
     """A torchrun worker: join the process group, run ``rl_update``, rank 0 records the metrics."""
-    from tango_steps.training import LoraSettings, RLBatch, UpdateSettings, rl_update
+    from tango_steps.training.update import LoraSettings, RLBatch, UpdateSettings, rl_update
 
     spec = torch.load(spec_path, weights_only=False)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -362,10 +362,16 @@ def check_case(folder: Path, processes: int, strategy: str = "ddp"):
     """A small fixed update to run on N nodes: a random tiny model's first checkpoint, a batch that
     gives some process an empty micro-batch, settings with two optimizer steps and a KL term, and
     the same update on ONE process (the reference). Returns (ckpt0, batch, settings, reference)."""
+    from tango_steps.models.tiny import (
+        TinyModelSpec,
+        build_model,
+        build_tokenizer,
+        save_pretrained_atomic,
+        tokenizer_corpus,
+    )
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
-    from tango_steps.tiny import TinyModelSpec, build_model, build_tokenizer, save_pretrained_atomic, tokenizer_corpus
-    from tango_steps.training import RLBatch, UpdateSettings, init_checkpoint, rl_update
+    from tango_steps.tasks.templates import get_template
+    from tango_steps.training.update import RLBatch, UpdateSettings, init_checkpoint, rl_update
 
     folder = Path(folder)
     tok = build_tokenizer(tokenizer_corpus(get_task("arithmetic"), get_template("compact"), n=300), vocab_size=384)
@@ -412,7 +418,7 @@ def compare_with_one_process(updated: Path, reference: Path, start: Path, learni
 
 def _run_main(argv: list[str]) -> Any:
     if len(argv) != 1:
-        raise SystemExit("usage: python -m torch.distributed.run ... -m tango_steps.distributed SPEC.pt")
+        raise SystemExit("usage: python -m torch.distributed.run ... -m tango_steps.training.distributed SPEC.pt")
     return main(argv[0])
 
 

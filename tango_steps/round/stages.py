@@ -1,7 +1,7 @@
 """The stages of one Tango round, as plain functions the flows call (TANGO.md §3-§6).
 
 One round is one global step of TANGO.md §3: a fresh batch of prompts and (at most) one optimizer
-step on the generator or the verifier, as :func:`~tango_steps.schedule.plan_round` says.
+step on the generator or the verifier, as :func:`~tango_steps.method.schedule.plan_round` says.
 
 - :func:`rollout`: the generator samples solutions (M per prompt in a generator round, 1 in a
   verifier round), one row per solution in a DataFrame.
@@ -30,14 +30,14 @@ from typing import Any
 import pandas as pd
 
 from tango_steps.config import TangoConfig
-from tango_steps.metrics import (
+from tango_steps.method.metrics import (
     hacking_diagnostics,
     predicted_first_error,
     step_verdict_histogram,
     verifier_alarm,
     verifier_metrics,
 )
-from tango_steps.schedule import RoundPlan, alpha_schedule, evaluates, plan_round, total_generator_updates
+from tango_steps.method.schedule import RoundPlan, alpha_schedule, evaluates, plan_round, total_generator_updates
 
 Log = Callable[[str], None]
 FAIL_ENV = "TANGO_FAIL_AT"  # test-only switch, "<round>:<stage>[:once],...", e.g. "2:judge" (see README)
@@ -66,7 +66,7 @@ def maybe_kill(round_idx: int | None, point: str) -> None:
     the rounds' nested runs share one process group, so the driver dies with the task. Points: a
     TangoRoundFlow step's name (at the end of its work, before its artifacts are stored),
     ``TangoFlow.start`` / ``TangoFlow.round`` / ``TangoFlow.end`` and ``checkpoint_write`` (between a
-    checkpoint's files and its manifest, :meth:`~tango_steps.model_store.ModelStore.save`).
+    checkpoint's files and its manifest, :meth:`~tango_steps.pipeline.model_store.ModelStore.save`).
     """
     if os.environ.get(KILL_ENV) == f"{round_idx}:{point}":
         import signal
@@ -92,7 +92,7 @@ def alpha_horizon(cfg: TangoConfig) -> int:
 def round_plan(cfg: TangoConfig, round_idx: int, horizon: int | None = None) -> RoundPlan:
     """The TANGO.md §3 plan of round ``round_idx`` under ``cfg.schedule``, with its alpha (TANGO.md §4).
 
-    ``horizon``: the run's T_g (:class:`~tango_steps.state.RoundState` carries it); None takes
+    ``horizon``: the run's T_g (:class:`~tango_steps.round.state.RoundState` carries it); None takes
     :func:`alpha_horizon` of ``cfg``.
     """
     s, a = cfg.schedule, cfg.algorithm
@@ -124,9 +124,9 @@ def heldout_problems(cfg: TangoConfig):
 
     They depend on the task and ``evaluation.heldout_problems`` only, never on ``seed``, so runs with
     different seeds (and every arm of a study) are scored on the same problems, paired per problem;
-    the embedded tasks' lists are shipped in ``data/heldout/`` (:mod:`tango_steps.heldout`).
+    the embedded tasks' lists are shipped in ``data/heldout/`` (:mod:`tango_steps.tasks.heldout`).
     """
-    from tango_steps.heldout import heldout_set
+    from tango_steps.tasks.heldout import heldout_set
 
     return heldout_set(cfg.task.name, cfg.evaluation.heldout_problems, cfg.task.params)
 
@@ -186,7 +186,7 @@ def _engine(cfg: TangoConfig, role: str, model_dir: Path, seed: int):
 
 def _servable(ckpt: Path) -> Path:
     """The model an engine loads for a policy checkpoint (a LoRA adapter merged into its base, once)."""
-    from tango_steps.training import servable_model
+    from tango_steps.training.update import servable_model
 
     return servable_model(ckpt)
 
@@ -290,10 +290,10 @@ def rollout(
     rows, seeds and ``prompt_index`` they have in the unsharded stage; :func:`join_rollouts` puts the
     shards back together into exactly the unsharded table.
     """
-    from tango_steps.formats import parse_solution
-    from tango_steps.rewards import sampled_step_end_tokens
+    from tango_steps.method.formats import parse_solution
+    from tango_steps.method.rewards import sampled_step_end_tokens
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
+    from tango_steps.tasks.templates import get_template
 
     # only a round that turns step verdicts into step rewards needs their token positions
     aligned = _is_generator_slot(plan) and cfg.algorithm.step_rewards
@@ -423,7 +423,7 @@ def judge(
     round, and :func:`join_judgments` joins the shards. Only a verifier judges a shard: the exact-label
     and skipped cases (no engine, ``verifier_ckpt`` unused) take the whole table.
     """
-    from tango_steps.formats import parse_verification
+    from tango_steps.method.formats import parse_verification
 
     generator_round = _is_generator_slot(plan)
     if not verifier_judges(cfg, plan) and first:
@@ -525,11 +525,11 @@ def no_judgments(log: Log = print) -> tuple[pd.DataFrame, StageResult]:
 
 
 def parsed_solutions(rollouts: pd.DataFrame) -> list:
-    """The rollout's parse of each solution back as :class:`~tango_steps.formats.ParsedSolution` (TANGO.md §2).
+    """The rollout's parse of each solution back as :class:`~tango_steps.method.formats.ParsedSolution` (TANGO.md §2).
 
     Built from the columns :func:`rollout` wrote, so no stage parses a completion a second time.
     """
-    from tango_steps.formats import ParsedSolution
+    from tango_steps.method.formats import ParsedSolution
 
     return [
         ParsedSolution(list(steps), [tuple(x) for x in spans], answer, fmt, bool(ok))
@@ -584,9 +584,9 @@ def verifier_prompts(
     Counted with the verifier's own tokenizer, so the engine never has to cut the prompt's start
     (the problem statement). Returns the prompts and a flag per prompt that was cut.
     """
-    from tango_steps.modeling import load_tokenizer
+    from tango_steps.models.loading import load_tokenizer
     from tango_steps.rollout import format_prompts
-    from tango_steps.templates import get_template
+    from tango_steps.tasks.templates import get_template
 
     template = get_template(cfg.template)
     tok = load_tokenizer(str(verifier_model))
@@ -701,7 +701,7 @@ class GeneratorRewards:
     """The generator's side of a round's rewards (TANGO.md §4).
 
     ``rollouts`` gains ``step_rewards``, ``advantage_first_token`` and ``advantage_mean``; ``batch``
-    is the RL batch (:class:`~tango_steps.training.RLBatch` as a dict), or None for the ``sft``
+    is the RL batch (:class:`~tango_steps.training.update.RLBatch` as a dict), or None for the ``sft``
     objective, whose batch of gold solutions :func:`update` builds where the tokenizer is loaded.
     """
 
@@ -785,7 +785,7 @@ def graded(rollouts: pd.DataFrame, judgments: pd.DataFrame) -> tuple[pd.DataFram
     ``rollouts`` gains ``outcome_reward`` r_out (0 for a truncated completion) and ``correct``;
     ``judgments`` (when anything was judged) ``solution_correct`` and ``verdict_right``.
     """
-    from tango_steps.rewards import outcome_rewards
+    from tango_steps.method.rewards import outcome_rewards
 
     rollouts, judgments = rollouts.copy(), judgments.copy()
     r_out, counts = outcome_rewards(
@@ -813,8 +813,8 @@ def generator_rewards(
     """
     import torch
 
-    from tango_steps.advantages import collate_steps, compute_generator_advantages
-    from tango_steps.rewards import step_rewards
+    from tango_steps.method.advantages import collate_steps, compute_generator_advantages
+    from tango_steps.method.rewards import step_rewards
 
     rollouts = rollouts.copy()
     use_steps = cfg.algorithm.step_rewards
@@ -866,8 +866,8 @@ def verifier_rewards(
     """
     import torch
 
-    from tango_steps.advantages import VerifierReweighter, compute_verifier_advantages
-    from tango_steps.rewards import verifier_reward
+    from tango_steps.method.advantages import VerifierReweighter, compute_verifier_advantages
+    from tango_steps.method.rewards import verifier_reward
 
     judgments = judgments.copy()
     a = cfg.algorithm
@@ -922,7 +922,7 @@ def sft_batch(cfg: TangoConfig, round_idx: int, tokenizer) -> dict[str, Any]:
     both so that the arm uses the CPU seconds of ``tango``'s RL.
     """
     from tango_steps.rollout import prepare_prompts
-    from tango_steps.templates import get_template
+    from tango_steps.tasks.templates import get_template
 
     template = get_template(cfg.template)
     problems = round_problems(cfg, round_idx, cfg.algorithm.sft_sequences)
@@ -968,9 +968,9 @@ def update(
     process group; node 0 holds global rank 0, which writes ``out_dir`` and returns the metrics (the
     other nodes return an empty dict and write nothing).
     """
-    from tango_steps.distributed import read_metrics, run_workers, torchrun_command, write_spec
-    from tango_steps.modeling import load_tokenizer
-    from tango_steps.training import RLBatch, rl_update, update_settings
+    from tango_steps.models.loading import load_tokenizer
+    from tango_steps.training.distributed import read_metrics, run_workers, torchrun_command, write_spec
+    from tango_steps.training.update import RLBatch, rl_update, update_settings
 
     if role not in ("generator", "verifier"):
         raise ValueError(f"role must be 'generator' or 'verifier', got {role!r}")
@@ -1025,10 +1025,10 @@ def evaluate(
     every step is right (it stopped early) has no first wrong step: it is left out and counted, as
     is every solution of a task without step labels (``dataset``).
     """
-    from tango_steps.formats import parse_solution
+    from tango_steps.method.formats import parse_solution
     from tango_steps.rollout import SamplingSettings
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
+    from tango_steps.tasks.templates import get_template
 
     task = get_task(cfg.task.name, **cfg.task.params)
     template = get_template(cfg.template)
@@ -1130,10 +1130,10 @@ def judge_texts(
 ) -> tuple[list, list[bool]]:
     """The verifier's greedy verification of each solution text (TANGO.md §2), as held-out evaluation judges.
 
-    ``parsed``: each text's :func:`~tango_steps.formats.parse_solution`. Returns the parsed
+    ``parsed``: each text's :func:`~tango_steps.method.formats.parse_solution`. Returns the parsed
     verifications and, per solution, whether its prompt lost the solution's tail.
     """
-    from tango_steps.formats import parse_verification
+    from tango_steps.method.formats import parse_verification
     from tango_steps.rollout import SamplingSettings
 
     vgreedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.verifier_sampling.max_tokens)
@@ -1162,7 +1162,7 @@ def rejudge(cfg: TangoConfig, verifier_ckpt: Path, eval_table: pd.DataFrame, log
     solutions (did the solutions get harder to judge?). Returns the :func:`verifier_metrics` that
     :func:`evaluate` would report for that pairing.
     """
-    from tango_steps.formats import parse_solution
+    from tango_steps.method.formats import parse_solution
 
     texts = list(eval_table["text"])
     parsed = [parse_solution(t) for t in texts]

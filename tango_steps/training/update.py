@@ -31,7 +31,7 @@ import torch
 
 from tango_steps.atomic import atomic_directory, disk_full_error, free_bytes, is_disk_full
 from tango_steps.config import LoraConfig, UpdateConfig, schema_default
-from tango_steps.loss import get_policy_loss, token_logprobs
+from tango_steps.method.loss import get_policy_loss, token_logprobs
 
 STATE_FILE = "trainer_state.json"
 
@@ -67,12 +67,12 @@ class UpdateSettings:
             (paper: 0.2, 0.001, 0.001; entropy 0 for REINFORCE++).
         logprob_chunk_size: tokens per chunk of the chunked log-prob computation.
         logprob_backend: ``chunked``, or ``liger`` (liger-kernel's fused kernel on CUDA; needs
-            ``entropy_coef`` 0; :func:`tango_steps.loss.token_logprobs`).
+            ``entropy_coef`` 0; :func:`tango_steps.method.loss.token_logprobs`).
         temperature: sampling temperature; logits are divided by it for log-probs (1.0 = raw).
         dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32" or "bfloat16".
         gradient_checkpointing: recompute activations in backward (saves memory).
         processes / strategy: the update on this many processes (torchrun), ``ddp`` (replicas) or
-            ``fsdp`` (parameters, gradients and optimizer state sharded); :mod:`tango_steps.distributed`.
+            ``fsdp`` (parameters, gradients and optimizer state sharded); :mod:`tango_steps.training.distributed`.
         lora: LoRA settings, or None for full fine-tuning.
         seed: seeds the update's RNG when the checkpoint has no saved RNG state.
         ratio_to_current: every optimizer step takes the current policy as the old one (ratio 1), so
@@ -307,8 +307,8 @@ def servable_model(ckpt: str | Path, log=None) -> Path:
     import hashlib
 
     from tango_steps.atomic import exclusive_lock
-    from tango_steps.modeling import cache_dir, load_model, load_tokenizer
-    from tango_steps.tiny import save_pretrained_atomic
+    from tango_steps.models.loading import cache_dir, load_model, load_tokenizer
+    from tango_steps.models.tiny import save_pretrained_atomic
 
     ckpt = Path(ckpt)
     model_dir = ckpt / "model"
@@ -336,7 +336,7 @@ def init_checkpoint(model_ref: str, out_dir: str | Path, settings: UpdateSetting
 
     With LoRA the adapter is created (seeded) on top of the model, which becomes ``lora_base``.
     """
-    from tango_steps.modeling import load_model, load_tokenizer, resolve_model_ref
+    from tango_steps.models.loading import load_model, load_tokenizer, resolve_model_ref
 
     path = resolve_model_ref(model_ref)
     tok = load_tokenizer(path)
@@ -373,7 +373,7 @@ def load_policy(
     ``lora_base`` overrides the base model path recorded in the checkpoint (e.g. after moving it).
     ``with_optimizer`` False: the optimizer is None (FSDP builds it over the sharded parameters).
     """
-    from tango_steps.modeling import load_model, load_tokenizer
+    from tango_steps.models.loading import load_model, load_tokenizer
 
     ckpt = Path(ckpt)
     if not (ckpt / STATE_FILE).exists():
@@ -543,12 +543,12 @@ def rl_update(
         FloatingPointError: a non-finite loss or gradient norm; ``out_dir`` is not created.
 
     With ``settings.processes`` > 1 and no process group yet, the update is launched on that many
-    processes (:func:`tango_steps.distributed.launch_update`), each of which calls this function.
+    processes (:func:`tango_steps.training.distributed.launch_update`), each of which calls this function.
     """
     import torch.distributed as dist
 
     if settings.processes > 1 and not dist.is_initialized():
-        from tango_steps.distributed import launch_update
+        from tango_steps.training.distributed import launch_update
 
         return launch_update(ckpt, batch, settings, out_dir, log, reference_model, lora_base)
     t0 = time.perf_counter()
@@ -562,7 +562,7 @@ def rl_update(
     if run.world == 1:
         optimizer_state, model_state = run.optimizer.state_dict(), None
     else:
-        from tango_steps.distributed import all_reduce_sums, full_states
+        from tango_steps.training.distributed import all_reduce_sums, full_states
 
         sums, tokens = all_reduce_sums(sums, tokens)
         model_state, optimizer_state = full_states(run.model, run.optimizer, run.policy, settings.strategy)
@@ -586,8 +586,8 @@ def rl_update(
 class _UpdateRun:
     """What one update works on: the accelerator, the prepared policy and optimizer, its saved state.
 
-    On several processes ``accelerator`` is a :class:`tango_steps.distributed.Runtime` and ``model``
-    the DDP- or FSDP-wrapped :class:`~tango_steps.distributed.LogprobModule` around ``policy``.
+    On several processes ``accelerator`` is a :class:`tango_steps.training.distributed.Runtime` and ``model``
+    the DDP- or FSDP-wrapped :class:`~tango_steps.training.distributed.LogprobModule` around ``policy``.
     """
 
     accelerator: Any
@@ -640,7 +640,7 @@ def _setup_distributed_update(
     ckpt: str | Path, settings: UpdateSettings, reference_model: str | None, lora_base: str | None, bf16: bool
 ) -> _UpdateRun:
     """The same on one process of a torchrun group: the policy wrapped for DDP or sharded by FSDP."""
-    from tango_steps import distributed
+    from tango_steps.training import distributed
 
     rt = distributed.Runtime(bf16)
     if rt.world != settings.processes:
@@ -671,7 +671,7 @@ def _step_micro_batches(run: _UpdateRun, mini: list[int], settings: UpdateSettin
     """This process's micro-batches of one optimizer step (all of them on one process)."""
     if run.world == 1:
         return _micro_batches(mini, settings.micro_batch_size)
-    from tango_steps.distributed import rank_micro_batches
+    from tango_steps.training.distributed import rank_micro_batches
 
     return rank_micro_batches(mini, settings.micro_batch_size, run.rank, run.world)
 
@@ -680,7 +680,7 @@ def _gradient_sync(run: _UpdateRun, last: bool):
     """One process: nothing to do. Several: reduce gradients only in each step's last backward."""
     if run.world == 1:
         return contextlib.nullcontext()
-    from tango_steps.distributed import gradient_sync
+    from tango_steps.training.distributed import gradient_sync
 
     return gradient_sync(run.model, run.strategy, sync=last)
 
@@ -713,7 +713,7 @@ def _frozen_logprobs(
     accelerator, model = run.accelerator, run.model
     reference = None
     if need_ref and settings.lora is None:
-        from tango_steps.modeling import load_model
+        from tango_steps.models.loading import load_model
 
         if run.state.reference_model is None:
             raise ValueError(f"checkpoint '{ckpt}' names no reference model but kl_coef > 0")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from tango_steps.schedule import RoundPlan
+from tango_steps.method.schedule import RoundPlan
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class RoundState:
 
     Attributes:
         round: rounds done.
-        generator / verifier: model references (``tango_steps.model_store``) of the current policies.
+        generator / verifier: model references (``tango_steps.pipeline.model_store``) of the current policies.
         generator_init / verifier_init: the round-0 checkpoints, each model's frozen KL reference.
         reweighter: the verifier's class-count EMAs (TANGO.md §5), None before its first verifier round.
             The only copy: checkpoints do not carry it.

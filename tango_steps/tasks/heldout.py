@@ -16,7 +16,7 @@ from typing import Any
 from tango_steps.tasks import get_task
 from tango_steps.tasks.base import Problem
 
-HELDOUT_DIR = Path(__file__).resolve().parent.parent / "data" / "heldout"
+HELDOUT_DIR = Path(__file__).resolve().parents[2] / "data" / "heldout"
 HELDOUT_SEED = 10_000  # held-out problems differ from the warm-up's stopping set
 SHIPPED_TASKS = ("arithmetic", "last_letters")
 SHIPPED_SIZE = 500

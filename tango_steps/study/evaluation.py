@@ -10,7 +10,7 @@
   samples and their harmonic mean, the process-level F1 (ProcessBench protocol).
 
 The verifier's outcome metrics on the generator's own held-out samples, and process F1 on the
-embedded task's exact labels, are computed each round by :func:`tango_steps.stages.evaluate`.
+embedded task's exact labels, are computed each round by :func:`tango_steps.round.stages.evaluate`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from tango_steps.datasets import BenchmarkProblem, ProcessSample
-from tango_steps.formats import ParsedSolution, last_boxed, parse_verification
-from tango_steps.metrics import process_f1
+from tango_steps.method.formats import ParsedSolution, last_boxed, parse_verification
+from tango_steps.method.metrics import process_f1
+from tango_steps.tasks.benchmarks import BenchmarkProblem, ProcessSample
 
 Log = Callable[[str], None]
 
@@ -34,9 +34,9 @@ def evaluate_generator(
 
     A completion that hits ``max_tokens`` counts as wrong (truncated), whatever it says.
     """
-    from tango_steps.grading import ANSWER_EXTRACTIONS, Grader, extract_answer
     from tango_steps.rollout import SamplingSettings
-    from tango_steps.stages import _generate
+    from tango_steps.round.stages import _generate
+    from tango_steps.tasks.grading import ANSWER_EXTRACTIONS, Grader, extract_answer
 
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -101,7 +101,7 @@ def evaluate_processbench(
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """The verifier's process-level F1 on ProcessBench samples (TANGO.md §8 protocol)."""
     from tango_steps.rollout import SamplingSettings
-    from tango_steps.stages import _generate
+    from tango_steps.round.stages import _generate
 
     if not samples:
         raise ValueError("no ProcessBench samples to evaluate")
@@ -141,11 +141,11 @@ def resolve_model(ref: str, role: str) -> str:
     A TangoFlow / TangoRoundFlow pathspec (``Flow/run`` or a task) gives that run's ``role``
     (``generator`` or ``verifier``) model after the run / round.
     """
-    from tango_steps.modeling import resolve_model_ref
+    from tango_steps.models.loading import resolve_model_ref
 
     if ref.split("/", 1)[0] in ("TangoFlow", "TangoRoundFlow"):
-        from tango_steps.driver import round_models
-        from tango_steps.training import servable_model
+        from tango_steps.pipeline.driver import round_models
+        from tango_steps.training.update import servable_model
 
         return str(servable_model(round_models(ref)[role]))
     return resolve_model_ref(ref)
@@ -160,9 +160,9 @@ def check_request(
     Unknown benchmark names are an error listing the known ones; ProcessBench entries need a verifier.
     """
     from tango_steps.config import ENGINES
-    from tango_steps.datasets import BENCHMARKS, PROCESSBENCH_SUBSETS, BenchmarkError
     from tango_steps.registry import check_name
-    from tango_steps.templates import get_template
+    from tango_steps.tasks.benchmarks import BENCHMARKS, PROCESSBENCH_SUBSETS, BenchmarkError
+    from tango_steps.tasks.templates import get_template
 
     items = [b.strip() for b in benchmarks.split(",") if b.strip()]
     known = [*BENCHMARKS, *(f"processbench/{s}" for s in PROCESSBENCH_SUBSETS)]
@@ -193,9 +193,9 @@ def run_item(
     """Evaluate one EvalFlow item (TANGO.md §7-§8): a generator benchmark or ``processbench/<subset>``;
     ``prompt_format`` as ``ModelConfig.prompt_format`` (both models)."""
     from tango_steps.config import RolloutConfig
-    from tango_steps.datasets import load_benchmark, load_processbench
     from tango_steps.rollout import engine_from_config
-    from tango_steps.templates import get_template
+    from tango_steps.tasks.benchmarks import load_benchmark, load_processbench
+    from tango_steps.tasks.templates import get_template
 
     tpl = get_template(template)
     rollout = RolloutConfig(engine=engine, max_prompt_tokens=2048, max_model_len=2048 + max_tokens)

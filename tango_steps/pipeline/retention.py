@@ -1,7 +1,7 @@
 """Retention: delete the model checkpoints of a run's older rounds (TANGO.md §9; issue #17).
 
-    python -m tango_steps.retention TangoFlow/<run id> --keep-last 3 --every 5 --dry-run
-    python -m tango_steps.retention TangoFlow/<run id> --keep-last 3 --every 5
+    python -m tango_steps.pipeline.retention TangoFlow/<run id> --keep-last 3 --every 5 --dry-run
+    python -m tango_steps.pipeline.retention TangoFlow/<run id> --keep-last 3 --every 5
 
 A TangoFlow run stores one checkpoint (weights and optimizer state) per round and updated model,
 ~43 MB a round for the tiny default and ~1.6 GB for SmolLM2-135M (docs/performance.md); artifacts,
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tango_steps.model_store import PREFIX, REMOVED, ModelStore
+from tango_steps.pipeline.model_store import PREFIX, REMOVED, ModelStore
 
 ROLES = ("generator", "verifier", "generator_init", "verifier_init")
 
@@ -139,7 +139,7 @@ def read_run(pathspec: str) -> RunRounds:
     """Collect a TangoFlow run's round states, its failed round attempts and the forks made from it."""
     from metaflow import Flow, Run, namespace
 
-    from tango_steps.driver import ROOT_TAG, ROUND_FLOW, artifact, succeeded
+    from tango_steps.pipeline.driver import ROOT_TAG, ROUND_FLOW, artifact, succeeded
 
     namespace(None)
     run = Run(pathspec)
@@ -257,7 +257,9 @@ def _mb(n: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module doc); 0 on success, 2 for a run that cannot be read."""
     ap = argparse.ArgumentParser(
-        prog="python -m tango_steps.retention", description=__doc__.split("\n\n")[0], epilog="See the module doc."
+        prog="python -m tango_steps.pipeline.retention",
+        description=__doc__.split("\n\n")[0],
+        epilog="See the module doc.",
     )
     ap.add_argument("run", help="the TangoFlow run: TangoFlow/<run id> (or a resume of it)")
     ap.add_argument("--keep-last", type=int, required=True, help="keep the last N finished rounds (N >= 1)")
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{_mb(freed)} would be freed")  # fmt: skip
         return 0
     note = {
-        "removed_by": "python -m tango_steps.retention",
+        "removed_by": "python -m tango_steps.pipeline.retention",
         "run": args.run,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "kept_rounds": sorted(plan.kept),

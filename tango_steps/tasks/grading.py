@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from tango_steps.formats import last_boxed
+from tango_steps.method.formats import last_boxed
 
 _WORKER = Path(__file__).with_name("_grade_worker.py")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$|^[+-]?\.\d+$")

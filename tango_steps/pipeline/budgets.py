@@ -35,14 +35,14 @@ def run_tokenizer(cfg: TangoConfig, role: str):
     The tiny default's tokenizer is rebuilt exactly as its warm-up builds it (a pure function of the
     task, template and warm-up settings); any other model's is loaded from its path.
     """
-    from tango_steps.modeling import load_tokenizer, resolve_model_ref
+    from tango_steps.models.loading import load_tokenizer, resolve_model_ref
 
     path = getattr(cfg, role).path
     if path == "tiny":
+        from tango_steps.models.tiny import build_tokenizer, tokenizer_corpus
         from tango_steps.tasks import get_task
-        from tango_steps.templates import get_template
-        from tango_steps.tiny import build_tokenizer, tokenizer_corpus
-        from tango_steps.warmup import warmup_settings
+        from tango_steps.tasks.templates import get_template
+        from tango_steps.training.warmup import warmup_settings
 
         ws = warmup_settings(cfg)
         task = get_task(ws.task, **ws.task_params)
@@ -65,11 +65,11 @@ def needed(length: int) -> int:
 
 def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: int = SAMPLE) -> dict[str, Any]:
     """The p99 token lengths of the task's prompts, gold solutions and verifications (TANGO.md §2-§3)."""
-    from tango_steps.formats import format_verification, parse_solution
+    from tango_steps.method.formats import format_verification, parse_solution
     from tango_steps.rollout.base import format_prompts
-    from tango_steps.stages import heldout_problems
+    from tango_steps.round.stages import heldout_problems
     from tango_steps.tasks import get_task
-    from tango_steps.templates import get_template
+    from tango_steps.tasks.templates import get_template
 
     task = get_task(cfg.task.name, **cfg.task.params)
     template = get_template(cfg.template)

@@ -1,0 +1,1 @@
+"""Loading models by reference and building the tiny default's models."""

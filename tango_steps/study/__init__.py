@@ -1,0 +1,1 @@
+"""Studies over the pipeline: the ablation arms and the evaluation on benchmarks."""

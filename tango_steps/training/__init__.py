@@ -1,0 +1,1 @@
+"""Training the models: the RL update (one process or a process group), the warm-ups."""
