@@ -8,7 +8,7 @@ Needs only torch and transformers (and this repository): nothing is downloaded. 
 built from the published Qwen2.5 configurations with random weights and the tiny tokenizer (a
 random model costs the same FLOPs as a trained one).
 
-1. **Update**: one RL update (``tango_steps.training.update``: the PPO-clip step of TANGO.md §6, chunked
+1. **Update**: one RL update (``tango_steps.training.update``: the PPO-clip step of docs/method.md §6, chunked
    log-probs, bf16 autocast over fp32 weights and AdamW) of 16 sequences x 1,024 tokens on the
    Qwen2.5-0.5B and -1.5B shapes, three ways: full fine-tuning, full with gradient checkpointing,
    LoRA. Reported: the optimizer step's tokens/s, TFLOP/s as 6 x parameters x tokens / time (the
@@ -104,19 +104,14 @@ def reset_peak() -> None:
 def update_row(shape: str, mode: str, model_dir: Path, n_params: int, work: Path, seqs: int, length: int) -> dict:
     """One update of ``seqs`` x ``length`` tokens (1/8 prompt), timed: the whole update, then a second
     optimizer step alone (the first paid one-off costs: optimizer state, kernels)."""
-    from tango_steps.training.update import (
-        LoraSettings,
-        RLBatch,
-        UpdateSettings,
-        _frozen_logprobs,
-        _optimizer_steps,
-        _setup_update,
-        init_checkpoint,
-    )
+    from tango_steps.training.batch import RLBatch
+    from tango_steps.training.checkpoint import init_checkpoint
+    from tango_steps.training.settings import UpdateSettings
+    from tango_steps.training.update import _frozen_logprobs, _optimizer_steps, _setup_update
 
-    lora = LoraSettings(r=16, alpha=32, dropout=0.0, target_modules="all-linear") if mode == "lora" else None
+    lora = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"} if mode == "lora" else None
     liger = dict(logprob_backend="liger", entropy_coef=0.0) if mode == "full+liger" else {}
-    settings = UpdateSettings(
+    settings = UpdateSettings.of(
         learning_rate=1e-6, micro_batch_size=4, gradient_checkpointing=mode == "full+gc", lora=lora, seed=0, **liger
     )
     ckpt = init_checkpoint(str(model_dir), work / f"{shape}-{mode}-ckpt", settings)
@@ -154,7 +149,8 @@ def update_row(shape: str, mode: str, model_dir: Path, n_params: int, work: Path
 
 
 def sampling_row(shape: str, model_dir: Path, batch: int, prompt_tokens: int, new_tokens: int) -> dict:
-    from tango_steps.rollout import HFEngine, SamplingSettings
+    from tango_steps.rollout import SamplingSettings
+    from tango_steps.rollout.hf import HFEngine
 
     engine = HFEngine(str(model_dir), dtype="bfloat16" if torch.cuda.is_available() else "float32",
                       batch_size=batch, max_prompt_tokens=prompt_tokens)  # fmt: skip
@@ -182,7 +178,7 @@ def tiny_round(work: Path, smoke: bool) -> list[dict]:
     from tango_steps.config import load_config
     from tango_steps.pipeline.driver import initial_checkpoints
     from tango_steps.round.in_process import InProcessRun
-    from tango_steps.training.update import read_state
+    from tango_steps.training.checkpoint import read_state
 
     overrides = {"schedule.verifier_warmup_rounds": 1}  # round 1 updates the verifier, round 2 the generator
     if smoke:  # small enough for a CPU test

@@ -4,8 +4,8 @@
     python benchmarks/kill_sweep.py --points 2:judge 2:checkpoint_write --out runs/sweep
 
 Each point is one fresh datastore: a 2-round TangoFlow run of the embedded tiny default (round 1 a
-verifier round, round 2 a generator round; the sizes of tests/test_flows.py) started with the
-test-only switch ``TANGO_KILL_AT=<round>:<point>`` (``tango_steps.round.stages.maybe_kill``: SIGKILL of the
+verifier round, round 2 a generator round; the sizes of tests/e2e/test_flows.py) started with the
+test-only switch ``TANGO_KILL_AT=<round>:<point>`` (``tango_steps.faults.maybe_kill``: SIGKILL of the
 process group at that point, nothing gets to clean up), then ``resume`` once without it. The finished
 run's models (sha256 of the safetensors) and held-out metrics are compared with one uninterrupted run.
 Prints the table (markdown); ``--out`` keeps the datastores and logs.
@@ -37,9 +37,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 TANGO_FLOW = REPO / "flows" / "tango_flow.py"
-KILL_ENV = "TANGO_KILL_AT"  # tango_steps.round.stages.maybe_kill
+KILL_ENV = "TANGO_KILL_AT"  # tango_steps.faults.maybe_kill
 
-# The sizes of tests/test_flows.py's SMALL: both update paths run in two rounds.
+# The sizes of tests/e2e/test_flows.py's SMALL: both update paths run in two rounds.
 CONFIG = {
     "rounds": 2,
     "rollout": {"engine": "hf", "max_prompt_tokens": 128},

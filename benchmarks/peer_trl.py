@@ -68,7 +68,7 @@ def trl_steps(cfg, steps: int) -> list[float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from tango_steps.models.loading import load_model, load_tokenizer
-    from tango_steps.round.stages import round_problems
+    from tango_steps.round.plan import round_problems
     from tango_steps.tasks import get_task
     from tango_steps.tasks.templates import get_template
     from tango_steps.training.warmup import warmed_up_models, warmup_settings

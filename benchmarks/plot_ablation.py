@@ -1,4 +1,4 @@
-"""Plots and the summary table of an AblationFlow run (TANGO.md §8), for docs/results.md.
+"""Plots and the summary table of an AblationFlow run (docs/method.md §8), for docs/results.md.
 
     python benchmarks/plot_ablation.py --run AblationFlow/<run id> [--run AblationFlow/<other id>] --out docs/results
     python benchmarks/plot_ablation.py --csv docs/results/ablation_metrics.csv --out docs/results
@@ -45,7 +45,7 @@ def load_table(runs: list[str] | None, csv: str | None) -> pd.DataFrame:
 
 
 def plot_task(table: pd.DataFrame, task: str, path: Path) -> None:
-    """One figure of the TANGO.md §8 curves of ``task``: seed mean per variant, +-1 std band."""
+    """One figure of the docs/method.md §8 curves of ``task``: seed mean per variant, +-1 std band."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -4,7 +4,7 @@
         --set schedule.train_verifier=false --set schedule.verifier_warmup_rounds=0 \
         --set schedule.generator_per_verifier=0 --set generator_update.learning_rate=2e-4
 
-Calls the same ``tango_steps.round.stages`` stage functions as TangoRoundFlow's steps, in the same order,
+Calls the same ``tango_steps.round`` stage functions as TangoRoundFlow's steps, in the same order,
 with checkpoints in a temporary folder: about 11 s per tiny round instead of ~41 s, because no step
 starts a process, stores artifacts or renders a card. There is no resume, no lineage and nothing
 to browse; use it to decide what to run, then run that with TangoFlow / AblationFlow. The figures in
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tango_steps.config import load_config, parse_overrides
 from tango_steps.pipeline.driver import initial_checkpoints
-from tango_steps.round import stages
+from tango_steps.round.evaluate import rejudge
 from tango_steps.round.in_process import QUIET, InProcessRun
 from tango_steps.study.ablation import VARIANTS
 
@@ -85,7 +85,7 @@ def main() -> None:
         # the sft arm's compute budget is matched to this figure of the tango arm (docs/results.md)
         print(f"training seconds (rounds 1-{cfg.rounds}, evaluations excluded): {train_seconds:.0f}", flush=True)
         if run.verifier != run.verifier_init:  # the verifier's own share of the change (verifier_crossjudge's v0 x sN)
-            frozen = stages.rejudge(cfg, run.verifier_init, table, log=QUIET)
+            frozen = rejudge(cfg, run.verifier_init, table, log=QUIET)
             bal, fmt = frozen["eval/verifier_balanced_accuracy"], frozen["eval/verifier_format_ok_frac"]
             print(
                 f"round 0's verifier on the last evaluated solutions: balanced accuracy {bal:.3f}, format "

@@ -59,7 +59,8 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from tango_steps.models.loading import resolve_model_ref
-    from tango_steps.rollout import HFEngine, SamplingSettings
+    from tango_steps.rollout import SamplingSettings
+    from tango_steps.rollout.hf import HFEngine
     from tango_steps.tasks.benchmarks import load_benchmark
 
     torch.set_num_threads(args.threads)

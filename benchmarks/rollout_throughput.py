@@ -1,4 +1,4 @@
-"""Rollout throughput of each engine (TANGO.md §3), printed as a table.
+"""Rollout throughput of each engine (docs/method.md §3), printed as a table.
 
     python benchmarks/rollout_throughput.py                 # tiny random Qwen2 (3.6M), both engines
     python benchmarks/rollout_throughput.py --smollm2        # also SmolLM2-135M (needs the smollm2 install)
@@ -66,7 +66,9 @@ def main() -> None:
     ap.add_argument("--smollm2", action="store_true", help="also measure SmolLM2-135M")
     args = ap.parse_args()
 
-    from tango_steps.rollout import HFEngine, VLLMEngine, vllm_available
+    from tango_steps.rollout import vllm_available
+    from tango_steps.rollout.hf import HFEngine
+    from tango_steps.rollout.vllm_engine import VLLMEngine
 
     rows = []
     with tempfile.TemporaryDirectory() as d:

@@ -1,10 +1,10 @@
-"""How a round's compute grows with batch size and response length (TANGO.md §3), printed as tables.
+"""How a round's compute grows with batch size and response length (docs/method.md §3), printed as tables.
 
     python benchmarks/round_scaling.py                       # prompts 16,32,64 at L=96; L 48,96,192 at 32 prompts
     python benchmarks/round_scaling.py --prompts 8,16 --lengths 32,64 --n 4
 
 Runs the stages of one generator round (rollout, judge, reward, generator update) in this process
-through the same ``tango_steps.round.stages`` functions the flow calls, on a RANDOMLY initialised tiny Qwen2
+through the same ``tango_steps.round`` functions the flow calls, on a RANDOMLY initialised tiny Qwen2
 of the default shape: it almost never emits EOS, so every response is as long as the limit and the
 length axis is really the response length (a warmed-up model stops at ~40 tokens whatever the limit).
 Orchestration (a process per step, artifacts, cards) adds a constant ~13 s per round on top; see

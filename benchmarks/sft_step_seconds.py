@@ -5,7 +5,7 @@
 
 Times ONE generator update of the ``sft`` arm (``tango_steps.study.ablation.VARIANTS["sft"]``: gold
 solutions of a round's problems, advantage 1, each optimizer step a plain NLL step) on the recipe's
-warmed-up generator, exactly as a round runs it (``tango_steps.round.stages.sft_batch`` + ``stages.update``),
+warmed-up generator, exactly as a round runs it (``tango_steps.round.update.sft_batch`` + ``update``),
 with ``--steps`` optimizer steps of ``--per-step`` gold solutions. Prints the seconds per step and,
 given a budget in seconds over ``--updates`` generator updates, the steps per update that fill it
 (docs/results.md, Study 2: the floor at equal compute). Measure it under the load the budget was
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tango_steps.config import load_config, parse_overrides
 from tango_steps.models.loading import load_tokenizer
 from tango_steps.pipeline.driver import initial_checkpoints
-from tango_steps.round import stages
+from tango_steps.round.plan import round_plan
+from tango_steps.round.update import sft_batch, update
 from tango_steps.study.ablation import VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,10 +52,10 @@ def main() -> None:
         dirs = initial_checkpoints(cfg, Path(tmp) / "r0", log=lambda s: None)
         gen = dirs["generator"]
         t0 = time.perf_counter()
-        batch = stages.sft_batch(cfg, args.round, load_tokenizer(str(gen / "model")))
+        batch = sft_batch(cfg, args.round, load_tokenizer(str(gen / "model")))
         prep = time.perf_counter() - t0
-        plan = stages.round_plan(cfg, args.round)  # the update tokenises the same gold solutions itself
-        m = stages.update(cfg, plan, "generator", gen, gen, None, Path(tmp) / "out", log=lambda s: None)
+        plan = round_plan(cfg, args.round)  # the update tokenises the same gold solutions itself
+        m = update(cfg, plan, "generator", gen, gen, None, Path(tmp) / "out", log=lambda s: None)
     seconds = m["generator_update/seconds"]
     per_step = seconds / args.steps
     print("| steps | gold solutions | tokens | batch prep s | update s | s per step |")

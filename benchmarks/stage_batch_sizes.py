@@ -3,7 +3,7 @@
     python benchmarks/stage_batch_sizes.py                          # tiny default, hf batch 64, 32, 16
     python benchmarks/stage_batch_sizes.py --hf 64 32 --micro 64 32 --repeats 2
 
-Runs, in this process, the stages a TangoRoundFlow step runs (the same ``tango_steps.round.stages``
+Runs, in this process, the stages a TangoRoundFlow step runs (the same ``tango_steps.round``
 functions, engine load included): a generator round's rollout, its judge and its generator update,
 a verifier round's judge and verifier update, and the held-out evaluation, once per value of
 ``rollout.hf_batch_size`` (sampling stages) and of the updates' ``micro_batch_size``. Threads are what
@@ -27,7 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tango_steps.config import load_config
 from tango_steps.pipeline.driver import initial_checkpoints
-from tango_steps.round import stages
+from tango_steps.round.evaluate import evaluate
+from tango_steps.round.judge import judge
+from tango_steps.round.plan import alpha_horizon, round_plan
+from tango_steps.round.reward import reward
+from tango_steps.round.sample import rollout
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = lambda s: None  # noqa: E731
@@ -53,7 +57,7 @@ def main() -> None:
 
     base = load_config(args.config)
     gen_round, ver_round = (next(p for k in range(1, base.rounds + 1)
-                                 if (p := stages.round_plan(base, k, stages.alpha_horizon(base))).slot == slot)
+                                 if (p := round_plan(base, k, alpha_horizon(base))).slot == slot)
                             for slot in ("generator", "verifier"))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         dirs = initial_checkpoints(base, Path(tmp) / "init", log=QUIET)
@@ -65,13 +69,13 @@ def main() -> None:
             cfg = load_config(args.config, {"rollout.hf_batch_size": bs})
             row = []
             for plan in (gen_round, ver_round):
-                s, (roll, _) = timed(partial(stages.rollout, cfg, plan, dirs["generator"], log=QUIET), args.repeats)
+                s, (roll, _) = timed(partial(rollout, cfg, plan, dirs["generator"], log=QUIET), args.repeats)
                 if plan is gen_round:
                     row.append(s)
-                s, (judg, _) = timed(partial(stages.judge, cfg, plan, dirs["verifier"], roll, log=QUIET), args.repeats)
+                s, (judg, _) = timed(partial(judge, cfg, plan, dirs["verifier"], roll, log=QUIET), args.repeats)
                 row.append(s)
                 tables[plan.slot] = (roll, judg)
-            s, _ = timed(partial(stages.evaluate, cfg, dirs["generator"], dirs["verifier"], log=QUIET), args.repeats)
+            s, _ = timed(partial(evaluate, cfg, dirs["generator"], dirs["verifier"], log=QUIET), args.repeats)
             row.append(s)
             print(f"| {bs} | " + " | ".join(f"{x:.2f}" for x in row) + " |", flush=True)
         if not args.micro:
@@ -84,12 +88,12 @@ def main() -> None:
             row = []
             for plan, role in ((gen_round, "generator"), (ver_round, "verifier")):
                 roll, judg = tables[plan.slot]
-                out = stages.reward(cfg, plan, roll, judg, None, log=QUIET)
+                out = reward(cfg, plan, roll, judg, None, log=QUIET)
                 batch = out.generator_batch if role == "generator" else out.verifier_batch
 
                 def update(plan=plan, role=role, batch=batch, cfg=cfg):
                     new = Path(tmp) / f"{role}-{next(fresh)}"
-                    return stages.update(cfg, plan, role, dirs[role], dirs[role], batch, new, log=QUIET)
+                    return update(cfg, plan, role, dirs[role], dirs[role], batch, new, log=QUIET)
 
                 row.append(timed(update, args.repeats)[0])
             print(f"| {mb} | " + " | ".join(f"{x:.2f}" for x in row) + " |", flush=True)

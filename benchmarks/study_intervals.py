@@ -1,4 +1,4 @@
-"""Paired per-problem comparisons of a study's arms, with bootstrap intervals (TANGO.md §8; docs/results.md).
+"""Paired per-problem comparisons of a study's arms, with bootstrap intervals (docs/method.md §8; docs/results.md).
 
     python benchmarks/study_intervals.py --run AblationFlow/<id> [--run AblationFlow/<other id>] --out docs/results
     python benchmarks/study_intervals.py --csv docs/results/study_finals.csv --out docs/results

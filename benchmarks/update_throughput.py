@@ -1,4 +1,4 @@
-"""Throughput and peak memory of the RL update step (TANGO.md §6), printed as a table.
+"""Throughput and peak memory of the RL update step (docs/method.md §6), printed as a table.
 
     python benchmarks/update_throughput.py               # tiny random Qwen2, fp32 on CPU
     python benchmarks/update_throughput.py --smollm2      # also SmolLM2-135M
@@ -18,7 +18,6 @@ import os
 import resource
 import tempfile
 import time
-from dataclasses import replace
 
 import torch
 
@@ -36,14 +35,17 @@ def main() -> None:
 
     from rollout_throughput import benchmark_models
 
-    from tango_steps.training.update import RLBatch, UpdateSettings, init_checkpoint, rl_update
+    from tango_steps.training.batch import RLBatch
+    from tango_steps.training.checkpoint import init_checkpoint
+    from tango_steps.training.settings import UpdateSettings
+    from tango_steps.training.update import rl_update
 
     rows = []
     with tempfile.TemporaryDirectory() as d:
         models = benchmark_models(d, args.smollm2)
         g = torch.Generator().manual_seed(0)
         for name, path in models:
-            settings = UpdateSettings(learning_rate=1e-5, micro_batch_size=args.micro_batch)
+            settings = UpdateSettings.of(learning_rate=1e-5, micro_batch_size=args.micro_batch)
             c0 = init_checkpoint(path, os.path.join(d, name + "-c0"), settings)
             vocab = 400
             prompts = [torch.randint(3, vocab, (args.prompt_len,), generator=g).tolist() for _ in range(args.batch)]
@@ -51,7 +53,7 @@ def main() -> None:
             adv = [[float(i % 2) - 0.5] * args.response_len for i in range(args.batch)]
             layouts = [(1, "-")] + [(p, s) for p in args.processes if p > 1 for s in args.strategies]
             for procs, strategy in [lay for lay in layouts if lay[0] in args.processes]:
-                run = settings if procs == 1 else replace(settings, processes=procs, strategy=strategy)
+                run = settings if procs == 1 else settings.with_section(processes=procs, strategy=strategy)
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
                 for k in range(2):  # the second run is the measured one (first pays one-off costs)

@@ -33,13 +33,12 @@ PAIRS = (("v0", "s0"), ("vN", "s0"), ("v0", "sN"), ("vN", "sN"))
 
 
 def crossjudge(run: str) -> list[dict]:
-    """The four (verifier, solutions) pairings of one TangoFlow run (TANGO.md §5, §8), one row each."""
+    """The four (verifier, solutions) pairings of one TangoFlow run (docs/method.md §5, §8), one row each."""
     from metaflow import Run, namespace
 
     from tango_steps.config import TangoConfig, validate
     from tango_steps.pipeline.driver import round_models
-    from tango_steps.round import stages
-
+    from tango_steps.round.evaluate import rejudge
     namespace(None)
     r = Run(run)
     cfg = validate(TangoConfig, r["start"].task["cfg"].data, source=f"{run} configuration")
@@ -54,7 +53,7 @@ def crossjudge(run: str) -> list[dict]:
     last_round = int(last["metrics"].data["round"])
     rows = []
     for v, s in PAIRS:
-        m = stages.rejudge(cfg, verifiers[v], tables[s], log=lambda _: None)
+        m = rejudge(cfg, verifiers[v], tables[s], log=lambda _: None)
         rows.append({"run": run, "seed": cfg.seed, "last_round": last_round,
                      "verifier": v, "solutions": s, "generator_accuracy": float(tables[s]["correct"].mean()),
                      "balanced_accuracy": m["eval/verifier_balanced_accuracy"],

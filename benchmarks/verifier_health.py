@@ -25,7 +25,7 @@ MIN_FORMAT = 0.9
 
 
 def health_row(run: str, seed: int, metrics: pd.DataFrame) -> dict:
-    """One run's verifier-health figures from TangoFlow's per-round ``metrics`` table (TANGO.md §5, §8)."""
+    """One run's verifier-health figures from TangoFlow's per-round ``metrics`` table (docs/method.md §5, §8)."""
     m = metrics.sort_values("round")
     evaluated = m.dropna(subset=["eval/verifier_balanced_accuracy"])  # evaluation.every > 1 leaves gaps
     first, last = evaluated.iloc[0], evaluated.iloc[-1]

@@ -5,7 +5,7 @@
 One file per embedded task with its default parameters: the first 500 problems of the task's
 ``heldout`` split drawn with the held-out seed (``tango_steps.tasks.heldout.HELDOUT_SEED``), in order.
 Every run, seed and study arm evaluates on a prefix of this list (``evaluation.heldout_problems``),
-so comparisons are paired per problem. ``tests/test_data.py`` checks that each file equals what
+so comparisons are paired per problem. ``tests/unit/test_data.py`` checks that each file equals what
 the task's generator produces; a change to a task's generator fails that test until this script
 is rerun (and the change is then visible in the diff of the file).
 

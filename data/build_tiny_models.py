@@ -6,7 +6,7 @@ Runs (or takes from ``~/.cache/tango/tiny``) the default warm-up, ``WarmupSettin
 `configs/tiny.yaml` run with seed 0), and copies its ``generator/``, ``verifier/`` and ``report.json``
 here, replacing any folder of an older key. ``tango_steps.training.warmup.warmed_up_models`` reads a shipped
 folder only under its own key, so after a change of the warm-up (its settings or WARMUP_VERSION) the
-old models are never used: rebuild them with this command (tests/test_warmup.py fails until then).
+old models are never used: rebuild them with this command (tests/unit/test_warmup.py fails until then).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AblationFlow: Tango against vanilla GRPO and the frozen variants (TANGO.md §8), seeds x tasks.
+"""AblationFlow: Tango against vanilla GRPO and the frozen variants (docs/method.md §8), seeds x tasks.
 
     python flows/ablation_flow.py --config config configs/ablation.yaml run      # the study (docs/results.md)
     python flows/ablation_flow.py run --rounds 2 --grid arithmetic:0 --variants tango,grpo   # a smoke run
@@ -25,7 +25,7 @@ ROUND_FLOW_FILE = str(HERE / "tango_round_flow.py")
 
 
 class AblationFlow(FlowSpec):
-    """The TANGO.md §8 ablations: tango / grpo / frozen_verifier / frozen_generator over seeds and tasks."""
+    """The docs/method.md §8 ablations: tango / grpo / frozen_verifier / frozen_generator over seeds and tasks."""
 
     config = Config(
         "config", default=DEFAULT_CONFIG, parser="tango_steps.config.parse_recipe", help="base YAML recipe (configs/)"
@@ -89,7 +89,7 @@ class AblationFlow(FlowSpec):
     @card(type="blank")
     @step
     def join(self, inputs):
-        """One table of every branch's curves, the summary of TANGO.md §8, and a card of the curves."""
+        """One table of every branch's curves, the summary of docs/method.md §8, and a card of the curves."""
         from metaflow.cards import Markdown, Table
 
         from tango_steps.pipeline.cards import ablation_components

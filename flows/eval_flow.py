@@ -1,4 +1,4 @@
-"""Evaluate a generator (and a verifier) on benchmarks, one foreach branch per benchmark (TANGO.md §7-§8).
+"""Evaluate a generator (and a verifier) on benchmarks, one foreach branch per benchmark (docs/method.md §7-§8).
 
     python flows/eval_flow.py run --generator smollm2-135m --benchmarks gsm8k --limit 50 \\
         --data ../shared/data/benchmarks

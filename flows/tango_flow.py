@@ -1,4 +1,4 @@
-"""Tango: co-train a generator and a process-level verifier with RL (TANGO.md). What users run.
+"""Tango: co-train a generator and a process-level verifier with RL (docs/method.md). What users run.
 
     python flows/tango_flow.py run --rounds 20            # embedded tiny default, CPU
     python flows/tango_flow.py --config config configs/X.yaml run
@@ -24,7 +24,7 @@ ROUND_FLOW_FILE = str(HERE / "tango_round_flow.py")
 
 
 class TangoFlow(FlowSpec):
-    """Tango training (TANGO.md §3): rounds of rollout, judging, rewards and RL updates of both models."""
+    """Tango training (docs/method.md §3): rounds of rollout, judging, rewards and RL updates of both models."""
 
     config = Config(
         "config", default=DEFAULT_CONFIG, parser="tango_steps.config.parse_recipe", help="YAML recipe (configs/)"
@@ -38,9 +38,10 @@ class TangoFlow(FlowSpec):
     def start(self):
         """Validate, build or load the initial models, evaluate round 0 (or take a forked round's state)."""
         from tango_steps.config import resolved
+        from tango_steps.faults import maybe_kill
         from tango_steps.pipeline.driver import begin, fork_source, validate_run_config
         from tango_steps.pipeline.model_store import ModelStore
-        from tango_steps.round.stages import freeze_heap, maybe_kill
+        from tango_steps.process import freeze_heap
 
         cfg = validate_run_config(self.config.to_dict(), self.rounds)
         self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
@@ -73,9 +74,9 @@ class TangoFlow(FlowSpec):
         """Round k as a TangoRoundFlow run: adopted if finished, resumed at its failed stage, else launched."""
         from metaflow.cards import Markdown
 
+        from tango_steps.faults import maybe_kill
         from tango_steps.pipeline.cards import history_components
         from tango_steps.pipeline.driver import history_row, run_round
-        from tango_steps.round.stages import maybe_kill
 
         k = self.round_idx + 1
         for c in [Markdown(f"**round {k} of {self.total_rounds} is running**"), *history_components(self.history)]:
@@ -108,8 +109,8 @@ class TangoFlow(FlowSpec):
         import pandas as pd
         from metaflow.cards import Markdown, Table
 
+        from tango_steps.faults import maybe_kill
         from tango_steps.pipeline.cards import history_components
-        from tango_steps.round.stages import maybe_kill
 
         self.metrics = pd.DataFrame(self.history)
         self.final_generator = self.state["generator"]

@@ -1,4 +1,4 @@
-"""One Tango round as explicit steps (TANGO.md §3): one run of this flow is one round.
+"""One Tango round as explicit steps (docs/method.md §3): one run of this flow is one round.
 
     start -> rollout -> (judge) -> reward -> (verifier_update | generator_update) -> (evaluate) -> end
     start -> split_prompts -> sample_shard x S -> join_shards -> reward -> ...    (rollout.shards S > 1)
@@ -22,7 +22,7 @@ model and the reason of the skip, ``eval_table = None``); the skipped evaluation
 ``reward``'s card.
 
 TangoFlow launches it once per round (you normally never run it by hand). Each step calls one
-function of ``tango_steps.round.stages`` and stores what it returns; models live in the datastore as
+function of ``tango_steps.round`` and stores what it returns; models live in the datastore as
 directories, referenced by small dicts (``tango_steps.pipeline.model_store``). The configuration is validated
 once, in ``start``; later steps use that object. Artifact names are listed in the README ("Artifacts").
 """
@@ -38,7 +38,7 @@ PARSER = "tango_steps.config.parse_recipe"
 
 
 class TangoRoundFlow(FlowSpec):
-    """One round (global step, TANGO.md §3) of Tango: sample, judge, reward, update, evaluate."""
+    """One round (global step, docs/method.md §3) of Tango: sample, judge, reward, update, evaluate."""
 
     config = Config("config", default=DEFAULT_CONFIG, parser=PARSER, help="resolved Tango recipe (set by TangoFlow)")
     round_idx = Parameter("round", type=int, default=1, help="1-based round number")
@@ -55,7 +55,7 @@ class TangoRoundFlow(FlowSpec):
             current.card.append(c)
 
     def _check(self, stage):
-        from tango_steps.round.stages import maybe_fail
+        from tango_steps.faults import maybe_fail
 
         maybe_fail(self.round_idx, stage, current.retry_count)
 
@@ -63,7 +63,8 @@ class TangoRoundFlow(FlowSpec):
         """The end of a step's work: its peak resident memory (each step is its own process;
         benchmarks/round_overhead.py), the test-only kill point before its artifacts are stored, and a
         frozen heap so that the process's exit does not spend a second collecting garbage."""
-        from tango_steps.round.stages import freeze_heap, maybe_kill, peak_rss_mb
+        from tango_steps.faults import maybe_kill
+        from tango_steps.process import freeze_heap, peak_rss_mb
 
         self.peak_rss_mb = peak_rss_mb()
         maybe_kill(self.round_idx, current.step_name)
@@ -75,7 +76,7 @@ class TangoRoundFlow(FlowSpec):
         """Validate the configuration once, read the starting state (client API) and plan the round."""
         from tango_steps.config import TangoConfig, validate
         from tango_steps.pipeline.driver import read_task_state
-        from tango_steps.round.stages import alpha_horizon, plan_dict, round_plan
+        from tango_steps.round.plan import alpha_horizon, plan_dict, round_plan
         from tango_steps.round.state import RoundState
 
         self._check("start")
@@ -105,16 +106,18 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank", refresh_interval=5)
     @step
     def sample_shard(self):
-        """One shard: the generator samples its prompts, then the verifier judges its solutions (TANGO.md §2-§3)."""
+        """One shard: the generator samples its prompts, then the verifier judges its solutions
+        (docs/method.md §2-§3).
+        """
         from tango_steps.pipeline import cards
-        from tango_steps.round import stages
-
+        from tango_steps.round.plan import plan_from_dict, verifier_judges
+        from tango_steps.round.shards import sample_shard
         k, shards = self.input, len(self.shard_ids)
-        plan = stages.plan_from_dict(self.plan)
+        plan = plan_from_dict(self.plan)
         store = self._store()
-        verifier = store.load(self.state_in["verifier"]) if stages.verifier_judges(self.cfg, plan) else None
+        verifier = store.load(self.state_in["verifier"]) if verifier_judges(self.cfg, plan) else None
         log = cards.CardLog(current.card, f"Shard {k} of {shards}, attempt {current.retry_count}")
-        part = stages.sample_shard(self.cfg, plan, store.load(self.state_in["generator"]), verifier, (k, shards), log)
+        part = sample_shard(self.cfg, plan, store.load(self.state_in["generator"]), verifier, (k, shards), log)
         self._check(f"sample_shard{k}")  # (the test-only switch: a shard that fails late, its work lost)
         # the shard's rows of both tables, browsable per task; join_shards joins them
         self.rollouts, self.judgments = part.rollouts, part.judgments
@@ -130,19 +133,19 @@ class TangoRoundFlow(FlowSpec):
     def join_shards(self, inputs):
         """The shards' tables joined in prompt order: what the unsharded rollout and judge steps make."""
         from tango_steps.pipeline import cards
-        from tango_steps.round import stages
-
+        from tango_steps.round.plan import plan_from_dict
+        from tango_steps.round.shards import ShardResult, join_shards, shard_table
         # a pydantic object re-pickles with its field sets in a per-process order: the same cfg, other bytes
         self.cfg = inputs[0].cfg
         mine = ["rollouts", "judgments", "rollout_result", "judge_result", "shard_stats", "compute_seconds"]
         self.merge_artifacts(inputs, exclude=[*mine, "peak_rss_mb"])
-        plan = stages.plan_from_dict(self.plan)
+        plan = plan_from_dict(self.plan)
         parts = [
-            stages.ShardResult(i.rollouts, i.rollout_result, i.judgments, i.judge_result, i.shard_stats) for i in inputs
+            ShardResult(i.rollouts, i.rollout_result, i.judgments, i.judge_result, i.shard_stats) for i in inputs
         ]
-        self.rollouts, res, self.judgments, jres = stages.join_shards(self.cfg, plan, parts)
+        self.rollouts, res, self.judgments, jres = join_shards(self.cfg, plan, parts)
         self.rollout_metrics, self.judge_metrics = res.metrics, jres.metrics
-        self.shard_table = stages.shard_table(parts)
+        self.shard_table = shard_table(parts)
         self.compute_seconds = 0.0  # the engines ran in the shards' tasks
         self._card(cards.shard_table_components(self.shard_table.to_dict("records")))
         self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
@@ -157,20 +160,21 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def rollout(self):
-        """The generator samples the round's solutions (TANGO.md §3)."""
+        """The generator samples the round's solutions (docs/method.md §3)."""
         from tango_steps.pipeline import cards
-        from tango_steps.round import stages
-
+        from tango_steps.round.judge import no_judgments
+        from tango_steps.round.plan import needs_judge, plan_from_dict
+        from tango_steps.round.sample import rollout
         self._check("rollout")
-        plan = stages.plan_from_dict(self.plan)
+        plan = plan_from_dict(self.plan)
         ckpt = self._store().load(self.state_in["generator"])
-        self.rollouts, res = stages.rollout(self.cfg, plan, ckpt)
+        self.rollouts, res = rollout(self.cfg, plan, ckpt)
         self.rollout_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
         self._done()
-        self.to_judge = "judge" if stages.needs_judge(self.cfg, plan) else "reward"
+        self.to_judge = "judge" if needs_judge(self.cfg, plan) else "reward"
         if self.to_judge == "reward":  # vanilla GRPO's generator round: nothing to judge
-            self.judgments, res = stages.no_judgments()
+            self.judgments, res = no_judgments()
             self.judge_metrics = res.metrics
         self.next({"judge": self.judge, "reward": self.reward}, condition="to_judge")
 
@@ -179,14 +183,14 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def judge(self):
-        """The verifier judges every solution step by step (TANGO.md §2-§3)."""
+        """The verifier judges every solution step by step (docs/method.md §2-§3)."""
         from tango_steps.pipeline import cards
-        from tango_steps.round import stages
-
+        from tango_steps.round.judge import judge
+        from tango_steps.round.plan import plan_from_dict
         self._check("judge")
-        plan = stages.plan_from_dict(self.plan)
+        plan = plan_from_dict(self.plan)
         ckpt = self._store().load(self.state_in["verifier"])
-        self.judgments, res = stages.judge(self.cfg, plan, ckpt, self.rollouts)
+        self.judgments, res = judge(self.cfg, plan, ckpt, self.rollouts)
         self.judge_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.judge_components(self.rollouts, self.judgments))
         self._done()
@@ -196,13 +200,13 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def reward(self):
-        """Outcome and step rewards, the advantages and the RL batch of the round's slot (TANGO.md §4-§5)."""
+        """Outcome and step rewards, the advantages and the RL batch of the round's slot (docs/method.md §4-§5)."""
         from tango_steps.pipeline import cards
-        from tango_steps.round import stages
-
+        from tango_steps.round.plan import after_update, plan_from_dict, update_step
+        from tango_steps.round.reward import reward
         self._check("reward")
-        plan = stages.plan_from_dict(self.plan)
-        out = stages.reward(self.cfg, plan, self.rollouts, self.judgments, self.state_in["reweighter"])
+        plan = plan_from_dict(self.plan)
+        out = reward(self.cfg, plan, self.rollouts, self.judgments, self.state_in["reweighter"])
         self.rollouts, self.judgments = out.rollouts, out.judgments
         self.generator_batch, self.verifier_batch = out.generator_batch, out.verifier_batch
         self.reweighter, self.alpha = out.reweighter, out.alpha
@@ -222,7 +226,7 @@ class TangoRoundFlow(FlowSpec):
         )
         if not plan.evaluate:  # evaluation.every > 1: measurement only, so the round goes past `evaluate`
             self.eval_table, self.eval_metrics = None, {}
-        self.to_update, self.after_update = stages.update_step(plan, self.cfg), stages.after_update(plan)
+        self.to_update, self.after_update = update_step(plan, self.cfg), after_update(plan)
         if self.to_update == self.after_update:
             print(f"no update this round: {plan.skip_generator}; {plan.skip_verifier}")
         self.next(
@@ -237,16 +241,16 @@ class TangoRoundFlow(FlowSpec):
         import time
 
         from tango_steps.pipeline.model_store import task_key
-        from tango_steps.round import stages
-
+        from tango_steps.round.plan import plan_from_dict
+        from tango_steps.round.update import update
         store = self._store()
         t0 = time.perf_counter()
         ckpt = store.load(self.state_in[role])
         init = store.load(self.state_in[f"{role}_init"])
-        plan = stages.plan_from_dict(self.plan)
+        plan = plan_from_dict(self.plan)
         batch = self.generator_batch if role == "generator" else self.verifier_batch
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = stages.update(self.cfg, plan, role, ckpt, init, batch, Path(tmp) / "ckpt", node=node)
+            metrics = update(self.cfg, plan, role, ckpt, init, batch, Path(tmp) / "ckpt", node=node)
             compute = time.perf_counter() - t0
             if not (Path(tmp) / "ckpt").exists():
                 return None, metrics, compute
@@ -261,7 +265,7 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def verifier_update(self):
-        """One RL update of the verifier (TANGO.md §5-§6); only verifier rounds come here."""
+        """One RL update of the verifier (docs/method.md §5-§6); only verifier rounds come here."""
         from tango_steps.pipeline import cards
 
         self._check("verifier_update")
@@ -278,7 +282,7 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def generator_update(self):
-        """One RL update of the generator (TANGO.md §4, §6); only generator rounds come here."""
+        """One RL update of the generator (docs/method.md §4, §6); only generator rounds come here."""
         from tango_steps.pipeline import cards
 
         self._check("generator_update")
@@ -290,9 +294,8 @@ class TangoRoundFlow(FlowSpec):
     @step
     def split_nodes(self):
         """update.nodes N > 1: the round's update as N @parallel tasks (one process group across them)."""
-        from tango_steps.round import stages
-
-        plan = stages.plan_from_dict(self.plan)
+        from tango_steps.round.plan import plan_from_dict
+        plan = plan_from_dict(self.plan)
         self.update_role = "generator" if plan.update_generator else "verifier"
         self.next(self.update_nodes, num_parallel=getattr(self.cfg, f"{self.update_role}_update").nodes)
 
@@ -305,7 +308,7 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def update_nodes(self):
-        """One node of an update across machines (TANGO.md §6): its processes join the group; node 0 stores."""
+        """One node of an update across machines (docs/method.md §6): its processes join the group; node 0 stores."""
         from tango_steps.pipeline import cards
 
         self._check("update_nodes")
@@ -339,14 +342,13 @@ class TangoRoundFlow(FlowSpec):
     @card(type="blank")
     @step
     def evaluate(self):
-        """Held-out generator accuracy and verifier outcome/process metrics (TANGO.md §7-§8); only
+        """Held-out generator accuracy and verifier outcome/process metrics (docs/method.md §7-§8); only
         measured rounds come here (``evaluation.every``)."""
         from tango_steps.pipeline import cards
-        from tango_steps.round import stages
-
+        from tango_steps.round.evaluate import evaluate
         self._check("evaluate")
         store = self._store()
-        self.eval_table, res = stages.evaluate(self.cfg, store.load(self.generator_out), store.load(self.verifier_out))
+        self.eval_table, res = evaluate(self.cfg, store.load(self.generator_out), store.load(self.verifier_out))
         self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
         self._done()
@@ -355,7 +357,7 @@ class TangoRoundFlow(FlowSpec):
     @step
     def end(self):
         """The state the next round starts from, the round's metrics and its lineage."""
-        from tango_steps.round.stages import plan_from_dict, round_metrics
+        from tango_steps.round.plan import plan_from_dict, round_metrics
         from tango_steps.round.state import RoundState
 
         self._check("end")

@@ -1,4 +1,4 @@
-"""Atomic directory writes and exclusive file locks (TANGO.md §9).
+"""Atomic directory writes and exclusive file locks (docs/method.md §9).
 
 ``atomic_directory`` is used for every model and checkpoint Tango writes, so that a crash or a
 failed step (a NaN loss, a full disk) never leaves a half-written directory where a reader expects
@@ -20,7 +20,7 @@ from pathlib import Path
 
 @contextmanager
 def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``out_dir`` to fill; rename it to ``out_dir`` on success (TANGO.md §9).
+    """Yield a temporary sibling of ``out_dir`` to fill; rename it to ``out_dir`` on success (docs/method.md §9).
 
     On any exception the temporary directory is removed and ``out_dir`` is untouched. An existing
     ``out_dir`` is replaced when ``overwrite``, else it is a ``FileExistsError`` (checked before and
@@ -50,7 +50,9 @@ def atomic_directory(out_dir: str | Path, overwrite: bool = False) -> Iterator[P
 
 @contextmanager
 def exclusive_lock(path: str | Path, waiting: str, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (TANGO.md §9); if another process holds it, log ``waiting`` and wait."""
+    """Hold an exclusive ``flock`` on ``path``
+    (docs/method.md §9); if another process holds it, log ``waiting`` and wait.
+    """
     with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

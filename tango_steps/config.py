@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Rollout engine names (TANGO.md §3). Defined here, not in tango_steps.rollout, so that validating a
+# Rollout engine names (docs/method.md §3). Defined here, not in tango_steps.rollout, so that validating a
 # configuration never imports torch (every pipeline step validates its configuration first).
 # Each engine's class as "module:Class", imported only when an engine is built: adding an engine is
 # its module plus one line here.
@@ -22,7 +22,7 @@ ENGINES = {
     "hf": "tango_steps.rollout.hf:HFEngine",
     "vllm": "tango_steps.rollout.vllm_engine:VLLMEngine",
 }
-# Advantage estimator names (TANGO.md §4), for the same reason: tango_steps.method.advantages registers one
+# Advantage estimator names (docs/method.md §4), for the same reason: tango_steps.method.advantages registers one
 # implementation under each of these names and refuses to import if the two ever differ.
 ESTIMATORS = ("grpo", "reinforce_pp", "rloo")
 
@@ -32,14 +32,14 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    """The embedded task (TANGO.md §8) or a dataset of prompts."""
+    """The embedded task (docs/method.md §8) or a dataset of prompts."""
 
     name: str = Field("arithmetic", description="embedded task: arithmetic (default) or last_letters")
     params: dict[str, Any] = Field(default_factory=dict, description="task parameters, e.g. {max_ops: 3}")
 
 
 class ModelConfig(_Section):
-    """Where a model comes from (TANGO.md §7)."""
+    """Where a model comes from (docs/method.md §7)."""
 
     path: str = Field(
         "tiny",
@@ -64,7 +64,7 @@ class ModelConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    """The rollout engine (TANGO.md §3)."""
+    """The rollout engine (docs/method.md §3)."""
 
     engine: str = Field("auto", description="auto (vLLM when installed and a GPU is present, else hf), hf or vllm")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="engine dtype; fp32 matches HF on CPU")
@@ -140,13 +140,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The whole recipe (TANGO.md §3-§7). Groundwork for the pipeline (issue #4): every field here has
+# The whole recipe (docs/method.md §3-§7). Groundwork for the pipeline (issue #4): every field here has
 # one default, and configs/*.yaml override only what differs.
 # ----------------------------------------------------------------------------------------------
 
 
 class SamplingConfig(_Section):
-    """How one model samples (TANGO.md §3)."""
+    """How one model samples (docs/method.md §3)."""
 
     n: int = Field(1, ge=1, description="samples per prompt: M (generator, paper 5) or N (verifier, paper 5)")
     temperature: float = Field(1.0, ge=0, description="sampling temperature (paper: 1.0); 0 = greedy")
@@ -155,14 +155,14 @@ class SamplingConfig(_Section):
 
 
 class BatchConfig(_Section):
-    """Prompts per round (TANGO.md §3: 256 prompts per global step)."""
+    """Prompts per round (docs/method.md §3: 256 prompts per global step)."""
 
     generator_prompts: int = Field(256, ge=1, description="prompts per generator round (x M samples)")
     verifier_prompts: int = Field(256, ge=1, description="solutions per verifier round (x N verifications)")
 
 
 class ScheduleConfig(_Section):
-    """Which model each round updates (TANGO.md §3)."""
+    """Which model each round updates (docs/method.md §3)."""
 
     verifier_warmup_rounds: int = Field(40, ge=0, description="rounds updating only the verifier first (paper: 40)")
     generator_per_verifier: int = Field(
@@ -173,7 +173,7 @@ class ScheduleConfig(_Section):
 
 
 class AlgorithmConfig(_Section):
-    """Rewards and advantages (TANGO.md §4-§5)."""
+    """Rewards and advantages (docs/method.md §4-§5)."""
 
     estimator: str = Field("grpo", description="advantage estimator, both parts: " + ", ".join(ESTIMATORS))
     alpha0: float = Field(
@@ -186,16 +186,19 @@ class AlgorithmConfig(_Section):
     alpha_horizon: int | None = Field(
         None,
         ge=1,
-        description="T_g, the generator updates over which alpha decays (TANGO.md §4); null: the run's own, "
+        description="T_g, the generator updates over which alpha decays (docs/method.md §4); null: the run's own, "
         "fixed at its start (a fork keeps its source's)",
     )
-    gamma: float = Field(0.8, ge=0, description="gamma, weight of the verifier format score in r_v (TANGO.md §5)")
+    gamma: float = Field(0.8, ge=0, description="gamma, weight of the verifier format score in r_v (docs/method.md §5)")
     rloo_step_scale: float = Field(1.0, gt=0, description="factor on the RLOO step part (released code: 10)")
-    reweight_decay: float = Field(0.8, ge=0, lt=1, description="EMA decay of the verifier's class counts (TANGO.md §5)")
+    reweight_decay: float = Field(
+        0.8, ge=0, lt=1, description="EMA decay of the verifier's class counts (docs/method.md §5)"
+    )
     reweight_power: float = Field(
         0.5,
         ge=0,
-        description="verifier class weight = EMA count ^ -power (TANGO.md §5: 0.5, 1/sqrt; 1.0 = inverse frequency)",
+        description="verifier class weight = EMA count ^ -power (docs/method.md §5: 0.5, 1/sqrt; 1.0 = inverse "
+        "frequency)",
     )
     step_rewards: bool = Field(True, description="False: outcome reward only, no verifier in the loop (ablation grpo)")
     step_verdicts: Literal["verifier", "oracle", "noisy_oracle"] = Field(
@@ -229,7 +232,7 @@ class AlgorithmConfig(_Section):
 
 
 class LoraConfig(_Section):
-    """LoRA adapters (peft) instead of full fine-tuning (TANGO.md §6 on small GPUs)."""
+    """LoRA adapters (peft) instead of full fine-tuning (docs/method.md §6 on small GPUs)."""
 
     r: int = Field(16, ge=1, description="adapter rank")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator")
@@ -238,7 +241,7 @@ class LoraConfig(_Section):
 
 
 class UpdateConfig(_Section):
-    """One model's RL update (TANGO.md §6)."""
+    """One model's RL update (docs/method.md §6)."""
 
     learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate, constant (paper: 1e-6 at 7B)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -282,7 +285,7 @@ class UpdateConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    """Held-out evaluation each round (TANGO.md §7: greedy pass@1)."""
+    """Held-out evaluation each round (docs/method.md §7: greedy pass@1)."""
 
     heldout_problems: int = Field(
         500, ge=1, description="held-out problems, the same set for every seed (500: ~2.2-point standard error)"
@@ -307,7 +310,7 @@ class EvaluationConfig(_Section):
 
 
 class StepResources(_Section):
-    """Metaflow @resources of one step, applied with --with kubernetes / batch (TANGO.md §7 hardware)."""
+    """Metaflow @resources of one step, applied with --with kubernetes / batch (docs/method.md §7 hardware)."""
 
     cpu: int = Field(1, ge=1, description="CPU cores")
     memory: int = Field(4096, ge=256, description="memory in MB")
@@ -320,7 +323,7 @@ ROUND_STEPS = (
 
 
 class TangoConfig(_Section):
-    """A whole Tango recipe (TANGO.md §3-§7). Load with :func:`load_config`."""
+    """A whole Tango recipe (docs/method.md §3-§7). Load with :func:`load_config`."""
 
     seed: int = Field(0, description="seeds every random choice of the run")
     rounds: int = Field(20, ge=1, description="rounds (global steps) to run")
@@ -416,7 +419,7 @@ class TangoConfig(_Section):
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TangoConfig:
-    """Load a recipe (TANGO.md §3-§7): defaults <- YAML file <- ``overrides`` (dotted keys allowed).
+    """Load a recipe (docs/method.md §3-§7): defaults <- YAML file <- ``overrides`` (dotted keys allowed).
 
     Every error names the field by its dotted path and the file it came from.
     """
@@ -438,7 +441,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["generator_update.learning_rate=1e-4", ...]`` -> ``{"generator_update.learning_rate": 1e-4}`` (TANGO.md §3).
+    """``["generator_update.learning_rate=1e-4", ...]`` -> ``{"generator_update.learning_rate": 1e-4}``
+    (docs/method.md §3).
 
     Values are parsed as YAML; a pair without ``=`` raises, naming it.
     """
@@ -452,7 +456,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def parse_recipe(text: str) -> dict[str, Any]:
-    """Metaflow ``Config`` parser for recipes (TANGO.md §3-§7): YAML (or JSON) text to a plain dict.
+    """Metaflow ``Config`` parser for recipes (docs/method.md §3-§7): YAML (or JSON) text to a plain dict.
 
     Validation is NOT done here but in TangoFlow's ``start`` (errors then name the field and no
     training has started). The only change: ``resources`` is filled with every round step's
@@ -476,7 +480,7 @@ def parse_recipe(text: str) -> dict[str, Any]:
 
 
 def resolved(cfg: TangoConfig) -> dict[str, Any]:
-    """The whole configuration, every default filled in, as a JSON-safe dict (TANGO.md §3-§7).
+    """The whole configuration, every default filled in, as a JSON-safe dict (docs/method.md §3-§7).
 
     This is what a TangoFlow run stores and hands to each round run, so a recipe is reproducible
     even after the defaults in this file change.

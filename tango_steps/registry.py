@@ -1,4 +1,4 @@
-"""One lookup for every registry of names (tasks, templates, estimators, losses, engines).
+"""One lookup for every registry of names (tasks, templates, estimators, engines, study arms).
 
 A registry is a dict from name to implementation; adding an estimator, a task or an engine is one
 entry in its registry (``docs/architecture.md``). Every unknown name fails the same way, listing the

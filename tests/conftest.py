@@ -69,12 +69,12 @@ def baseline(tmp_path_factory, warmed):
     """An uninterrupted 2-round TangoFlow run of ``test_flows.SMALL`` (a verifier round, then a generator
     round): its Datastore and final results. Run once per session, shared by every xdist worker (the
     tests only read it)."""
-    from test_flows import FINAL, SMALL, Datastore, _ok
+    from flowtools import SMALL, Datastore, _ok
 
     def build(folder: Path) -> dict:
         ds = Datastore(folder)
         _ok(ds.flow("--config", "config", str(ds.config(SMALL)), "run"))
-        return {"root": str(folder), "final": ds.query(FINAL)}
+        return {"root": str(folder), "final": ds.query("final_run")}
 
     built = shared_once(tmp_path_factory, "baseline", build)
     return Datastore(Path(built["root"])), built["final"]

@@ -1,6 +1,6 @@
-"""Advantage estimators of the generator and the verifier (TANGO.md §4, §5).
+"""Advantage estimators of the generator and the verifier (docs/method.md §4, §5).
 
-Generator (TANGO.md §4): the outcome part and the step part are normalised SEPARATELY, then blended
+Generator (docs/method.md §4): the outcome part and the step part are normalised SEPARATELY, then blended
 per token:
 
     A(i, t) = (1 - alpha) * A_out(i, t) + alpha * A_step(i, t)
@@ -20,7 +20,7 @@ Estimators are pure tensor functions in registries (as veRL's ``core_algos``); c
 name. Shapes: B responses, T tokens, K (padded) steps; ``group_index`` (B,) says which prompt's
 group each response belongs to.
 
-Verifier (TANGO.md §5): GRPO over the N verifications of one solution, then class-aware reweighting
+Verifier (docs/method.md §5): GRPO over the N verifications of one solution, then class-aware reweighting
 (:class:`VerifierReweighter`) of the policy-gradient term.
 """
 
@@ -31,10 +31,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from tango_steps.config import ESTIMATORS, AlgorithmConfig, schema_default
 from tango_steps.registry import check_name
 
-EPS = 1e-6  # TANGO.md §4: A_out = (r - mean) / (std + 1e-6)
+EPS = 1e-6  # docs/method.md §4: A_out = (r - mean) / (std + 1e-6)
 
 OutcomeEstimator = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 StepEstimator = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
@@ -49,7 +48,7 @@ TOKEN_ESTIMATORS: dict[str, TokenEstimator] = {}  # token-level: both parts at o
 
 
 def register_outcome_estimator(name: str) -> Callable[[OutcomeEstimator], OutcomeEstimator]:
-    """Register an outcome estimator (r_out (B,), group (B,), eps) -> A_out (B,) by name (TANGO.md §4)."""
+    """Register an outcome estimator (r_out (B,), group (B,), eps) -> A_out (B,) by name (docs/method.md §4)."""
 
     def deco(fn: OutcomeEstimator) -> OutcomeEstimator:
         OUTCOME_ESTIMATORS[name] = fn
@@ -59,7 +58,7 @@ def register_outcome_estimator(name: str) -> Callable[[OutcomeEstimator], Outcom
 
 
 def register_step_estimator(name: str) -> Callable[[StepEstimator], StepEstimator]:
-    """Register a step estimator (pooled step rewards (S,), group (S,), eps, scale) -> (S,) (TANGO.md §4)."""
+    """Register a step estimator (pooled step rewards (S,), group (S,), eps, scale) -> (S,) (docs/method.md §4)."""
 
     def deco(fn: StepEstimator) -> StepEstimator:
         STEP_ESTIMATORS[name] = fn
@@ -69,7 +68,7 @@ def register_step_estimator(name: str) -> Callable[[StepEstimator], StepEstimato
 
 
 def register_token_estimator(name: str) -> Callable[[TokenEstimator], TokenEstimator]:
-    """Register a token-level estimator returning (A_out (B, T), A_step (B, T)) by name (TANGO.md §4)."""
+    """Register a token-level estimator returning (A_out (B, T), A_step (B, T)) by name (docs/method.md §4)."""
 
     def deco(fn: TokenEstimator) -> TokenEstimator:
         TOKEN_ESTIMATORS[name] = fn
@@ -79,7 +78,7 @@ def register_token_estimator(name: str) -> Callable[[TokenEstimator], TokenEstim
 
 
 def generator_estimator_names() -> list[str]:
-    """Every name ``compute_generator_advantages`` accepts: response- and token-level (TANGO.md §4)."""
+    """Every name ``compute_generator_advantages`` accepts: response- and token-level (docs/method.md §4)."""
     return sorted({*OUTCOME_ESTIMATORS, *TOKEN_ESTIMATORS})
 
 
@@ -89,7 +88,7 @@ def generator_estimator_names() -> list[str]:
 
 
 def group_stats(values: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-element count, sum and unbiased std of the element's group, two-pass (TANGO.md §4 "unbiased std").
+    """Per-element count, sum and unbiased std of the element's group, two-pass (docs/method.md §4 "unbiased std").
 
     Args:
         values: (N,) float.
@@ -132,13 +131,13 @@ def _leave_one_out(values: torch.Tensor, group: torch.Tensor, small_group_value:
 
 @register_outcome_estimator("grpo")
 def grpo_outcome(r_out: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """GRPO: A_out(i) = (r_out(i) - mean_g) / (std_g + 1e-6), unbiased std; a group of 1 -> 0 (TANGO.md §4)."""
+    """GRPO: A_out(i) = (r_out(i) - mean_g) / (std_g + 1e-6), unbiased std; a group of 1 -> 0 (docs/method.md §4)."""
     return _whiten(r_out, group_index, eps, "zero")
 
 
 @register_outcome_estimator("rloo")
 def rloo_outcome(r_out: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """RLOO: A_out(i) = r_out(i) - mean_{j != i in group} r_out(j); a group of 1 -> 0 (TANGO.md §4)."""
+    """RLOO: A_out(i) = r_out(i) - mean_{j != i in group} r_out(j); a group of 1 -> 0 (docs/method.md §4)."""
     return _leave_one_out(r_out, group_index, "zero")
 
 
@@ -154,7 +153,7 @@ def grpo_step(
 ) -> torch.Tensor:
     """Pool the group's step rewards, normalise with the pool's mean and std (pool of <= 1: mean 0, std 1).
 
-    TANGO.md §4. ``rloo_step_scale`` is not used.
+    docs/method.md §4. ``rloo_step_scale`` is not used.
     """
     return _whiten(rewards, group, eps, "identity")
 
@@ -163,7 +162,7 @@ def grpo_step(
 def rloo_step(
     rewards: torch.Tensor, group: torch.Tensor, eps: float = EPS, rloo_step_scale: float = 1.0
 ) -> torch.Tensor:
-    """Leave-one-out baseline within the group's pool of step rewards, times ``rloo_step_scale`` (TANGO.md §4).
+    """Leave-one-out baseline within the group's pool of step rewards, times ``rloo_step_scale`` (docs/method.md §4).
 
     A pool of one keeps its reward (baseline 0, as GRPO's pool of one). The released code multiplies
     this part by a hard-coded 10; here it is the named setting ``rloo_step_scale`` (default 1.0).
@@ -179,7 +178,7 @@ def rloo_step(
 def collate_steps(
     step_rewards: Sequence[Sequence[float] | None], step_token_indices: Sequence[Sequence[int] | None]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad per-response step rewards and their token indices into (B, K) tensors (TANGO.md §4).
+    """Pad per-response step rewards and their token indices into (B, K) tensors (docs/method.md §4).
 
     A response whose rewards are None (verdict count != K) or empty gets an all-False mask row.
 
@@ -205,7 +204,7 @@ def collate_steps(
 
 
 def reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
-    """Undiscounted reverse cumulative sum, out[..., t] = sum_{t' >= t} x[..., t'] (TANGO.md §4 A_step)."""
+    """Undiscounted reverse cumulative sum, out[..., t] = sum_{t' >= t} x[..., t'] (docs/method.md §4 A_step)."""
     return torch.flip(torch.cumsum(torch.flip(x, dims=[-1]), dim=-1), dims=[-1])
 
 
@@ -215,7 +214,7 @@ def step_advantages(
     step_token_index: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """A_step(i, t): normalised step rewards on their last tokens, summed backwards (TANGO.md §4).
+    """A_step(i, t): normalised step rewards on their last tokens, summed backwards (docs/method.md §4).
 
     Args:
         normed_step_rewards: (B, K) normalised step rewards.
@@ -241,9 +240,9 @@ def step_advantages(
 def masked_whiten(
     values: torch.Tensor, mask: torch.Tensor, eps: float = EPS, small_pool_value: str = "zero"
 ) -> torch.Tensor:
-    """Whiten ``values`` over the entries where ``mask`` is set, 0 elsewhere (TANGO.md §4, REINFORCE++).
+    """Whiten ``values`` over the entries where ``mask`` is set, 0 elsewhere (docs/method.md §4, REINFORCE++).
 
-    out = (v - mean) / (std + eps) with the masked mean and the masked UNBIASED std (TANGO.md §4's
+    out = (v - mean) / (std + eps) with the masked mean and the masked UNBIASED std (docs/method.md §4's
     normalisation; veRL's ``masked_whiten`` uses rsqrt(var + 1e-8) instead). A pool of <= 1 entries
     gives 0 (``"zero"``) or keeps v (``"identity"``: mean 0, std 1, as the step pools of §4).
 
@@ -273,9 +272,9 @@ def reinforce_pp_advantages(
     group_index: torch.Tensor,
     eps: float = EPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE++: per-token returns, whitened over the tokens of the whole batch (TANGO.md §4).
+    """REINFORCE++: per-token returns, whitened over the tokens of the whole batch (docs/method.md §4).
 
-    gamma = 1 and no KL in the reward (the KL term is in the loss, TANGO.md §6), so:
+    gamma = 1 and no KL in the reward (the KL term is in the loss, docs/method.md §6), so:
 
     - outcome: R_out(i, t) = r_out(i) at every response token of i; A_out = R_out whitened with the
       mean and unbiased std over ALL response tokens of the batch (``response_mask``). A response of
@@ -323,7 +322,7 @@ def compute_generator_advantages(
     rloo_step_scale: float = 1.0,
     eps: float = EPS,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-token generator advantages A(i, t) = (1 - alpha) A_out(i, t) + alpha A_step(i, t) (TANGO.md §4).
+    """Per-token generator advantages A(i, t) = (1 - alpha) A_out(i, t) + alpha A_step(i, t) (docs/method.md §4).
 
     ``grpo`` and ``rloo`` normalise per prompt group and per response (A_out(i) the same at every
     token); ``reinforce_pp`` whitens per-token returns over the batch (:func:`reinforce_pp_advantages`).
@@ -383,13 +382,13 @@ def compute_generator_advantages(
 
 
 def compute_verifier_advantages(r_v: torch.Tensor, group_index: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """GRPO advantage within the N verifications of one solution (TANGO.md §5): (B,) -> (B,)."""
+    """GRPO advantage within the N verifications of one solution (docs/method.md §5): (B,) -> (B,)."""
     return grpo_outcome(r_v.to(torch.float32) if not r_v.is_floating_point() else r_v, group_index, eps)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VerifierReweighter:
-    """Class-aware reweighting of the verifier's policy-gradient term (TANGO.md §5).
+    """Class-aware reweighting of the verifier's policy-gradient term (docs/method.md §5).
 
     Keeps EMAs (``decay`` 0.8, initialised from the first batch) of the numbers of correct and
     incorrect solutions per batch. A sample whose solution is of class c gets s = EMA_c ^ -power
@@ -399,11 +398,11 @@ class VerifierReweighter:
     checkpoint and restore it with :meth:`from_dict` (the released code loses it on resume).
     """
 
-    decay: float = schema_default(AlgorithmConfig, "reweight_decay")
+    decay: float  # paper: 0.8 (algorithm.reweight_decay)
     ema_correct: float | None = None
     ema_incorrect: float | None = None
     updates: int = 0
-    power: float = schema_default(AlgorithmConfig, "reweight_power")
+    power: float  # paper: 0.5 (algorithm.reweight_power)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:
@@ -412,7 +411,7 @@ class VerifierReweighter:
             raise ValueError(f"reweighting power must be >= 0, got {self.power}")
 
     def update(self, num_correct: int, num_incorrect: int) -> None:
-        """Fold one batch's solution counts into the EMAs; the first batch initialises them (TANGO.md §5)."""
+        """Fold one batch's solution counts into the EMAs; the first batch initialises them (docs/method.md §5)."""
         if self.ema_correct is None or self.ema_incorrect is None:
             self.ema_correct, self.ema_incorrect = float(num_correct), float(num_incorrect)
         else:
@@ -421,7 +420,7 @@ class VerifierReweighter:
         self.updates += 1
 
     def weights(self, solution_correct: torch.Tensor) -> torch.Tensor:
-        """Per-sample weights s = EMA of the class ^ -power, rescaled to batch mean 1 (TANGO.md §5: power 0.5).
+        """Per-sample weights s = EMA of the class ^ -power, rescaled to batch mean 1 (docs/method.md §5: power 0.5).
 
         ``power`` 0.5 is the paper's 1/sqrt; 1.0 is inverse class frequency, which equalises the two
         classes' total weight in every batch (the tiny recipe's choice: with 32 solutions of which
@@ -440,7 +439,7 @@ class VerifierReweighter:
         return (s / s.mean()).to(torch.float32)
 
     def __call__(self, solution_correct: torch.Tensor, group_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Update with this batch and return its weights (TANGO.md §5).
+        """Update with this batch and return its weights (docs/method.md §5).
 
         Args:
             solution_correct: (B,) bool, true correctness of the solution each sample judged.
@@ -464,22 +463,13 @@ class VerifierReweighter:
         return self.weights(labels)
 
     def to_dict(self) -> dict[str, float | int | None]:
-        """Plain-dict state (JSON/YAML safe) for checkpoints: it must survive resume (TANGO.md §5)."""
+        """Plain-dict state (JSON/YAML safe) for checkpoints: it must survive resume (docs/method.md §5)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, state: dict) -> VerifierReweighter:
-        """Restore from :meth:`to_dict` on resume (TANGO.md §5); unknown keys are an error naming them."""
+        """Restore from :meth:`to_dict` on resume (docs/method.md §5); unknown keys are an error naming them."""
         unknown = set(state) - {"decay", "ema_correct", "ema_incorrect", "updates", "power"}
         if unknown:
             raise ValueError(f"unknown VerifierReweighter state keys: {', '.join(sorted(unknown))}")
         return cls(**state)
-
-
-# The configuration validates estimator names against config.ESTIMATORS without importing torch; the
-# implementations registered above must be exactly those names.
-if set(generator_estimator_names()) != set(ESTIMATORS) or set(STEP_ESTIMATORS) != set(OUTCOME_ESTIMATORS):
-    raise ImportError(
-        f"advantage estimators registered {generator_estimator_names()} (step: {sorted(STEP_ESTIMATORS)}) "
-        f"differ from tango_steps.config.ESTIMATORS {list(ESTIMATORS)}"
-    )

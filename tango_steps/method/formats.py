@@ -1,4 +1,4 @@
-"""Output formats of the generator and the verifier: prompt templates and parsers (TANGO.md §2, §5).
+"""Output formats of the generator and the verifier: prompt templates and parsers (docs/method.md §2, §5).
 
 The generator writes ``<think>`` holding one ``<step>...</step>`` per logical step, then
 ``<answer>\\boxed{FINAL}</answer>``. The verifier, told K, writes ``<step_verification>`` holding K
@@ -35,7 +35,7 @@ _TEXT_WRAP = re.compile(r"^\\text(?:bf|rm|tt)?\s*\{(.*)\}$", re.DOTALL)
 def find_blocks(
     text: str, open_tag: str, close_tag: str, start: int = 0, end: int | None = None
 ) -> list[tuple[int, int]]:
-    """Character spans ``(start, end)`` of every ``open_tag ... close_tag`` block, tags included (TANGO.md §2).
+    """Character spans ``(start, end)`` of every ``open_tag ... close_tag`` block, tags included (docs/method.md §2).
 
     Same matches as the non-greedy regex ``open(.*?)close`` with DOTALL, scanned left to right, but
     linear in ``len(text)``: an opening tag pairs with the first closing tag after it.
@@ -72,7 +72,9 @@ def _matching_braces(text: str) -> dict[int, int]:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last balanced ``\\boxed{...}`` in ``text`` (nested braces allowed), or None (TANGO.md §2)."""
+    """Content of the last balanced ``\\boxed{...}`` in ``text`` (nested braces allowed), or None
+    (docs/method.md §2).
+    """
     starts = [m.end() - 1 for m in _BOXED.finditer(text)]  # index of each box's "{"
     if not starts:
         return None
@@ -135,12 +137,12 @@ def _single_envelope(text: str, first: tuple[str, str], second: tuple[str, str])
 
 @dataclass(frozen=True)
 class ParsedSolution:
-    """A generator response split into steps (TANGO.md §2).
+    """A generator response split into steps (docs/method.md §2).
 
     Attributes:
         steps: text inside each ``<step>...</step>`` block, in order (K = ``len(steps)``).
         step_spans: character ``(start, end)`` of each whole block, tags included:
-            ``text[start:end] == "<step>" + steps[k] + "</step>"``. The step reward of TANGO.md §4
+            ``text[start:end] == "<step>" + steps[k] + "</step>"``. The step reward of docs/method.md §4
             goes on the token holding character ``end - 1`` (the closing ``>``).
         answer: content of the last ``\\boxed{}`` inside the last ``<answer>...</answer>``, or None.
         format_score: generator format score in [0, 1] (see :func:`generator_format_score`).
@@ -156,14 +158,14 @@ class ParsedSolution:
 
     @property
     def num_steps(self) -> int:
-        """K, the number of steps (TANGO.md §2)."""
+        """K, the number of steps (docs/method.md §2)."""
         return len(self.steps)
 
 
 def generator_format_score(text: str, num_steps: int, answer: str | None) -> float:
-    """Generator format score in [0, 1], the generator-side analogue of TANGO.md §5's score.
+    """Generator format score in [0, 1], the generator-side analogue of docs/method.md §5's score.
 
-    The paper gives the generator format reward weight 0 (TANGO.md §4), so this score is reported
+    The paper gives the generator format reward weight 0 (docs/method.md §4), so this score is reported
     (and usable through ``outcome_reward(format_weight=...)``) but does not shape training by default.
     Starts at 1; 0 unless the text is exactly ``<think>...</think>`` then ``<answer>...</answer>``;
     -0.5 if there is no ``<step>`` block; -0.5 if the answer has no ``\\boxed{}``; -0.2 for stray
@@ -184,7 +186,7 @@ def generator_format_score(text: str, num_steps: int, answer: str | None) -> flo
 
 
 def parse_solution(text: str) -> ParsedSolution:
-    """Split a generator response into steps and a final answer (TANGO.md §2).
+    """Split a generator response into steps and a final answer (docs/method.md §2).
 
     Steps are every ``<step>...</step>`` span of the text (non-greedy, DOTALL; K = count). The
     answer is the content of the last balanced ``\\boxed{}`` inside the last complete
@@ -215,15 +217,15 @@ def parse_solution(text: str) -> ParsedSolution:
 
 @dataclass(frozen=True)
 class ParsedVerification:
-    """A verifier response (TANGO.md §2, §5).
+    """A verifier response (docs/method.md §2, §5).
 
     Attributes:
         step_verdicts: one bool per judged step (True = CORRECT), or None when the number of
             ``<step>`` blocks differs from ``num_steps`` or a block carries no readable verdict;
-            such a solution gets no step reward (TANGO.md §2).
+            such a solution gets no step reward (docs/method.md §2).
         final_verdict: the ``<final_verification>`` verdict (True = CORRECT), or None when
-            unparseable; None counts as INCORRECT with zero verifier reward (TANGO.md §2).
-        format_score: the verifier format score of TANGO.md §5, in [0, 1].
+            unparseable; None counts as INCORRECT with zero verifier reward (docs/method.md §2).
+        format_score: the verifier format score of docs/method.md §5, in [0, 1].
         num_judged: number of ``<step>`` blocks found inside ``<step_verification>``.
     """
 
@@ -234,7 +236,7 @@ class ParsedVerification:
 
 
 def verifier_format_score(text: str, num_steps: int, solution_well_formed: bool = True) -> float:
-    """The verifier format score of TANGO.md §5, in [0, 1].
+    """The verifier format score of docs/method.md §5, in [0, 1].
 
     Starts at 1; 0 unless the output is exactly ``<step_verification>...</step_verification>`` then
     ``<final_verification>...</final_verification>`` (whitespace around and between allowed);
@@ -261,7 +263,7 @@ def verifier_format_score(text: str, num_steps: int, solution_well_formed: bool 
 
 
 def parse_verification(text: str, num_steps: int, solution_well_formed: bool = True) -> ParsedVerification:
-    """Read the verifier's step verdicts, final verdict and format score (TANGO.md §2, §5).
+    """Read the verifier's step verdicts, final verdict and format score (docs/method.md §2, §5).
 
     Verdicts are read leniently (last ``\\boxed{}`` of each block, any case, ``\\text{}`` allowed)
     from the first ``<step_verification>`` block and the last ``<final_verification>`` block even
@@ -271,7 +273,7 @@ def parse_verification(text: str, num_steps: int, solution_well_formed: bool = T
         text: the raw verifier response.
         num_steps: K, the number of steps of the judged solution.
         solution_well_formed: whether the judged solution was well-formed (gates the step-count
-            penalty of the format score, TANGO.md §5).
+            penalty of the format score, docs/method.md §5).
     """
     if not isinstance(text, str):
         text = "" if text is None else str(text)
@@ -301,7 +303,7 @@ def parse_verification(text: str, num_steps: int, solution_well_formed: bool = T
 
 
 def format_verification(step_verdicts: list[bool], final_verdict: bool, analyses: list[str] | None = None) -> str:
-    """Write a verifier response in the exact format of TANGO.md §2 (for warm-up data and tests)."""
+    """Write a verifier response in the exact format of docs/method.md §2 (for warm-up data and tests)."""
     analyses = analyses or [""] * len(step_verdicts)
     if len(analyses) != len(step_verdicts):
         raise ValueError(f"got {len(analyses)} analyses for {len(step_verdicts)} step verdicts")
@@ -314,6 +316,6 @@ def format_verification(step_verdicts: list[bool], final_verdict: bool, analyses
 
 
 def format_solution(steps: list[str], answer: str) -> str:
-    """Write a generator response in the exact format of TANGO.md §2 (for SFT data and tests)."""
+    """Write a generator response in the exact format of docs/method.md §2 (for SFT data and tests)."""
     body = "".join(f"{STEP_OPEN}{s}{STEP_CLOSE}" for s in steps)
     return f"{THINK_OPEN}{body}{THINK_CLOSE}\n{ANSWER_OPEN}\\boxed{{{answer}}}{ANSWER_CLOSE}"

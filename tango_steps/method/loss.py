@@ -1,8 +1,8 @@
-"""Policy loss of both models and memory-safe token log-probabilities (TANGO.md §6).
+"""Policy loss of both models and memory-safe token log-probabilities (docs/method.md §6).
 
 PPO-clip surrogate (eps 0.2), "k3" KL to a frozen reference in the loss (beta 0.001, clamped to
 [-10, 10]), entropy bonus (0.001; 0 for REINFORCE++), optional per-sample weights on the
-policy-gradient term only (the verifier's class-aware reweighting, TANGO.md §5), token-mean over the
+policy-gradient term only (the verifier's class-aware reweighting, docs/method.md §5), token-mean over the
 batch. No critic.
 
 Log-probabilities are computed from the final hidden states in chunks of tokens, each chunk's
@@ -16,65 +16,42 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tango_steps.config import UpdateConfig, schema_default
-from tango_steps.registry import lookup
-
-KL_CLAMP = 10.0  # TANGO.md §6: k3 clamped to [-10, 10] so one outlier token cannot dominate
-
-PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
-
-
-def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    """Register a policy loss by name so configs can pick it (TANGO.md §6)."""
-
-    def deco(fn: PolicyLoss) -> PolicyLoss:
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return deco
-
-
-def get_policy_loss(name: str) -> PolicyLoss:
-    """Look a policy loss up by name (TANGO.md §6); the error lists the known names."""
-    return lookup(POLICY_LOSSES, name, "policy loss")
-
+KL_CLAMP = 10.0  # docs/method.md §6: k3 clamped to [-10, 10] so one outlier token cannot dominate
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = KL_CLAMP) -> torch.Tensor:
-    """k3 estimator of KL(pi || pi_ref) per token: exp(ref - logp) - (ref - logp) - 1, clamped (TANGO.md §6)."""
+    """k3 estimator of KL(pi || pi_ref) per token: exp(ref - logp) - (ref - logp) - 1, clamped (docs/method.md §6)."""
     d = ref_logp - logp
     return (torch.exp(d) - d - 1.0).clamp(min=-clamp, max=clamp)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, denom: float | torch.Tensor | None = None) -> torch.Tensor:
-    """sum(x * mask) / denom, denom defaulting to sum(mask) (token-mean, TANGO.md §6)."""
+    """sum(x * mask) / denom, denom defaulting to sum(mask) (token-mean, docs/method.md §6)."""
     mask = mask.to(x.dtype)
     if denom is None:
         denom = mask.sum().clamp(min=1.0)
     return (x * mask).sum() / denom
 
 
-@register_policy_loss("ppo_clip")
 def ppo_clip_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
+    *,
+    clip_eps: float,
+    kl_coef: float,
+    entropy_coef: float,
     ref_logp: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     sample_weights: torch.Tensor | None = None,
-    clip_eps: float = schema_default(UpdateConfig, "clip_eps"),
-    kl_coef: float = schema_default(UpdateConfig, "kl_coef"),
-    entropy_coef: float = schema_default(UpdateConfig, "entropy_coef"),
     num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip policy loss with k3 KL and entropy bonus, token-mean (TANGO.md §6).
+    """PPO-clip policy loss with k3 KL and entropy bonus, token-mean (docs/method.md §6).
 
         ratio = exp(logp - old_logp)
         pg    = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) * s       (s: sample weight, §5)
@@ -138,14 +115,6 @@ def ppo_clip_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Naive log p(label) and entropy from full (B, T, V) logits, the chunked version's reference (TANGO.md §6)."""
-    logp_all = F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)
-    logp = logp_all.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
-
-
 def _chunk_logprobs(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +138,7 @@ def chunked_token_logprobs(
     temperature: float = 1.0,
     checkpoint_chunks: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of ``labels`` and entropies, chunk by chunk of tokens (TANGO.md §6, memory).
+    """Log-probabilities of ``labels`` and entropies, chunk by chunk of tokens (docs/method.md §6, memory).
 
     Only one chunk's (chunk_size, V) logits exist at a time; with ``checkpoint_chunks`` (and grad
     enabled) they are recomputed in backward instead of kept, so peak memory is O(chunk_size x V)
@@ -206,7 +175,7 @@ def chunked_token_logprobs(
 
 
 def liger_unavailable(device: torch.device) -> str | None:
-    """Why liger-kernel cannot compute the update's log-probs (TANGO.md §6) on ``device``, or None when it can.
+    """Why liger-kernel cannot compute the update's log-probs (docs/method.md §6) on ``device``, or None when it can.
 
     Its kernels are Triton kernels: they run on CUDA devices, or anywhere under Triton's
     interpreter (``TRITON_INTERPRET=1``, numpy-speed, what the CPU tests use).
@@ -225,7 +194,7 @@ def liger_token_logprobs(
     lm_head_bias: torch.Tensor | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Log-probabilities of ``labels`` through liger-kernel's fused linear cross-entropy (TANGO.md §6).
+    """Log-probabilities of ``labels`` through liger-kernel's fused linear cross-entropy (docs/method.md §6).
 
     The kernel projects and normalises chunk by chunk on the GPU and never keeps the logits: what
     :func:`chunked_token_logprobs` does in PyTorch, fused, and with its backward recomputing the
@@ -272,7 +241,8 @@ def token_logprobs(
     backend: str = "chunked",
     with_entropy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of ``labels`` (and entropies) by the configured backend (TANGO.md §6; ``update.logprob_backend``).
+    """Log-probs of ``labels`` (and entropies) by the configured backend
+    (docs/method.md §6; ``update.logprob_backend``).
 
     ``chunked`` is :func:`chunked_token_logprobs`. ``liger`` is :func:`liger_token_logprobs` where
     liger-kernel can run (:func:`liger_unavailable`), and the chunked path, with a warning, where it

@@ -1,4 +1,4 @@
-"""Metrics of the verifier and the generator on a round's tables (TANGO.md §8-§9), pure functions.
+"""Metrics of the verifier and the generator on a round's tables (docs/method.md §8-§9), pure functions.
 
 - :func:`binary_metrics`: outcome-level accuracy, balanced accuracy, precision, recall, F1;
 - :func:`process_f1`, :func:`predicted_first_error`, :func:`process_metrics`: the ProcessBench
@@ -14,11 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from tango_steps.config import EvaluationConfig, schema_default
-
 
 def step_verdict_histogram(step_verdicts: list[list[bool] | None]) -> dict[str, float]:
-    """Where the verifier puts the first INCORRECT step, as fractions of verifications (TANGO.md §4 step rewards).
+    """Where the verifier puts the first INCORRECT step, as fractions of verifications (docs/method.md §4 step rewards).
 
     Keys ``judge/first_incorrect_none`` (every step CORRECT), ``judge/first_incorrect_0`` ..
     ``_3``, ``judge/first_incorrect_4plus`` and ``judge/step_verdicts_unusable`` (count != K:
@@ -40,9 +38,9 @@ def step_verdict_histogram(step_verdicts: list[list[bool] | None]) -> dict[str, 
 
 
 def binary_metrics(pred: list[bool | None], truth: list[bool], prefix: str) -> dict[str, float]:
-    """Accuracy, balanced accuracy, precision, recall, F1 with positive = solution correct (TANGO.md §8).
+    """Accuracy, balanced accuracy, precision, recall, F1 with positive = solution correct (docs/method.md §8).
 
-    A missing prediction (None, unparseable verdict) counts as INCORRECT (TANGO.md §2).
+    A missing prediction (None, unparseable verdict) counts as INCORRECT (docs/method.md §2).
     """
     p = [bool(x) if x is not None else False for x in pred]
     tp = sum(a and b for a, b in zip(p, truth, strict=True))
@@ -64,7 +62,7 @@ def binary_metrics(pred: list[bool | None], truth: list[bool], prefix: str) -> d
 
 
 def process_f1(predicted_first_error: list[int], true_first_error: list[int]) -> dict[str, float]:
-    """ProcessBench protocol (TANGO.md §8): F1 of the accuracies on erroneous and on correct samples.
+    """ProcessBench protocol (docs/method.md §8): F1 of the accuracies on erroneous and on correct samples.
 
     A sample is erroneous when its true first error is >= 0; its prediction is right when it names
     the same step. A correct sample (-1) is right when the prediction is -1. The harmonic mean of the
@@ -82,7 +80,7 @@ NO_PREDICTION = -2  # unusable step verdicts (count != K): matches neither a ste
 
 
 def predicted_first_error(step_verdicts: list[bool] | None) -> int:
-    """The verifier's predicted first wrong step (ProcessBench protocol, TANGO.md §8).
+    """The verifier's predicted first wrong step (ProcessBench protocol, docs/method.md §8).
 
     The index of its first INCORRECT step verdict, -1 when every step is CORRECT, and
     :data:`NO_PREDICTION` when the verdicts are unusable (missing, or their count differs from K):
@@ -94,7 +92,7 @@ def predicted_first_error(step_verdicts: list[bool] | None) -> int:
 
 
 def process_metrics(eval_table: pd.DataFrame) -> dict[str, Any]:
-    """Process-level F1 of one evaluation table (TANGO.md §8, ProcessBench protocol), prefixed ``eval/verifier_``.
+    """Process-level F1 of one evaluation table (docs/method.md §8, ProcessBench protocol), prefixed ``eval/verifier_``.
 
     Scored on the solutions with exact step labels whose error is a step (correct ones, and wrong
     ones with a first wrong step); a wrong solution whose steps are all right (it stopped early) and
@@ -117,13 +115,14 @@ def process_metrics(eval_table: pd.DataFrame) -> dict[str, Any]:
 
 def verifier_alarm(
     metrics: dict[str, Any],
-    majority: float = schema_default(EvaluationConfig, "collapse_majority"),
-    min_format: float = schema_default(EvaluationConfig, "collapse_min_format"),
+    *,
+    majority: float,
+    min_format: float,
 ) -> str | None:
-    """A degenerate verifier, in words, or None (TANGO.md §5: without reweighting it collapses to INCORRECT).
+    """A degenerate verifier, in words, or None (docs/method.md §5: without reweighting it collapses to INCORRECT).
 
     Raised when ``majority`` or more of its held-out final verdicts are one class (an unparseable
-    verdict counts as INCORRECT, TANGO.md §2) or its held-out format rate falls below ``min_format``.
+    verdict counts as INCORRECT, docs/method.md §2) or its held-out format rate falls below ``min_format``.
     """
     problems = []
     says_correct = metrics.get("eval/verifier_says_correct_frac")
@@ -137,7 +136,7 @@ def verifier_alarm(
 
 
 def hacking_diagnostics(eval_table: pd.DataFrame) -> dict[str, float]:
-    """Reward-hacking diagnostics of one evaluation (TANGO.md §9): is the verifier right for the right reasons?
+    """Reward-hacking diagnostics of one evaluation (docs/method.md §9): is the verifier right for the right reasons?
 
     - verifier accuracy per class: on the correct solutions (``verifier_acc_on_correct``) and on
       the wrong ones (``verifier_acc_on_wrong``): a verifier that says CORRECT to everything scores
@@ -169,7 +168,7 @@ def hacking_diagnostics(eval_table: pd.DataFrame) -> dict[str, float]:
 
 
 def verifier_metrics(df: pd.DataFrame) -> dict[str, Any]:
-    """The verifier's held-out outcome, format and process metrics from an evaluation table (TANGO.md §5, §8)."""
+    """The verifier's held-out outcome, format and process metrics from an evaluation table (docs/method.md §5, §8)."""
     metrics: dict[str, Any] = binary_metrics(list(df["final_verdict"]), list(df["correct"]), "eval/verifier_")
     metrics["eval/verifier_format_ok_frac"] = float((df["verifier_format_score"] == 1.0).mean())
     says_correct = float(df["final_verdict"].map(lambda v: v is True).mean())

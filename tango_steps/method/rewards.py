@@ -1,4 +1,4 @@
-"""Rewards of both models (TANGO.md §4 generator, §5 verifier).
+"""Rewards of both models (docs/method.md §4 generator, §5 verifier).
 
 - generator outcome reward: r_out = 1[answer equivalent to gold] (+ format weight x format score,
   weight 0 in the paper);
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tango_steps.config import AlgorithmConfig, schema_default
-
 
 def outcome_reward(correct: bool, format_score: float = 0.0, format_weight: float = 0.0) -> float:
-    """Generator outcome reward r_out (TANGO.md §4): 1 if correct else 0, plus an optional format term.
+    """Generator outcome reward r_out (docs/method.md §4): 1 if correct else 0, plus an optional format term.
 
     The paper uses format weight 0 and keeps the verifier's final verdict out of this reward.
     """
@@ -28,7 +26,7 @@ def outcome_reward(correct: bool, format_score: float = 0.0, format_weight: floa
 
 
 def step_rewards(step_verdicts: Sequence[bool] | None) -> list[float] | None:
-    """Step rewards y_k / K (TANGO.md §4), y_k = +1 for CORRECT and -1 for INCORRECT.
+    """Step rewards y_k / K (docs/method.md §4), y_k = +1 for CORRECT and -1 for INCORRECT.
 
     Returns None when the verdicts are unusable (None: count != K) and [] for K = 0: either way the
     solution then gets no step reward.
@@ -43,11 +41,11 @@ def verifier_reward(
     final_verdict: bool | None,
     solution_correct: bool,
     format_score: float,
-    gamma: float = schema_default(AlgorithmConfig, "gamma"),
+    gamma: float,
 ) -> float:
-    """Verifier reward r_v = 1[final verdict == true correctness] + gamma * format score (TANGO.md §5).
+    """Verifier reward r_v = 1[final verdict == true correctness] + gamma * format score (docs/method.md §5).
 
-    An unparseable final verdict (None) counts as INCORRECT with zero reward (TANGO.md §2).
+    An unparseable final verdict (None) counts as INCORRECT with zero reward (docs/method.md §2).
     """
     if final_verdict is None:
         return 0.0
@@ -55,7 +53,7 @@ def verifier_reward(
 
 
 def sampled_step_end_tokens(tokenizer, response_ids: list[int], step_spans: list[tuple[int, int]]) -> list[int]:
-    """Index of the sampled token holding the last character of each step (TANGO.md §4).
+    """Index of the sampled token holding the last character of each step (docs/method.md §4).
 
     Works on the SAMPLED ids (not a re-tokenisation, which may split the text differently): the
     token holding character ``end - 1`` is the first ``i`` whose decoded prefix ``ids[: i + 1]`` is
@@ -93,7 +91,7 @@ def outcome_rewards(
     format_scores: Sequence[float] | None = None,
     format_weight: float = 0.0,
 ) -> tuple[list[float], dict[str, int]]:
-    """Generator outcome rewards r_out of a batch (TANGO.md §4), with truncation handled.
+    """Generator outcome rewards r_out of a batch (docs/method.md §4), with truncation handled.
 
     ``correct`` is the task's own verdict on each completion (``Task.check``, computed once in the
     rollout): exact match for the embedded tasks, Math-Verify only for maths datasets. There is one

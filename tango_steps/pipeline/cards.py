@@ -1,4 +1,4 @@
-"""Card contents for the flows: sample solutions, the verdict browser, reward and update charts (TANGO.md §9).
+"""Card contents for the flows: sample solutions, the verdict browser, reward and update charts (docs/method.md §9).
 
 Each function turns a stage's tables and metrics into a list of Metaflow card components
 (``Markdown``, ``Table``, ``VegaChart``); the flows only append them to ``current.card``. Charts are
@@ -50,7 +50,7 @@ def _mark(ok: Any) -> str:
 
 
 def metrics_table(metrics: dict[str, Any], prefix: str = "") -> Any:
-    """A two-column table of metrics whose names start with ``prefix`` (TANGO.md §9 inspection)."""
+    """A two-column table of metrics whose names start with ``prefix`` (docs/method.md §9 inspection)."""
     from metaflow.cards import Table
 
     rows = [[k, _fmt(v)] for k, v in sorted(metrics.items()) if k.startswith(prefix)]
@@ -58,7 +58,7 @@ def metrics_table(metrics: dict[str, Any], prefix: str = "") -> Any:
 
 
 def histogram(values: Sequence[float], title: str, field: str = "value") -> Any:
-    """A Vega-Lite histogram of ``values`` (TANGO.md §4-§5 reward and advantage distributions)."""
+    """A Vega-Lite histogram of ``values`` (docs/method.md §4-§5 reward and advantage distributions)."""
     from metaflow.cards import VegaChart
 
     data = [{field: float(v)} for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -78,7 +78,7 @@ def histogram(values: Sequence[float], title: str, field: str = "value") -> Any:
 
 
 def line_chart(history: Sequence[dict[str, Any]], keys: Sequence[str], title: str) -> Any:
-    """A Vega-Lite line chart of metrics across rounds (TANGO.md §8 curves); missing values are left out."""
+    """A Vega-Lite line chart of metrics across rounds (docs/method.md §8 curves); missing values are left out."""
     from metaflow.cards import VegaChart
 
     data = [
@@ -104,7 +104,7 @@ def line_chart(history: Sequence[dict[str, Any]], keys: Sequence[str], title: st
 
 
 def rollout_components(rollouts: pd.DataFrame, metrics: dict[str, Any], n: int = 6) -> list:
-    """Rollout card (TANGO.md §2-§3): summary and sample solutions with their steps numbered."""
+    """Rollout card (docs/method.md §2-§3): summary and sample solutions with their steps numbered."""
     from metaflow.cards import Markdown, Table
 
     out = [Markdown(f"## Rollout: {len(rollouts)} solutions"), metrics_table(metrics, "rollout/")]
@@ -129,7 +129,7 @@ def _labels(row) -> list:
 
 
 def judge_components(rollouts: pd.DataFrame, judgments: pd.DataFrame, n: int = 8) -> list:
-    """Verdict browser (TANGO.md §2, §4-§5): each step beside the verifier's verdict and the exact label.
+    """Verdict browser (docs/method.md §2, §4-§5): each step beside the verifier's verdict and the exact label.
 
     Shows, per solution, the final verdict against the true correctness, and the reward and
     advantage the update actually used; then the raw verifier text.
@@ -173,7 +173,7 @@ def judge_components(rollouts: pd.DataFrame, judgments: pd.DataFrame, n: int = 8
 
 
 def reward_components(rollouts: pd.DataFrame, judgments: pd.DataFrame, metrics: dict[str, Any], alpha: Any) -> list:
-    """Reward card (TANGO.md §4-§5): distributions of rewards and advantages, alignment rate, alpha."""
+    """Reward card (docs/method.md §4-§5): distributions of rewards and advantages, alignment rate, alpha."""
     from metaflow.cards import Markdown
 
     out = [Markdown(f"## Rewards (alpha = {_fmt(alpha)})"), metrics_table(metrics)]
@@ -227,14 +227,14 @@ class CardLog:
 
 
 def update_components(role: str, metrics: dict[str, Any]) -> list:
-    """Update card (TANGO.md §6): loss, KL, entropy, clip fraction, gradient norm, or the skip reason."""
+    """Update card (docs/method.md §6): loss, KL, entropy, clip fraction, gradient norm, or the skip reason."""
     from metaflow.cards import Markdown
 
     return [Markdown(f"## {role} update"), metrics_table(metrics)]
 
 
 def evaluate_components(eval_table: pd.DataFrame, metrics: dict[str, Any], n: int = 10) -> list:
-    """Evaluation card (TANGO.md §7-§8): metrics and the first held-out solutions with verdicts."""
+    """Evaluation card (docs/method.md §7-§8): metrics and the first held-out solutions with verdicts."""
     from metaflow.cards import Markdown, Table
 
     cols = ["question", "gold", "correct", "final_verdict", "first_error", "predicted_first_error", "length"]
@@ -246,7 +246,7 @@ def evaluate_components(eval_table: pd.DataFrame, metrics: dict[str, Any], n: in
 
 
 def skipped_evaluation_components(every: int, last: int = 1) -> list:
-    """Evaluation card of a round the recipe does not evaluate (``evaluation.every`` / ``last``, TANGO.md §7)."""
+    """Evaluation card of a round the recipe does not evaluate (``evaluation.every`` / ``last``, docs/method.md §7)."""
     from metaflow.cards import Markdown
 
     tail = "the last round" if last == 1 else f"the last {last} rounds"
@@ -269,7 +269,7 @@ ROUND_CHARTS = (
 
 
 def history_components(history: Sequence[dict[str, Any]]) -> list:
-    """TangoFlow's charts across rounds (TANGO.md §8): accuracy, F1s, rewards, alpha, KL, length."""
+    """TangoFlow's charts across rounds (docs/method.md §8): accuracy, F1s, rewards, alpha, KL, length."""
     from metaflow.cards import Markdown
 
     last = history[-1] if history else {}
@@ -292,7 +292,7 @@ ABLATION_CURVES = {
 
 
 def ablation_components(table: pd.DataFrame) -> list:
-    """AblationFlow's card (TANGO.md §8): per task, each curve across rounds, one line per variant (seed mean)."""
+    """AblationFlow's card (docs/method.md §8): per task, each curve across rounds, one line per variant (seed mean)."""
     from metaflow.cards import Markdown
 
     out = []

@@ -1,4 +1,4 @@
-"""Driving one TangoRoundFlow run per round from TangoFlow's looping step (TANGO.md §3, §9).
+"""Driving one TangoRoundFlow run per round from TangoFlow's looping step (docs/method.md §3, §9).
 
 Metaflow only lets a step loop onto itself, so TangoFlow's ``round`` step runs round k as a child
 ``TangoRoundFlow`` run through Metaflow's ``Runner`` (ENVIRONMENT.md "Metaflow 2.19"). The child is
@@ -35,7 +35,7 @@ _MISSING = object()
 
 
 def artifact(task, name: str, default: Any = _MISSING) -> Any:
-    """``task[name].data`` through the task's artifact LIST (TANGO.md §9).
+    """``task[name].data`` through the task's artifact LIST (docs/method.md §9).
 
     ``task[name]`` and ``name in task`` ask a metadata service for one artifact by name, a route that
     the lightweight ``metaflow-local-service`` does not have (it answers 404, so the artifact looks
@@ -62,7 +62,7 @@ def succeeded(obj) -> bool:
 
 
 def read_task_state(pathspec: str) -> dict[str, Any]:
-    """The ``state`` artifact (model references, reweighter, counters) of a finished task (TANGO.md §9).
+    """The ``state`` artifact (model references, reweighter, counters) of a finished task (docs/method.md §9).
 
     ``pathspec`` is a task (``Flow/run/step/task``) or a run (``Flow/run``: its ``end`` task).
     """
@@ -86,7 +86,7 @@ def read_task_state(pathspec: str) -> dict[str, Any]:
 
 
 class DriverBusy(RuntimeError):
-    """Another live process drives the same run: this driver refuses (TANGO.md §9)."""
+    """Another live process drives the same run: this driver refuses (docs/method.md §9)."""
 
 
 def _lock_path(root_id: str) -> Path:
@@ -112,7 +112,7 @@ def _alive(holder: dict[str, Any]) -> bool:
 
 @contextmanager
 def root_lock(root_id: str, round_idx: int, driver: str | None = None) -> Iterator[None]:
-    """Refuse to drive a round of run ``root_id`` while another live process drives it (TANGO.md §9).
+    """Refuse to drive a round of run ``root_id`` while another live process drives it (docs/method.md §9).
 
     Two checks, both on this host (``/tmp``; a cluster has no shared lock, see README "Resume"):
 
@@ -168,7 +168,7 @@ def root_lock(root_id: str, round_idx: int, driver: str | None = None) -> Iterat
 
 
 def find_round_runs(root_id: str, round_idx: int) -> list:
-    """Child runs of (root, round), newest first (TANGO.md §9 resume)."""
+    """Child runs of (root, round), newest first (docs/method.md §9 resume)."""
     from metaflow import Flow, namespace
     from metaflow.exception import MetaflowNotFound
 
@@ -196,7 +196,7 @@ def run_round(
     show_output: bool = True,
     driver: str | None = None,
 ) -> dict[str, Any]:
-    """Adopt, resume or launch the TangoRoundFlow run of round ``round_idx`` (TANGO.md §3, §9).
+    """Adopt, resume or launch the TangoRoundFlow run of round ``round_idx`` (docs/method.md §3, §9).
 
     Args:
         flow_file: path of ``tango_round_flow.py``.
@@ -262,7 +262,7 @@ def run_round(
 
 
 def validate_run_config(config: Any, rounds: int | None = None):
-    """The validated :class:`~tango_steps.config.TangoConfig` of a TangoFlow run (TANGO.md §3-§7).
+    """The validated :class:`~tango_steps.config.TangoConfig` of a TangoFlow run (docs/method.md §3-§7).
 
     ``rounds`` (the ``--rounds`` option) overrides the recipe's. Model paths other than ``tiny`` are
     resolved now, so a missing path fails before any training with the field named.
@@ -285,13 +285,14 @@ def validate_run_config(config: Any, rounds: int | None = None):
 
 
 def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """The round-0 policy checkpoints of both models under ``out_dir`` (TANGO.md §3, §7).
+    """The round-0 policy checkpoints of both models under ``out_dir`` (docs/method.md §3, §7).
 
     ``path: tiny`` builds and warms up the embedded tiny models once (cached by their settings); any
     other path is loaded as it is. Each checkpoint is also its model's frozen KL reference.
     """
     from tango_steps.models.loading import resolve_model_ref
-    from tango_steps.training.update import init_checkpoint, update_settings
+    from tango_steps.training.checkpoint import init_checkpoint
+    from tango_steps.training.settings import update_settings
     from tango_steps.training.warmup import warmed_up_models, warmup_settings
 
     out = Path(out_dir)
@@ -310,14 +311,15 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
 
 
 def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-    """Round 0 of a run (TANGO.md §3, §7): initial checkpoints saved in ``store``, evaluated.
+    """Round 0 of a run (docs/method.md §3, §7): initial checkpoints saved in ``store``, evaluated.
 
     Shared by TangoFlow's ``start`` and AblationFlow's ``init``, so every ablation branch starts
     exactly as a TangoFlow run does. Returns ``(state, eval_table, first history row)``.
     """
     from tango_steps.pipeline.budgets import check_budgets
     from tango_steps.pipeline.model_store import task_key
-    from tango_steps.round import stages
+    from tango_steps.round.evaluate import evaluate
+    from tango_steps.round.plan import alpha_horizon
     from tango_steps.round.state import RoundState
 
     lengths = check_budgets(cfg)  # before any warm-up or training: the limits must hold the task
@@ -325,14 +327,14 @@ def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any
     with tempfile.TemporaryDirectory() as tmp:
         dirs = initial_checkpoints(cfg, tmp, log=log)
         refs = {r: store.save(d, task_key(r), meta={"role": r, "round": 0}) for r, d in dirs.items()}
-    eval_table, res = stages.evaluate(cfg, store.load(refs["generator"]), store.load(refs["verifier"]), log=log)
-    return RoundState.initial(refs, stages.alpha_horizon(cfg)).to_dict(), eval_table, {"round": 0, **res.metrics}
+    eval_table, res = evaluate(cfg, store.load(refs["generator"]), store.load(refs["verifier"]), log=log)
+    return RoundState.initial(refs, alpha_horizon(cfg)).to_dict(), eval_table, {"round": 0, **res.metrics}
 
 
 def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
-    """State and metrics of a finished round run to fork from (TANGO.md §9): ``Flow/run`` or its end task.
+    """State and metrics of a finished round run to fork from (docs/method.md §9): ``Flow/run`` or its end task.
 
-    The fork keeps its source's T_g (the alpha schedule's horizon, TANGO.md §4), so a fork that changes
+    The fork keeps its source's T_g (the alpha schedule's horizon, docs/method.md §4), so a fork that changes
     nothing continues exactly as its source would have; ``algorithm.alpha_horizon`` in the fork's
     recipe overrides it. A source older than the state's ``alpha_horizon`` gets ``cfg``'s, said in the log.
     Every checkpoint the state refers to is loaded and verified here (sizes and hashes), so a damaged or
@@ -343,7 +345,7 @@ def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple
     from metaflow import Run, namespace
 
     from tango_steps.pipeline.model_store import load_model_dir
-    from tango_steps.round.stages import alpha_horizon
+    from tango_steps.round.plan import alpha_horizon
     from tango_steps.round.state import RoundState
 
     namespace(None)
@@ -363,7 +365,7 @@ def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple
 
 
 def round_models(pathspec: str) -> dict[str, Path]:
-    """Local directories of the generator and verifier checkpoints after a round (TANGO.md §9), for notebooks.
+    """Local directories of the generator and verifier checkpoints after a round (docs/method.md §9), for notebooks.
 
     ``pathspec``: a TangoRoundFlow run (its models after the round), a TangoFlow run (its final
     models) or any task with a ``state`` artifact (e.g. a TangoFlow ``start`` task: round 0). Each
@@ -389,7 +391,7 @@ def round_models(pathspec: str) -> dict[str, Path]:
 
 
 def history_row(child: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
-    """One row of TangoFlow's per-round table (TANGO.md §9): the round's metrics, where it ran, drift.
+    """One row of TangoFlow's per-round table (docs/method.md §9): the round's metrics, where it ran, drift.
 
     ``eval/generator_length_drift`` is the held-out mean response length minus the first row's
     (round 0, or the forked round): a generator gaming the verifier often grows or shrinks its answers.

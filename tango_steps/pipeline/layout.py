@@ -1,5 +1,5 @@
 """How a recipe spreads over devices: what one update process holds in memory, by estimate, and how
-its sampling splits over shards (TANGO.md §7 hardware; docs/scaling.md).
+its sampling splits over shards (docs/method.md §7 hardware; docs/scaling.md).
 
 The estimate follows what :func:`tango_steps.training.update.rl_update` does, not a generic trainer:
 
@@ -118,7 +118,7 @@ def sampling_layout(cfg) -> dict[str, int]:
     generator round (B_g prompts x M samples) and in a verifier round (B_v prompts x 1). Each shard's
     engine spans ``tensor_parallel_size`` GPUs.
     """
-    from tango_steps.round.stages import sampling_chunks
+    from tango_steps.round.sampling import sampling_chunks
 
     r = cfg.rollout
     calls = {

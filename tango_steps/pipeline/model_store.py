@@ -1,4 +1,4 @@
-"""Model directories in the Metaflow datastore, with a small reference as the artifact (TANGO.md §9).
+"""Model directories in the Metaflow datastore, with a small reference as the artifact (docs/method.md §9).
 
 Weights are never pickled into artifacts. A policy checkpoint or a base model (a directory of
 safetensors, tokenizer files, optimizer and RNG state) is copied file by file into the flow's own
@@ -56,7 +56,7 @@ def _storage_class(ds_type: str):
 
 
 class ModelStore:
-    """Save and load model directories through a Metaflow datastore back-end (TANGO.md §9).
+    """Save and load model directories through a Metaflow datastore back-end (docs/method.md §9).
 
     Args:
         storage: a Metaflow ``DataStoreStorage`` (``LocalStorage`` or ``S3Storage``) instance.
@@ -69,18 +69,18 @@ class ModelStore:
 
     @classmethod
     def for_flow(cls, flow) -> ModelStore:
-        """The store of the datastore a running step writes its artifacts to (TANGO.md §9)."""
+        """The store of the datastore a running step writes its artifacts to (docs/method.md §9)."""
         return cls(flow._datastore.parent_datastore._storage_impl)
 
     @classmethod
     def for_ref(cls, ref: dict[str, Any]) -> ModelStore:
-        """The store a reference was written to, e.g. from a notebook (TANGO.md §9)."""
+        """The store a reference was written to, e.g. from a notebook (docs/method.md §9)."""
         return cls(_storage_class(ref["ds_type"])(ref["ds_root"]))
 
     # ------------------------------------------------------------------------------------------
 
     def save(self, src: str | Path, key: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Copy directory ``src`` to ``tango_models/<key>`` and return its reference (TANGO.md §9).
+        """Copy directory ``src`` to ``tango_models/<key>`` and return its reference (docs/method.md §9).
 
         An existing complete copy under the same key (a retried task) is replaced.
         """
@@ -135,7 +135,7 @@ class ModelStore:
         }
 
     def load(self, ref: dict[str, Any]) -> Path:
-        """A local directory holding the referenced model (TANGO.md §9); verified against the manifest."""
+        """A local directory holding the referenced model (docs/method.md §9); verified against the manifest."""
         prefix = self.storage.path_join(PREFIX, ref["key"])
         if self.ds_type == "local":
             path = Path(self.storage.full_uri(prefix))
@@ -169,7 +169,9 @@ class ModelStore:
 
 
 def _disk_full_error(final: Path, key: str, manifest: dict[str, Any]) -> OSError:
-    """The error a full disk gives when a checkpoint is stored: what, where, how much, what to do (TANGO.md §9)."""
+    """The error a full disk gives when a checkpoint is stored: what, where, how much, what to do
+    (docs/method.md §9).
+    """
     from tango_steps.atomic import disk_full_error
 
     where = _where({"key": key, "uri": str(final), "meta": manifest["meta"]})
@@ -182,7 +184,7 @@ def _disk_full_error(final: Path, key: str, manifest: dict[str, Any]) -> OSError
 def _kill_point(meta: dict[str, Any] | None) -> None:
     """The test-only ``checkpoint_write`` kill point: the files are written, the manifest is not."""
     if os.environ.get("TANGO_KILL_AT"):
-        from tango_steps.round.stages import maybe_kill
+        from tango_steps.faults import maybe_kill
 
         maybe_kill((meta or {}).get("round"), "checkpoint_write")
 
@@ -197,7 +199,7 @@ def _hash_files(root: Path, names: list[str]) -> dict[str, str]:
 
 
 def _where(ref: dict[str, Any]) -> str:
-    """Where a stored model came from, for error messages: its run, step, round and role (TANGO.md §9)."""
+    """Where a stored model came from, for error messages: its run, step, round and role (docs/method.md §9)."""
     parts = str(ref.get("key", "")).split("/")
     where = f"run {'/'.join(parts[:2])}, step {parts[2]}" if len(parts) >= 6 else f"key {ref.get('key')}"
     meta = ref.get("meta") or {}
@@ -221,7 +223,7 @@ def removed_error(ref: dict[str, Any], note: bytes | str) -> ValueError:
 
 def _verify(path: Path, ref: dict[str, Any]) -> None:
     """Refuse a copy that lacks its manifest, or any file that is missing, of another size or (when the
-    reference has hashes) of another sha256 (TANGO.md §9); a checkpoint removed by retention says so."""
+    reference has hashes) of another sha256 (docs/method.md §9); a checkpoint removed by retention says so."""
     if (path / REMOVED).exists():
         raise removed_error(ref, (path / REMOVED).read_text())
     if not (path / MANIFEST).exists():
@@ -259,14 +261,14 @@ def _verify(path: Path, ref: dict[str, Any]) -> None:
 
 
 def load_model_dir(ref: dict[str, Any]) -> Path:
-    """Local directory of a stored model from its reference alone (TANGO.md §9), e.g. in a notebook."""
+    """Local directory of a stored model from its reference alone (docs/method.md §9), e.g. in a notebook."""
     if not isinstance(ref, dict) or "key" not in ref or "ds_type" not in ref:
         raise ValueError(f"not a Tango model reference: {ref!r}")
     return ModelStore.for_ref(ref).load(ref)
 
 
 def task_key(name: str) -> str:
-    """Storage key of a model written by the current task: flow/run/step/task/attempt/name (TANGO.md §9)."""
+    """Storage key of a model written by the current task: flow/run/step/task/attempt/name (docs/method.md §9)."""
     from metaflow import current
 
     return "/".join(

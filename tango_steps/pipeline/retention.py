@@ -1,4 +1,4 @@
-"""Retention: delete the model checkpoints of a run's older rounds (TANGO.md §9; issue #17).
+"""Retention: delete the model checkpoints of a run's older rounds (docs/method.md §9; issue #17).
 
     python -m tango_steps.pipeline.retention TangoFlow/<run id> --keep-last 3 --every 5 --dry-run
     python -m tango_steps.pipeline.retention TangoFlow/<run id> --keep-last 3 --every 5
@@ -73,7 +73,7 @@ def plan_retention(
     pinned: dict[int, str] | None = None,
     owned: tuple[str, ...] = ("TangoRoundFlow/",),
 ) -> RetentionPlan:
-    """Which rounds keep their checkpoints and which checkpoints go (pure; TANGO.md §9).
+    """Which rounds keep their checkpoints and which checkpoints go (pure; docs/method.md §9).
 
     Args:
         states: round -> its end state (round 0: the run's start state).

@@ -1,4 +1,4 @@
-"""The rollout-engine interface shared by the HF and vLLM engines (TANGO.md §3 sampling).
+"""The rollout-engine interface shared by the HF and vLLM engines (docs/method.md §3 sampling).
 
 An engine samples ``n`` completions per prompt and returns, for each, the text, the sampled token
 ids, the log-probability of each sampled token under the model's raw distribution (temperature 1,
@@ -15,7 +15,7 @@ from tango_steps.config import ModelConfig, RolloutConfig, SamplingConfig, schem
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How to sample (TANGO.md §3: T = 1.0, top-p 1, up to 2048 new tokens for the generator).
+    """How to sample (docs/method.md §3: T = 1.0, top-p 1, up to 2048 new tokens for the generator).
 
     Attributes:
         n: completions per prompt (M for the generator, N for the verifier).
@@ -23,6 +23,7 @@ class SamplingSettings:
         top_p: nucleus mass.
         max_tokens: new-token limit; a completion that hits it has finish_reason "length".
         seed: sampling seed; the same prompts, settings and weights give the same samples.
+        logprobs: also return each sampled token's log-prob (nothing in a round reads them: engine checks do).
     """
 
     n: int = schema_default(SamplingConfig, "n")
@@ -30,6 +31,7 @@ class SamplingSettings:
     top_p: float = schema_default(SamplingConfig, "top_p")
     max_tokens: int = schema_default(SamplingConfig, "max_tokens")
     seed: int = 0
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -44,30 +46,31 @@ class SamplingSettings:
 
 @dataclass
 class Completion:
-    """One sampled completion (TANGO.md §3).
+    """One sampled completion (docs/method.md §3).
 
     Attributes:
         text: decoded completion (special tokens dropped).
         token_ids: sampled token ids, the eos token included when it was sampled.
-        logprobs: log p(token) of each sampled token under the raw model distribution.
+        logprobs: log p(token) of each sampled token under the raw model distribution, when asked for
+            (``SamplingSettings.logprobs``), else None.
         finish_reason: "stop" (eos) or "length" (hit max_tokens: truncated).
         prompt_truncated: the prompt was cut to the maximum prompt length first.
     """
 
     text: str
     token_ids: list[int]
-    logprobs: list[float]
+    logprobs: list[float] | None
     finish_reason: str
     prompt_truncated: bool = False
 
     @property
     def truncated(self) -> bool:
-        """Whether the completion hit the token limit (TANGO.md §3 max length)."""
+        """Whether the completion hit the token limit (docs/method.md §3 max length)."""
         return self.finish_reason == "length"
 
 
 class RolloutEngine:
-    """Base class (TANGO.md §3): ``generate`` n completions per prompt; ``load_weights`` swaps checkpoints."""
+    """Base class (docs/method.md §3): ``generate`` n completions per prompt."""
 
     name = "base"
     tokenizer: Any = None  # the model's tokenizer: callers count prompt tokens and align steps with it
@@ -82,19 +85,15 @@ class RolloutEngine:
 
     @classmethod
     def from_config(cls, cfg, model_path: str, seed: int = 0, **common: Any) -> RolloutEngine:
-        """The engine a ``RolloutConfig`` section describes; ``common``: prompt limits and dtype (TANGO.md §3)."""
+        """The engine a ``RolloutConfig`` section describes; ``common``: prompt limits and dtype (docs/method.md §3)."""
         return cls(model_path, **common)
 
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Completion]]:  # pragma: no cover
-        """n completions for each prompt, in prompt order (TANGO.md §3)."""
-        raise NotImplementedError
-
-    def load_weights(self, model_path: str) -> None:  # pragma: no cover
-        """Load another checkpoint of the same architecture (the round's model, TANGO.md §3)."""
+        """n completions for each prompt, in prompt order (docs/method.md §3)."""
         raise NotImplementedError
 
     def close(self) -> None:
-        """Free the engine's resources (TANGO.md §3)."""
+        """Free the engine's resources (docs/method.md §3)."""
 
     def __enter__(self) -> RolloutEngine:
         return self
@@ -128,7 +127,7 @@ def format_prompts(tokenizer, prompts: list[str], prompt_format: str, what: str 
 def prepare_prompts(
     tokenizer, prompts: list[str], max_prompt_tokens: int, on_long_prompt: str, prompt_format: str = "raw"
 ) -> tuple[list[list[int]], list[bool]]:
-    """Format (:func:`format_prompts`) and tokenise prompts and apply the long-prompt policy (TANGO.md §3;
+    """Format (:func:`format_prompts`) and tokenise prompts and apply the long-prompt policy (docs/method.md §3;
     bad input is counted).
 
     ``on_long_prompt``: "truncate" keeps the LAST ``max_prompt_tokens`` tokens (the question's end

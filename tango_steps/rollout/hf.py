@@ -1,4 +1,4 @@
-"""Rollouts with HF ``generate``: batched, KV cache, left padding (TANGO.md §3).
+"""Rollouts with HF ``generate``: batched, KV cache, left padding (docs/method.md §3).
 
 Slow on a GPU (launch-bound: 3k tok/s for a 0.5B model on an H100, ENVIRONMENT.md) but needs
 nothing beyond transformers; on 2 CPU cores it is as fast as vLLM-CPU.
@@ -13,7 +13,7 @@ from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings
 
 
 class HFEngine(RolloutEngine):
-    """Batched HF generation from a local checkpoint directory (TANGO.md §3).
+    """Batched HF generation from a local checkpoint directory (docs/method.md §3).
 
     Args:
         model_path: a directory with safetensors + tokenizer (or a loaded model via ``model=``).
@@ -55,15 +55,9 @@ class HFEngine(RolloutEngine):
         """The HF engine a ``RolloutConfig`` describes (``seed`` is per call: ``SamplingSettings.seed``)."""
         return cls(model_path, batch_size=cfg.hf_batch_size, **common)
 
-    def load_weights(self, model_path: str) -> None:
-        """Load another checkpoint's weights into the same model (TANGO.md §3)."""
-        from tango_steps.models.loading import load_model
-
-        self.model = load_model(model_path, dtype=self.dtype).to(self.device).eval()
-
     @torch.no_grad()
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Completion]]:
-        """n completions per prompt with their sampled-token log-probs (TANGO.md §3)."""
+        """n completions per prompt, with their sampled-token log-probs when asked for (docs/method.md §3)."""
         ids, cut = self.prompt_ids(prompts)
         jobs = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
         out: list[list[Completion]] = [[] for _ in prompts]
@@ -80,6 +74,9 @@ class HFEngine(RolloutEngine):
     def _generate_batch(self, batch_ids: list[list[int]], sampling: SamplingSettings) -> list[Completion]:
         from transformers import LogitsProcessorList
 
+        if not sampling.logprobs:
+            res = self.model.generate(**self._generate_args(batch_ids, sampling))
+            return self._completions(res.sequences[:, max(len(x) for x in batch_ids) :], None)
         recorder = SampledTokenLogprobs(self.model)
         try:
             res = self.model.generate(
@@ -110,7 +107,7 @@ class HFEngine(RolloutEngine):
             "return_dict_in_generate": True,
         }
 
-    def _completions(self, new: torch.Tensor, logp: torch.Tensor) -> list[Completion]:
+    def _completions(self, new: torch.Tensor, logp: torch.Tensor | None) -> list[Completion]:
         """One completion per row of new tokens (B, T), cut after its first stop token."""
         comps = []
         for b in range(new.shape[0]):
@@ -121,7 +118,7 @@ class HFEngine(RolloutEngine):
                 Completion(
                     text=self.tokenizer.decode(row[:n], skip_special_tokens=True),
                     token_ids=row[:n],
-                    logprobs=logp[b, :n].tolist(),
+                    logprobs=None if logp is None else logp[b, :n].tolist(),
                     finish_reason=reason,
                 )
             )

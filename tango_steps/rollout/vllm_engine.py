@@ -2,15 +2,14 @@
 
 On a GPU this is the fast path (HF generate is launch-bound there, ENVIRONMENT.md); on 2 CPU cores
 it is about as fast as HF, and its value is exercising the same code path as on the GPU.
-The in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) starts in ~2 s instead of ~16 s, needs
-no ``__main__`` guard, and lets :meth:`VLLMEngine.load_weights` swap the round's checkpoint in
-place (0.02-0.04 s) instead of restarting.
+The in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) starts in ~2 s instead of ~16 s and needs
+no ``__main__`` guard. (It can also swap a checkpoint's weights in place in 0.02-0.04 s,
+``collective_rpc("reload_weights", ...)``; a round starts an engine per stage, so nothing does that now.)
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -28,15 +27,8 @@ def _generation_config(path: str):
         return None
 
 
-def vllm_available() -> bool:
-    """Whether vLLM (GPU or CPU build) can be imported (TANGO.md §3 rollout engine choice)."""
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
 class VLLMEngine(RolloutEngine):
-    """vLLM's offline ``LLM`` engine over a local checkpoint (TANGO.md §3).
+    """vLLM's offline ``LLM`` engine over a local checkpoint (docs/method.md §3).
 
     Args:
         model_path: a directory with safetensors + tokenizer.
@@ -90,7 +82,7 @@ class VLLMEngine(RolloutEngine):
 
     @classmethod
     def from_config(cls, cfg, model_path: str, seed: int = 0, **common) -> VLLMEngine:
-        """The vLLM engine a ``RolloutConfig`` describes; ``seed`` seeds the engine (TANGO.md §3)."""
+        """The vLLM engine a ``RolloutConfig`` describes; ``seed`` seeds the engine (docs/method.md §3)."""
         return cls(
             model_path,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
@@ -101,21 +93,8 @@ class VLLMEngine(RolloutEngine):
             **common,
         )
 
-    def load_weights(self, model_path: str) -> None:
-        """Swap in another checkpoint's weights in place (TANGO.md §3); works for tied embeddings too."""
-        from safetensors.torch import load_file
-
-        files = sorted(Path(model_path).glob("*.safetensors"))
-        if not files:
-            raise ValueError(f"no .safetensors files in '{model_path}'")
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
-        self.llm.reset_prefix_cache()
-
     def generate(self, prompts: list[str], sampling: SamplingSettings) -> list[list[Completion]]:
-        """n completions per prompt with their sampled-token log-probs (TANGO.md §3)."""
+        """n completions per prompt, with their sampled-token log-probs when asked for (docs/method.md §3)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -129,7 +108,7 @@ class VLLMEngine(RolloutEngine):
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed * 1_000_003 + i,  # distinct, reproducible stream per prompt
                 stop_token_ids=self.extra_stop_ids,
-                logprobs=0,  # the sampled token's own log-prob
+                logprobs=0 if sampling.logprobs else None,  # 0: the sampled token's own log-prob
                 skip_special_tokens=True,
             )
             for i in range(len(prompts))
@@ -140,7 +119,9 @@ class VLLMEngine(RolloutEngine):
             comps = []
             for o in out.outputs:
                 token_ids = list(o.token_ids)
-                lps = [lp[t].logprob for t, lp in zip(token_ids, o.logprobs or [], strict=False)]
+                lps = None
+                if sampling.logprobs:
+                    lps = [lp[t].logprob for t, lp in zip(token_ids, o.logprobs or [], strict=False)]
                 comps.append(
                     Completion(
                         # decoded here, as the HF engine does: vLLM's incremental detokenizer holds back a
@@ -156,7 +137,7 @@ class VLLMEngine(RolloutEngine):
         return result
 
     def close(self) -> None:
-        """Shut the engine down and free its memory (TANGO.md §3)."""
+        """Shut the engine down and free its memory (docs/method.md §3)."""
         llm = getattr(self, "llm", None)
         if llm is not None:
             try:

@@ -1,4 +1,4 @@
-"""What one round hands to the next (TANGO.md §3, §9): model references, reweighting, counters.
+"""What one round hands to the next (docs/method.md §3, §9): model references, reweighting, counters.
 
 One typed object, built by :meth:`RoundState.initial` at a run's start and moved on by
 :meth:`RoundState.advance` at each round's end. The flows store it as a plain dict (``to_dict``),
@@ -22,10 +22,10 @@ class RoundState:
         round: rounds done.
         generator / verifier: model references (``tango_steps.pipeline.model_store``) of the current policies.
         generator_init / verifier_init: the round-0 checkpoints, each model's frozen KL reference.
-        reweighter: the verifier's class-count EMAs (TANGO.md §5), None before its first verifier round.
+        reweighter: the verifier's class-count EMAs (docs/method.md §5), None before its first verifier round.
             The only copy: checkpoints do not carry it.
         generator_updates / verifier_updates: optimizer updates done so far.
-        alpha_horizon: T_g of the alpha schedule (TANGO.md §4), fixed at the run's start; a fork keeps
+        alpha_horizon: T_g of the alpha schedule (docs/method.md §4), fixed at the run's start; a fork keeps
             its source's, so forking changes nothing the source would have done.
     """
 

@@ -1,12 +1,12 @@
-"""The ablation study of TANGO.md §8: Tango against vanilla GRPO and the two frozen variants.
+"""The ablation study of docs/method.md §8: Tango against vanilla GRPO and the two frozen variants.
 
 Every variant is a configuration switch of the normal pipeline (no separate code path), applied on
 top of one base recipe, so all variants start from the same warmed-up models and run the same
-schedule (TANGO.md §3): the same round numbers are generator rounds in every variant, and a
+schedule (docs/method.md §3): the same round numbers are generator rounds in every variant, and a
 switched-off model keeps its slots, only its update is skipped. That is "the same RL budget".
 
 - ``tango``: the full method (step rewards from the verifier, both models trained);
-- ``grpo``: outcome reward only, verifier out of the loop and never updated (TANGO.md §8 baseline);
+- ``grpo``: outcome reward only, verifier out of the loop and never updated (docs/method.md §8 baseline);
 - ``frozen_verifier``: Tango with the verifier never updated after its warm-up;
 - ``frozen_generator``: Tango with the generator never updated (verifier learning only);
 - ``oracle``: the task's exact step labels as the step verdicts (the ceiling of what any verifier
@@ -47,7 +47,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
-# study_table's columns: the branch, the round, and the curves of TANGO.md §8 (metric name in a
+# study_table's columns: the branch, the round, and the curves of docs/method.md §8 (metric name in a
 # round's history -> column).
 CURVES = {
     "generator_updates": "generator_updates",
@@ -67,7 +67,9 @@ CURVES = {
 
 
 def parse_variants(text: str) -> list[str]:
-    """``"tango,grpo"`` -> ``["tango", "grpo"]`` (TANGO.md §8 variants); unknown names are listed with the known."""
+    """``"tango,grpo"`` -> ``["tango", "grpo"]``
+    (docs/method.md §8 variants); unknown names are listed with the known.
+    """
     names = [v.strip() for v in text.split(",") if v.strip()]
     if not names:
         raise ValueError("no variant given; known: " + ", ".join(VARIANTS))
@@ -80,7 +82,7 @@ def parse_variants(text: str) -> list[str]:
 
 
 def parse_grid(text: str) -> list[tuple[str, int]]:
-    """``"arithmetic:0,1,2 last_letters:0"`` -> ``[("arithmetic", 0), ..., ("last_letters", 0)]`` (TANGO.md §8).
+    """``"arithmetic:0,1,2 last_letters:0"`` -> ``[("arithmetic", 0), ..., ("last_letters", 0)]`` (docs/method.md §8).
 
     Each space-separated entry is ``task:seeds``; the task name is checked against the embedded tasks.
     """
@@ -106,7 +108,7 @@ def parse_grid(text: str) -> list[tuple[str, int]]:
 
 
 def variant_config(base: dict[str, Any], variant: str, task: str, seed: int, rounds: int | None = None):
-    """The validated TangoConfig of one branch (TANGO.md §8): ``base`` with the variant's switches, task, seed.
+    """The validated TangoConfig of one branch (docs/method.md §8): ``base`` with the variant's switches, task, seed.
 
     A task other than the base recipe's starts from that task's default parameters.
     """
@@ -126,7 +128,7 @@ def variant_config(base: dict[str, Any], variant: str, task: str, seed: int, rou
 
 
 def branches(base: dict[str, Any], variants: list[str], grid: list[tuple[str, int]], rounds: int | None) -> list[dict]:
-    """One dict per (task, seed, variant) of the TANGO.md §8 grid: name, task, seed, variant, resolved config.
+    """One dict per (task, seed, variant) of the docs/method.md §8 grid: name, task, seed, variant, resolved config.
 
     Every branch's configuration is validated here, before anything trains.
     """
@@ -142,7 +144,7 @@ def branches(base: dict[str, Any], variants: list[str], grid: list[tuple[str, in
 
 
 def study_table(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> pd.DataFrame:
-    """One row per (branch, round) with the TANGO.md §8 curves, from each branch's per-round history.
+    """One row per (branch, round) with the docs/method.md §8 curves, from each branch's per-round history.
 
     ``results``: ``(branch, history)`` pairs; ``history`` rows are TangoFlow's (round 0 first).
     Metrics a round did not produce (alpha in a verifier round) are NaN.
@@ -163,7 +165,7 @@ def study_table(results: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> p
 
 
 def merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
-    """Several studies' tables as one (TANGO.md §8; e.g. the arithmetic and last_letters grids run apart).
+    """Several studies' tables as one (docs/method.md §8; e.g. the arithmetic and last_letters grids run apart).
 
     A (task, variant, seed) branch may come from one table only: the same branch in two runs is two
     different experiments, and silently averaging them would mix them, so it is an error naming it.
@@ -179,13 +181,14 @@ def merge_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def final_value(curve: pd.Series, window: int) -> float:
-    """Mean of the last ``window`` values of a per-round curve (TANGO.md §8 final accuracy, less noisy)."""
+    """Mean of the last ``window`` values of a per-round curve (docs/method.md §8 final accuracy, less noisy)."""
     values = curve.dropna()
     return float(values.iloc[-window:].mean()) if len(values) else math.nan
 
 
 def final_accuracy(seed_rows: pd.DataFrame, window: int) -> float:
-    """A seed's final generator accuracy: mean over its last ``window`` DISTINCT generator checkpoints (TANGO.md §8).
+    """A seed's final generator accuracy: mean over its last ``window`` DISTINCT generator checkpoints
+    (docs/method.md §8).
 
     A verifier round leaves the generator unchanged, so its evaluation repeats the previous round's
     checkpoint; averaging rounds would count that checkpoint twice. Rows are keyed by
@@ -197,7 +200,7 @@ def final_accuracy(seed_rows: pd.DataFrame, window: int) -> float:
 
 def final_rounds(seed_rows: pd.DataFrame, window: int) -> pd.DataFrame:
     """The rows (one per round) of the last ``window`` distinct generator checkpoints that
-    :func:`final_accuracy` averages (evaluated rounds only), for per-problem scores (TANGO.md §8)."""
+    :func:`final_accuracy` averages (evaluated rounds only), for per-problem scores (docs/method.md §8)."""
     rows = seed_rows.dropna(subset=["generator_accuracy"]).sort_values("round")
     return rows.drop_duplicates("generator_updates", keep="last").iloc[-window:]
 
@@ -209,7 +212,8 @@ def paired_comparisons(
     window: int = 3,
     resamples: int = 10_000,
 ) -> pd.DataFrame:
-    """Each variant against ``baseline``, paired per (seed, held-out problem), with bootstrap intervals (TANGO.md §8).
+    """Each variant against ``baseline``, paired per (seed, held-out problem), with bootstrap intervals
+    (docs/method.md §8).
 
     A branch's final per-problem score is the mean of its last ``window`` distinct generator
     checkpoints' correctness on each held-out problem (:func:`final_rounds`), so its mean is the
@@ -250,13 +254,13 @@ def paired_comparisons(
 
 
 def rounds_to_reach(curve: pd.Series, target: float) -> int | None:
-    """First round at which ``curve`` reaches ``target`` (TANGO.md §8 "updates to match GRPO"); None if never."""
+    """First round at which ``curve`` reaches ``target`` (docs/method.md §8 "updates to match GRPO"); None if never."""
     hit = curve[curve >= target - 1e-12]
     return int(hit.index[0]) if len(hit) else None
 
 
 def summarize(table: pd.DataFrame, final_window: int = 3, baseline: str = "grpo") -> pd.DataFrame:
-    """The results table of TANGO.md §8 per (task, variant).
+    """The results table of docs/method.md §8 per (task, variant).
 
     Columns: ``seeds``; ``final_accuracy_mean`` / ``final_accuracy_std`` (over seeds; a seed's final
     accuracy is the mean over its last ``final_window`` distinct generator checkpoints, see
@@ -302,7 +306,7 @@ def summarize(table: pd.DataFrame, final_window: int = 3, baseline: str = "grpo"
 def paired_bootstrap(
     a: Any, b: Any = None, resamples: int = 10_000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Mean of ``a - b`` with a paired per-problem bootstrap interval pooled over seeds (TANGO.md §8 comparisons).
+    """Mean of ``a - b`` with a paired per-problem bootstrap interval pooled over seeds (docs/method.md §8 comparisons).
 
     Args:
         a, b: (seeds, problems) scores of two arms on the SAME held-out problems (every seed and arm

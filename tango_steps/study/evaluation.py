@@ -1,8 +1,8 @@
-"""Evaluation on benchmarks: generator greedy pass@1 and the verifier's ProcessBench score (TANGO.md §7-§8).
+"""Evaluation on benchmarks: generator greedy pass@1 and the verifier's ProcessBench score (docs/method.md §7-§8).
 
 - :func:`evaluate_generator`: greedy pass@1 with the generator template through any rollout
   engine, graded by the core grader (gold first), read two ways: ``accuracy`` strict (the last
-  ``\\boxed{}``, TANGO.md §2) and ``flexible_accuracy`` (the last number, as common harnesses read
+  ``\\boxed{}``, docs/method.md §2) and ``flexible_accuracy`` (the last number, as common harnesses read
   GSM8K), each with its unanswered rate; truncation rate (a truncated response is wrong), mean length.
 - :func:`evaluate_processbench`: the verifier judges each ProcessBench solution (its paragraphs
   are the steps); predicted earliest error = first INCORRECT step verdict, -1 if none (an
@@ -10,7 +10,7 @@
   samples and their harmonic mean, the process-level F1 (ProcessBench protocol).
 
 The verifier's outcome metrics on the generator's own held-out samples, and process F1 on the
-embedded task's exact labels, are computed each round by :func:`tango_steps.round.stages.evaluate`.
+embedded task's exact labels, are computed each round by :func:`tango_steps.round.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -30,19 +30,19 @@ Log = Callable[[str], None]
 def evaluate_generator(
     engine, problems: Sequence[BenchmarkProblem], template, max_tokens: int, log: Log = print
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Greedy pass@1 of a generator on benchmark problems (TANGO.md §7); one row per problem.
+    """Greedy pass@1 of a generator on benchmark problems (docs/method.md §7); one row per problem.
 
     A completion that hits ``max_tokens`` counts as wrong (truncated), whatever it says.
     """
     from tango_steps.rollout import SamplingSettings
-    from tango_steps.round.stages import _generate
+    from tango_steps.round.sampling import generate
     from tango_steps.tasks.grading import ANSWER_EXTRACTIONS, Grader, extract_answer
 
     if not problems:
         raise ValueError("no problems to evaluate")
     t0 = time.perf_counter()
     greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens)
-    comps = _generate(engine, [template.generator_prompt(p.question) for p in problems], greedy, "evaluate", log)
+    comps = generate(engine, [template.generator_prompt(p.question) for p in problems], greedy, "evaluate", log)
     texts = [c[0].text for c in comps]
     truncated = [c[0].truncated for c in comps]
     golds = [p.gold for p in problems]
@@ -86,7 +86,7 @@ def evaluate_generator(
 
 
 def processbench_solution(sample: ProcessSample) -> ParsedSolution:
-    """A ProcessBench sample as a parsed solution: its paragraphs are the steps (TANGO.md §8)."""
+    """A ProcessBench sample as a parsed solution: its paragraphs are the steps (docs/method.md §8)."""
     return ParsedSolution(
         steps=list(sample.steps),
         step_spans=[],
@@ -99,9 +99,9 @@ def processbench_solution(sample: ProcessSample) -> ParsedSolution:
 def evaluate_processbench(
     engine, samples: Sequence[ProcessSample], template, max_tokens: int, log: Log = print
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """The verifier's process-level F1 on ProcessBench samples (TANGO.md §8 protocol)."""
+    """The verifier's process-level F1 on ProcessBench samples (docs/method.md §8 protocol)."""
     from tango_steps.rollout import SamplingSettings
-    from tango_steps.round.stages import _generate
+    from tango_steps.round.sampling import generate
 
     if not samples:
         raise ValueError("no ProcessBench samples to evaluate")
@@ -109,7 +109,7 @@ def evaluate_processbench(
     solutions = [processbench_solution(s) for s in samples]
     prompts = [template.verifier_prompt(s.problem, sol) for s, sol in zip(samples, solutions, strict=True)]
     greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=max_tokens)
-    comps = _generate(engine, prompts, greedy, "processbench", log)
+    comps = generate(engine, prompts, greedy, "processbench", log)
     rows = []
     for s, sol, c in zip(samples, solutions, comps, strict=True):
         v = parse_verification(c[0].text, sol.num_steps, True)
@@ -136,7 +136,7 @@ def evaluate_processbench(
 
 
 def resolve_model(ref: str, role: str) -> str:
-    """A local model directory for ``ref`` (TANGO.md §7): a Tango run pathspec, a directory or a builtin.
+    """A local model directory for ``ref`` (docs/method.md §7): a Tango run pathspec, a directory or a builtin.
 
     A TangoFlow / TangoRoundFlow pathspec (``Flow/run`` or a task) gives that run's ``role``
     (``generator`` or ``verifier``) model after the run / round.
@@ -145,7 +145,7 @@ def resolve_model(ref: str, role: str) -> str:
 
     if ref.split("/", 1)[0] in ("TangoFlow", "TangoRoundFlow"):
         from tango_steps.pipeline.driver import round_models
-        from tango_steps.training.update import servable_model
+        from tango_steps.training.checkpoint import servable_model
 
         return str(servable_model(round_models(ref)[role]))
     return resolve_model_ref(ref)
@@ -155,7 +155,7 @@ def check_request(
     benchmarks: str, generator: str, verifier: str, template: str, engine: str, limit: int, max_tokens: int,
     prompt_format: str = "auto",
 ) -> list[str]:  # fmt: skip
-    """Validate an EvalFlow request before any model is loaded (TANGO.md §7); returns the benchmark list.
+    """Validate an EvalFlow request before any model is loaded (docs/method.md §7); returns the benchmark list.
 
     Unknown benchmark names are an error listing the known ones; ProcessBench entries need a verifier.
     """
@@ -190,7 +190,7 @@ def run_item(
     item: str, generator: str, verifier: str, data: str | None, template: str, engine: str,
     limit: int | None, max_tokens: int, log: Log = print, prompt_format: str = "auto",
 ) -> tuple[pd.DataFrame, dict[str, float]]:  # fmt: skip
-    """Evaluate one EvalFlow item (TANGO.md §7-§8): a generator benchmark or ``processbench/<subset>``;
+    """Evaluate one EvalFlow item (docs/method.md §7-§8): a generator benchmark or ``processbench/<subset>``;
     ``prompt_format`` as ``ModelConfig.prompt_format`` (both models)."""
     from tango_steps.config import RolloutConfig
     from tango_steps.rollout import engine_from_config

@@ -1,4 +1,4 @@
-"""Tasks (TANGO.md §8): embedded ``arithmetic`` (default) and ``last_letters`` with exact step labels, and
+"""Tasks (docs/method.md §8): embedded ``arithmetic`` (default) and ``last_letters`` with exact step labels, and
 ``dataset`` (prompts from a benchmark-format file, graded by answer only)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ TASKS: dict[str, type[Task]] = {
 
 
 def get_task(name: str, **params: Any) -> Task:
-    """Build an embedded task by name with its parameters (TANGO.md §8); errors name what is wrong."""
+    """Build an embedded task by name with its parameters (docs/method.md §8); errors name what is wrong."""
     cls = lookup(TASKS, name, "task")
     try:
         return cls(**params)

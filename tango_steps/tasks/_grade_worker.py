@@ -1,4 +1,4 @@
-"""Answer-grading worker process for :mod:`tango_steps.tasks.grading` (TANGO.md §4: Math-Verify outcome reward).
+"""Answer-grading worker process for :mod:`tango_steps.tasks.grading` (docs/method.md §4: Math-Verify outcome reward).
 
 Run as a script (``python _grade_worker.py``), it imports math-verify once, prints ``ready`` and then
 answers one JSON request per line (``{"gold": ..., "pred": ...}``) with one JSON line
@@ -16,7 +16,7 @@ import sys
 
 
 def grade_one(gold: str, pred: str) -> tuple[str, str]:
-    """Grade one prediction against one gold answer with math-verify, gold first (TANGO.md §4 r_out)."""
+    """Grade one prediction against one gold answer with math-verify, gold first (docs/method.md §4 r_out)."""
     from math_verify import parse, verify
 
     try:
@@ -33,7 +33,7 @@ def grade_one(gold: str, pred: str) -> tuple[str, str]:
 
 
 def main() -> None:
-    """Serve grading requests on stdin/stdout until stdin closes (TANGO.md §4)."""
+    """Serve grading requests on stdin/stdout until stdin closes (docs/method.md §4)."""
     import logging
 
     logging.disable(logging.WARNING)  # math-verify warns on every call when its timeouts are off

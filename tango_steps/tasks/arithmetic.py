@@ -1,4 +1,4 @@
-"""The default embedded task: seeded multi-step arithmetic, evaluated left to right (TANGO.md §8 analogue).
+"""The default embedded task: seeded multi-step arithmetic, evaluated left to right (docs/method.md §8 analogue).
 
 A problem is ``Evaluate left to right: 12 + 7 * 3 - 5``; its gold solution has one step per
 operation, each stating the running value, the operation, its operand and the result:
@@ -30,7 +30,7 @@ _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * 
 
 
 class ArithmeticTask(Task):
-    """Seeded left-to-right arithmetic with exact step labels (TANGO.md §8 analogue).
+    """Seeded left-to-right arithmetic with exact step labels (docs/method.md §8 analogue).
 
     Args:
         min_ops / max_ops: number of operations per problem (2-6).
@@ -90,7 +90,7 @@ class ArithmeticTask(Task):
                 return self.make_problem(v0, ops)
 
     def make_problem(self, start: int, ops: list[tuple[str, int]]) -> Problem:
-        """The problem and gold solution for a start number and a list of (op, operand) (TANGO.md §8)."""
+        """The problem and gold solution for a start number and a list of (op, operand) (docs/method.md §8)."""
         question = "Evaluate left to right: " + " ".join([str(start)] + [f"{op} {b}" for op, b in ops])
         steps, v = [], start
         for op, b in ops:
@@ -116,7 +116,7 @@ class ArithmeticTask(Task):
         return (a, op, b, c) == (vals[k], want_op, want_b, vals[k + 1])
 
     def split_step(self, step: str) -> tuple[str, str] | None:
-        """``"19 * 3 = 57"`` -> ``("19 * 3 =", "57")``; None for a step without ``=`` (TANGO.md §2)."""
+        """``"19 * 3 = 57"`` -> ``("19 * 3 =", "57")``; None for a step without ``=`` (docs/method.md §2)."""
         lhs, eq, rhs = step.strip().rpartition("=")
         return (lhs.strip() + " =", rhs.strip()) if eq and lhs.strip() else None
 

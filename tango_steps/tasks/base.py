@@ -2,7 +2,7 @@
 
 A task makes seeded problems and, for ANY candidate solution text, returns the outcome label and
 the exact gold step labels, so that the verifier's process-level accuracy can be measured exactly
-(ProcessBench protocol: the index of the earliest wrong step, -1 if none; TANGO.md §8 small-scale
+(ProcessBench protocol: the index of the earliest wrong step, -1 if none; docs/method.md §8 small-scale
 study). Train and held-out splits are disjoint by construction: every problem is assigned to a
 split by a hash of its text and the split seed, and a generator only keeps problems of the split
 asked for.
@@ -22,7 +22,7 @@ SPLITS = ("train", "heldout")
 
 @dataclass(frozen=True)
 class Problem:
-    """One task problem (TANGO.md §2 generator input) with its gold solution.
+    """One task problem (docs/method.md §2 generator input) with its gold solution.
 
     Attributes:
         id: stable id, ``<task>-<hash of the question>``.
@@ -40,17 +40,17 @@ class Problem:
 
     @property
     def gold_solution(self) -> str:
-        """The gold solution in the generator format of TANGO.md §2."""
+        """The gold solution in the generator format of docs/method.md §2."""
         return format_solution(self.steps, self.answer)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form for DataFrames and artifacts (TANGO.md §2)."""
+        """Plain-dict form for DataFrames and artifacts (docs/method.md §2)."""
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """Exact labels of one candidate solution (TANGO.md §8, ProcessBench protocol).
+    """Exact labels of one candidate solution (docs/method.md §8, ProcessBench protocol).
 
     Attributes:
         correct: the outcome label: the boxed answer equals the gold answer.
@@ -66,23 +66,23 @@ class CheckResult:
 
     @property
     def num_steps(self) -> int:
-        """K, the number of candidate steps (TANGO.md §2)."""
+        """K, the number of candidate steps (docs/method.md §2)."""
         return len(self.step_labels) if self.step_labels is not None else 0
 
 
 def split_of(question: str, split_seed: int, heldout_percent: int) -> str:
-    """The split a question belongs to: a hash of (seed, text), so splits never overlap (TANGO.md §8)."""
+    """The split a question belongs to: a hash of (seed, text), so splits never overlap (docs/method.md §8)."""
     h = int.from_bytes(hashlib.sha256(f"{split_seed}\x00{question}".encode()).digest()[:8], "big")
     return "heldout" if h % 100 < heldout_percent else "train"
 
 
 def problem_id(task: str, question: str) -> str:
-    """Stable problem id from the task name and question text (TANGO.md §8)."""
+    """Stable problem id from the task name and question text (docs/method.md §8)."""
     return f"{task}-{hashlib.sha256(question.encode()).hexdigest()[:12]}"
 
 
 class Task:
-    """Base class of the embedded tasks (TANGO.md §8): seeded problems, exact checker.
+    """Base class of the embedded tasks (docs/method.md §8): seeded problems, exact checker.
 
     Subclasses implement :meth:`_draw` (one random problem for a split) and :meth:`_step_ok`.
     """
@@ -108,11 +108,13 @@ class Task:
         return answer.strip() == problem.answer
 
     def available(self, split: str) -> int | None:
-        """How many distinct problems ``split`` holds, or None when the task draws them without limit (TANGO.md §8)."""
+        """How many distinct problems ``split`` holds, or None when the task draws them without limit
+        (docs/method.md §8).
+        """
         return None
 
     def split_step(self, step: str) -> tuple[str, str] | None:
-        """A step as (what it starts from, what it claims), e.g. ``("19 * 3 =", "57")``, or None (TANGO.md §2).
+        """A step as (what it starts from, what it claims), e.g. ``("19 * 3 =", "57")``, or None (docs/method.md §2).
 
         Used by the self-check verifier warm-up, which asks a MODEL to redo the claim; it reads the
         step's own text only (never the problem's gold steps). None: the task has no such split.
@@ -120,7 +122,7 @@ class Task:
         return None
 
     def problems(self, n: int, split: str = "train", seed: int = 0, unique: bool = True) -> list[Problem]:
-        """``n`` seeded problems of one split (TANGO.md §8); the same arguments give the same list."""
+        """``n`` seeded problems of one split (docs/method.md §8); the same arguments give the same list."""
         if split not in SPLITS:
             raise ValueError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
         rng = random.Random(f"{self.name}/{split}/{seed}")
@@ -144,7 +146,7 @@ class Task:
         return out
 
     def check(self, problem: Problem, text: str, parsed: ParsedSolution | None = None) -> CheckResult:
-        """Outcome label and exact step labels of ANY candidate solution text (TANGO.md §8).
+        """Outcome label and exact step labels of ANY candidate solution text (docs/method.md §8).
 
         ``parsed``: the text's :func:`~tango_steps.method.formats.parse_solution`, when the caller has it
         (the rollout parses each completion once).

@@ -1,4 +1,4 @@
-"""Benchmark loaders: GSM8K, MATH-500, AIME 2024/2025, AMC 2023, OlympiadBench, ProcessBench (TANGO.md §7-§8).
+"""Benchmark loaders: GSM8K, MATH-500, AIME 2024/2025, AMC 2023, OlympiadBench, ProcessBench (docs/method.md §7-§8).
 
 Files are read in the formats of the public releases (JSONL, one problem per line; ProcessBench as
 a JSON list), from a local path or an ``s3://`` URL (through s3fs). ``path`` may name the file or
@@ -24,7 +24,7 @@ from tango_steps.tasks.grading import extract_gold
 
 @dataclass(frozen=True)
 class BenchmarkProblem:
-    """One evaluation problem (TANGO.md §7): question text and normalised gold answer."""
+    """One evaluation problem (docs/method.md §7): question text and normalised gold answer."""
 
     id: str
     question: str
@@ -34,7 +34,7 @@ class BenchmarkProblem:
 
 @dataclass(frozen=True)
 class ProcessSample:
-    """One ProcessBench sample (TANGO.md §8): steps and the index of the earliest wrong one (-1: none)."""
+    """One ProcessBench sample (docs/method.md §8): steps and the index of the earliest wrong one (-1: none)."""
 
     id: str
     problem: str
@@ -46,7 +46,7 @@ class ProcessSample:
 
 @dataclass
 class LoadStats:
-    """Rows read, kept and skipped (with the first reasons), for reports (TANGO.md §7)."""
+    """Rows read, kept and skipped (with the first reasons), for reports (docs/method.md §7)."""
 
     source: str
     rows: int = 0
@@ -55,13 +55,13 @@ class LoadStats:
     reasons: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain dict for artifacts and tables (TANGO.md §7)."""
+        """Plain dict for artifacts and tables (docs/method.md §7)."""
         return {"source": self.source, "rows": self.rows, "kept": self.kept, "skipped": self.skipped,
                 "reasons": self.reasons[:10]}  # fmt: skip
 
 
 class BenchmarkError(ValueError):
-    """A benchmark file that cannot be used as it is (TANGO.md §7); the message names file and row."""
+    """A benchmark file that cannot be used as it is (docs/method.md §7); the message names file and row."""
 
 
 def _gold_float(v: Any) -> str:
@@ -130,7 +130,7 @@ def _check_name(name: str, known: tuple[str, ...], what: str) -> None:
 def load_benchmark(
     name: str, path: str | None = None, limit: int | None = None, on_bad_row: str = "error"
 ) -> tuple[list[BenchmarkProblem], LoadStats]:
-    """Problems of one benchmark with normalised gold answers (TANGO.md §7).
+    """Problems of one benchmark with normalised gold answers (docs/method.md §7).
 
     Args:
         name: one of :data:`BENCHMARKS`.
@@ -183,7 +183,7 @@ def load_benchmark(
 def load_processbench(
     subset: str, path: str | None = None, limit: int | None = None, on_bad_row: str = "error"
 ) -> tuple[list[ProcessSample], LoadStats]:
-    """ProcessBench samples of one subset (TANGO.md §8), with the earliest-error label (-1 = none)."""
+    """ProcessBench samples of one subset (docs/method.md §8), with the earliest-error label (-1 = none)."""
     _check_name(subset, PROCESSBENCH_SUBSETS, "ProcessBench subset")
     source = _resolve(f"processbench/{subset}", path, f"processbench/{subset}.json")
     stats = LoadStats(source)

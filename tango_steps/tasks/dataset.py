@@ -1,4 +1,4 @@
-"""Prompts from a benchmark-format file (GSM8K, MATH...), graded by answer only (TANGO.md §7).
+"""Prompts from a benchmark-format file (GSM8K, MATH...), graded by answer only (docs/method.md §7).
 
 ``task: {name: dataset, params: {benchmark: gsm8k, path: /data/gsm8k/train.jsonl}}`` trains on a
 real dataset: the file is read by :func:`tango_steps.tasks.benchmarks.load_benchmark` (local path or
@@ -16,14 +16,14 @@ from tango_steps.tasks.base import CheckResult, Problem, Task, problem_id, split
 
 
 class DatasetTask(Task):
-    """A benchmark file as a task (TANGO.md §7): answer-graded, no step labels.
+    """A benchmark file as a task (docs/method.md §7): answer-graded, no step labels.
 
     Args:
         benchmark: the file's format, one of ``tango_steps.tasks.benchmarks.BENCHMARKS``.
         path: the file, or a folder with the benchmark's usual layout (local or ``s3://``).
         limit: read at most this many rows.
         answer: how a response's answer is read for the reward: ``strict`` (its boxed answer,
-            TANGO.md §2; the default) or ``flexible`` (the last number it writes, as common GSM8K
+            docs/method.md §2; the default) or ``flexible`` (the last number it writes, as common GSM8K
             harnesses read it; :func:`tango_steps.tasks.grading.last_number`).
     """
 
@@ -67,7 +67,7 @@ class DatasetTask(Task):
         return self._splits
 
     def problems(self, n: int, split: str = "train", seed: int = 0, unique: bool = True) -> list[Problem]:
-        """``n`` problems of a split, a seeded sample of the file's rows (TANGO.md §7)."""
+        """``n`` problems of a split, a seeded sample of the file's rows (docs/method.md §7)."""
         pool = self._load().get(split)
         if pool is None:
             raise ValueError(f"unknown split '{split}'; known: train, heldout")
@@ -76,7 +76,7 @@ class DatasetTask(Task):
         return random.Random(f"{self.name}/{split}/{seed}").sample(pool, n)
 
     def available(self, split: str) -> int | None:
-        """The number of the file's rows in ``split`` (TANGO.md §7)."""
+        """The number of the file's rows in ``split`` (docs/method.md §7)."""
         return len(self._load().get(split, []))
 
     def _answer_ok(self, problem: Problem, answer: str) -> bool:
@@ -85,7 +85,7 @@ class DatasetTask(Task):
         return is_correct(f"\\boxed{{{answer}}}", problem.answer)
 
     def check(self, problem: Problem, text: str, parsed=None) -> CheckResult:
-        """Outcome only (TANGO.md §7): the answer (boxed, or with ``answer: flexible`` the last number)
+        """Outcome only (docs/method.md §7): the answer (boxed, or with ``answer: flexible`` the last number)
         against the gold one; no step labels."""
         from tango_steps.method.formats import parse_solution
         from tango_steps.tasks.grading import last_number

@@ -1,4 +1,4 @@
-"""Answer grading for the outcome reward r_out (TANGO.md §4: "equivalent to gold (Math-Verify)").
+"""Answer grading for the outcome reward r_out (docs/method.md §4: "equivalent to gold (Math-Verify)").
 
 ``is_correct(response, gold)`` decides whether a response's final answer equals the gold answer:
 
@@ -44,7 +44,7 @@ Gold = str | int | float | Sequence[str]
 
 @dataclass
 class GradeStats:
-    """Counts of how answers were graded; a timeout or unparseable answer is graded incorrect (TANGO.md §4)."""
+    """Counts of how answers were graded; a timeout or unparseable answer is graded incorrect (docs/method.md §4)."""
 
     total: int = 0
     correct: int = 0
@@ -54,12 +54,12 @@ class GradeStats:
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        """The counts as a plain dict, for metrics (TANGO.md §4)."""
+        """The counts as a plain dict, for metrics (docs/method.md §4)."""
         return asdict(self)
 
 
 def extract_gold(gold: Gold) -> str | None:
-    """Normalise a gold answer to one answer string (TANGO.md §7 benchmarks), or None if empty.
+    """Normalise a gold answer to one answer string (docs/method.md §7 benchmarks), or None if empty.
 
     - list/tuple (OlympiadBench ``final_answer``): items joined with ", " (one item -> that item);
     - GSM8K solution: the text after the last ``####``, thousands separators removed;
@@ -103,7 +103,7 @@ def last_number(response: str) -> str | None:
 
 
 def extract_answer(response: str, how: str = "strict") -> str | None:
-    """The answer a response gives, read ``strict`` (its last ``\\boxed{}``, TANGO.md §2) or ``flexible``
+    """The answer a response gives, read ``strict`` (its last ``\\boxed{}``, docs/method.md §2) or ``flexible``
     (:func:`last_number`); None when it gives none (unanswered)."""
     if how == "strict":
         return last_boxed(response) if isinstance(response, str) else None
@@ -192,7 +192,7 @@ class _Worker:
 
 
 class Grader:
-    """Grades answers for r_out (TANGO.md §4) with a hard per-answer time bound, over ``num_workers`` processes.
+    """Grades answers for r_out (docs/method.md §4) with a hard per-answer time bound, over ``num_workers`` processes.
 
     Use as a context manager or call :meth:`close`; workers start on first need and are restarted
     after a timeout. Not thread-safe: use one Grader per thread (the module-level :func:`is_correct`
@@ -220,13 +220,13 @@ class Grader:
         self.close()
 
     def close(self) -> None:
-        """Stop all worker processes (TANGO.md §4 grading)."""
+        """Stop all worker processes (docs/method.md §4 grading)."""
         for w in self._workers:
             w.kill(graceful=True)
         self._workers = []
 
     def is_correct(self, response: str, gold: Gold) -> bool:
-        """Whether ``response``'s final answer equals ``gold`` (TANGO.md §4); see module docstring."""
+        """Whether ``response``'s final answer equals ``gold`` (docs/method.md §4); see module docstring."""
         return self.grade([response], [gold])[0]
 
     def grade_answers(self, answers: Sequence[str | None], golds: Sequence[Gold]) -> list[bool]:
@@ -234,7 +234,7 @@ class Grader:
         return self.grade([f"\\boxed{{{a}}}" if a is not None else "" for a in answers], golds)
 
     def grade(self, responses: Sequence[str], golds: Sequence[Gold]) -> list[bool]:
-        """Grade many responses (TANGO.md §4): fast path in-process, the rest spread over the workers."""
+        """Grade many responses (docs/method.md §4): fast path in-process, the rest spread over the workers."""
         if len(responses) != len(golds):
             raise ValueError(f"got {len(responses)} responses but {len(golds)} gold answers")
         results = [False] * len(responses)
@@ -320,7 +320,7 @@ atexit.register(_close_default)
 
 
 def is_correct(response: str, gold: Gold, timeout: float = _DEFAULT_TIMEOUT) -> bool:
-    """Whether ``response``'s final answer is equivalent to ``gold`` (TANGO.md §4, Math-Verify).
+    """Whether ``response``'s final answer is equivalent to ``gold`` (docs/method.md §4, Math-Verify).
 
     Uses a shared, lazily started worker process; safe to call from any thread (calls are
     serialised). ``timeout`` bounds each call in seconds (a timeout is graded incorrect and counted

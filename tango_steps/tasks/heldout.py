@@ -1,4 +1,4 @@
-"""The embedded tasks' fixed held-out sets (TANGO.md §7-§8), shipped as files in ``data/heldout/``.
+"""The embedded tasks' fixed held-out sets (docs/method.md §7-§8), shipped as files in ``data/heldout/``.
 
 Every run, seed and arm of a study evaluates on the same problems, a prefix of one list, so
 comparisons are paired per problem. For an embedded task with its default parameters the list is

@@ -1,4 +1,4 @@
-"""The paper's small-scale study task: concatenate the last letters of N words (TANGO.md §8).
+"""The paper's small-scale study task: concatenate the last letters of N words (docs/method.md §8).
 
 ``Concatenate the last letters of: apple banana cherry`` has one step per word, each naming the
 word, its last letter and the running concatenation: ``<step>apple -> e -> e</step>
@@ -46,7 +46,7 @@ with wood word wore work yard yeah year your zero zone apple banana cherry garde
 
 
 class LastLettersTask(Task):
-    """Last-letter concatenation with exact step labels (TANGO.md §8 small-scale study).
+    """Last-letter concatenation with exact step labels (docs/method.md §8 small-scale study).
 
     Args:
         min_words / max_words: words per TRAIN problem (paper: 2-10).
@@ -79,7 +79,7 @@ class LastLettersTask(Task):
         return self.make_problem([rng.choice(WORDS) for _ in range(rng.randint(lo, hi))])
 
     def make_problem(self, words: list[str]) -> Problem:
-        """The problem and gold solution for a list of words (TANGO.md §8)."""
+        """The problem and gold solution for a list of words (docs/method.md §8)."""
         question = "Concatenate the last letters of: " + " ".join(words)
         steps, acc = [], ""
         for w in words:
@@ -90,7 +90,7 @@ class LastLettersTask(Task):
         )
 
     def split_step(self, step: str) -> tuple[str, str] | None:
-        """``"cherry -> y -> eay"`` -> ``("cherry ->", "y -> eay")``; None without ``->`` (TANGO.md §2)."""
+        """``"cherry -> y -> eay"`` -> ``("cherry ->", "y -> eay")``; None without ``->`` (docs/method.md §2)."""
         word, arrow, rest = step.strip().partition("->")
         return (word.strip() + " ->", rest.strip()) if arrow and word.strip() else None
 

@@ -1,4 +1,4 @@
-"""Named, configurable prompt templates for the generator and the verifier (TANGO.md §2).
+"""Named, configurable prompt templates for the generator and the verifier (docs/method.md §2).
 
 Two templates ship: ``full`` (long instructions, suited to 7B base models, our own wording with the
 paper's tags and rules) and ``compact`` (short, for small and tiny models that are warmed up on the
@@ -32,7 +32,7 @@ def _substitute(template: str, values: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A pair of prompt templates (TANGO.md §2).
+    """A pair of prompt templates (docs/method.md §2).
 
     Attributes:
         name: registry name, e.g. ``full``.
@@ -62,11 +62,11 @@ class PromptTemplate:
                 raise ValueError(f"template '{self.name}': {which} template may not use {names}")
 
     def generator_prompt(self, problem: str) -> str:
-        """The generator's prompt for one problem (TANGO.md §2)."""
+        """The generator's prompt for one problem (docs/method.md §2)."""
         return _substitute(self.generator, {"problem": problem})
 
     def verifier_prompt(self, problem: str, solution: ParsedSolution, raw_solution: str = "") -> str:
-        """The verifier's prompt for one solution; K is ``solution.num_steps`` (TANGO.md §2)."""
+        """The verifier's prompt for one solution; K is ``solution.num_steps`` (docs/method.md §2)."""
         return self._verifier_text(problem, render_solution(solution, raw_solution), solution.num_steps)
 
     def _verifier_text(self, problem: str, rendered_solution: str, num_steps: int) -> str:
@@ -82,7 +82,7 @@ class PromptTemplate:
         count_tokens: Callable[[str], int],
         max_tokens: int,
     ) -> tuple[str, bool]:
-        """The verifier's prompt cut to ``max_tokens`` at the SOLUTION's tail, never the problem (TANGO.md §2).
+        """The verifier's prompt cut to ``max_tokens`` at the SOLUTION's tail, never the problem (docs/method.md §2).
 
         An engine keeps the last tokens of an over-long prompt, which for a verifier prompt drops the
         problem statement first: the verifier would judge a solution to a problem it cannot see.
@@ -109,7 +109,7 @@ CUT_MARK = "\n(solution cut: too long)"  # marks a verifier prompt whose solutio
 
 
 def render_solution(solution: ParsedSolution, raw_solution: str = "") -> str:
-    """The solution as the verifier sees it (TANGO.md §2): one ``<step>`` block per step, then the final answer.
+    """The solution as the verifier sees it (docs/method.md §2): one ``<step>`` block per step, then the final answer.
 
     A solution without steps is shown as its raw text (the verifier still judges its outcome).
     """
@@ -161,7 +161,7 @@ TEMPLATES: dict[str, PromptTemplate] = {FULL.name: FULL, COMPACT.name: COMPACT}
 
 
 def register_template(template: PromptTemplate, overwrite: bool = False) -> PromptTemplate:
-    """Add a template to the registry so that configs can name it (TANGO.md §2)."""
+    """Add a template to the registry so that configs can name it (docs/method.md §2)."""
     if template.name in TEMPLATES and not overwrite:
         raise ValueError(f"template '{template.name}' is already registered; pass overwrite=True to replace it")
     TEMPLATES[template.name] = template
@@ -169,5 +169,5 @@ def register_template(template: PromptTemplate, overwrite: bool = False) -> Prom
 
 
 def get_template(name: str) -> PromptTemplate:
-    """Look a template up by name (TANGO.md §2); the error lists the known names."""
+    """Look a template up by name (docs/method.md §2); the error lists the known names."""
     return lookup(TEMPLATES, name, "prompt template")

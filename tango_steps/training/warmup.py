@@ -1,18 +1,18 @@
 """Warm-up of the tiny default models: generator SFT on gold solutions, verifier SFT on the format.
 
-- Generator (TANGO.md §7 analogue of the paper's SFT stage): TRL ``SFTTrainer`` on the task's gold
+- Generator (docs/method.md §7 analogue of the paper's SFT stage): TRL ``SFTTrainer`` on the task's gold
   solutions, evaluated on held-out problems (greedy) every ``eval_every`` steps and STOPPED as soon
   as held-out accuracy reaches ``target_accuracy`` (default 0.3): RL needs headroom, so the
   generator must land between 20% and 70%, not at 100%.
 - Verifier: the paper's verifier gets no SFT (a 7B base model follows the instruction); a tiny
-  model cannot, so it is warmed up only to learn the OUTPUT FORMAT of TANGO.md §2, with OUTCOME
+  model cannot, so it is warmed up only to learn the OUTPUT FORMAT of docs/method.md §2, with OUTCOME
   labels only. Its data: solutions SAMPLED from the warmed-up generator on train problems, each
   labelled by whether its final answer is right (the same outcome label as r_out); the target is a
   verification whose final verdict is that label and whose step verdicts are derived from it
   alone: every step CORRECT for a correct solution; for a wrong one, every step CORRECT but the
   last, which is INCORRECT ("the error shows by the end at the latest"). No step label is ever
   used: learning WHICH step is wrong is left to RL from outcome rewards, the point of Tango
-  (TANGO.md §1). Classes are balanced by subsampling.
+  (docs/method.md §1). Classes are balanced by subsampling.
 
 Everything is seeded; the result is cached by a hash of the settings (the warm-up is the slowest
 part of a tiny run, ENVIRONMENT.md), in two stages: the generator under a hash of the generator's
@@ -56,7 +56,7 @@ VERIFIER_FIELDS = ("verifier", "verifier_sft", "verifier_solutions", "verifier_r
 
 @dataclass(frozen=True)
 class SFTSettings:
-    """One SFT run (TRL SFTTrainer, TANGO.md §7 analogue).
+    """One SFT run (TRL SFTTrainer, docs/method.md §7 analogue).
 
     Attributes:
         max_steps: optimizer steps at most.
@@ -76,7 +76,7 @@ class SFTSettings:
 
 @dataclass(frozen=True)
 class WarmupSettings:
-    """Everything that determines the warmed-up tiny models and their cache key (TANGO.md §7 analogue).
+    """Everything that determines the warmed-up tiny models and their cache key (docs/method.md §7 analogue).
 
     Attributes:
         task / task_params: the embedded task and its parameters.
@@ -119,7 +119,7 @@ class WarmupSettings:
             raise ValueError(f"unknown verifier warm-up '{self.verifier_recipe}'; known: {', '.join(VERIFIER_RECIPES)}")
 
     def key(self) -> str:
-        """Cache key: a hash of every setting (TANGO.md §9 reproducibility).
+        """Cache key: a hash of every setting (docs/method.md §9 reproducibility).
 
         The task's RESOLVED parameters are hashed (so a change of a task default is a new key), and
         so is :data:`WARMUP_VERSION`, bumped whenever the warm-up procedure itself changes. The
@@ -133,7 +133,7 @@ class WarmupSettings:
 
     def generator_key(self) -> str:
         """Cache key of the generator stage alone: the verifier's settings are left out of the hash, so a
-        new verifier recipe or verifier setting reuses the (slow) generator warm-up (TANGO.md §7 analogue)."""
+        new verifier recipe or verifier setting reuses the (slow) generator warm-up (docs/method.md §7 analogue)."""
         return self._digest({k: v for k, v in asdict(self).items() if k not in VERIFIER_FIELDS})
 
     def _digest(self, settings: dict) -> str:
@@ -145,7 +145,7 @@ class WarmupSettings:
 def generator_accuracy(
     engine, task: Task, template: PromptTemplate, problems: list[Problem], max_new_tokens: int
 ) -> dict:
-    """Held-out greedy accuracy and format rate of a generator (TANGO.md §7 greedy pass@1)."""
+    """Held-out greedy accuracy and format rate of a generator (docs/method.md §7 greedy pass@1)."""
     from tango_steps.rollout.base import SamplingSettings
 
     comps = engine.generate(
@@ -158,7 +158,7 @@ def generator_accuracy(
 
 
 def sft_config(sft: SFTSettings, seed: int, output_dir: str):
-    """TRL's ``SFTConfig`` for one warm-up SFT run (TANGO.md §7 analogue): fp32 on CPU, completion-only loss."""
+    """TRL's ``SFTConfig`` for one warm-up SFT run (docs/method.md §7 analogue): fp32 on CPU, completion-only loss."""
     import torch
     from trl import SFTConfig
 
@@ -194,9 +194,9 @@ def _sft(model, tokenizer, rows: list[dict], sft: SFTSettings, seed: int, callba
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from tango_steps.training.update import _reset_accelerate_state
+    from tango_steps.training.runtime import reset_accelerate_state
 
-    _reset_accelerate_state()  # an earlier update's Accelerator in this process must not leak into the trainer
+    reset_accelerate_state()  # an earlier update's Accelerator in this process must not leak into the trainer
     out = tempfile.mkdtemp(prefix="tango-sft-")
     try:
         cfg = sft_config(sft, seed, out)
@@ -239,7 +239,7 @@ def _accuracy_stop_callback(task, template, problems, max_new_tokens, every, tar
 def verifier_warmup_rows(
     task: Task, template: PromptTemplate, problems: list[Problem], texts: list[str], seed: int
 ) -> tuple[list[dict], dict]:
-    """Rows for the verifier's format warm-up, from OUTCOME labels only (TANGO.md §1, §5; see module doc)."""
+    """Rows for the verifier's format warm-up, from OUTCOME labels only (docs/method.md §1, §5; see module doc)."""
     rng = random.Random(seed)
     by_class: dict[bool, list[dict]] = {True: [], False: []}
     for p, text in zip(problems, texts, strict=True):
@@ -279,10 +279,10 @@ def self_check_rows(
     ``"19 * 3 ="`` / ``"57"``), the GENERATOR is given the solution up to that step's start and its greedy
     continuation is read up to ``</step>``: the target's analysis for step k is what it wrote
     (``"19 * 3 = 57"``) and the step verdict is CORRECT when that agrees with the claim. The final
-    verdict is the outcome label (TANGO.md §5). No step label is read: the verdicts are a model's
+    verdict is the outcome label (docs/method.md §5). No step label is read: the verdicts are a model's
     opinion, which misses errors the model itself makes and any error carried over from an earlier
     step (a step computed right from a wrong running value is judged CORRECT). Classes are balanced by
-    subsampling as in :func:`verifier_warmup_rows`. TANGO.md §1, §2.
+    subsampling as in :func:`verifier_warmup_rows`. docs/method.md §1, §2.
     """
     from tango_steps.rollout.base import SamplingSettings
 
@@ -339,7 +339,7 @@ def self_check_rows(
 def verifier_quality(
     engine, task: Task, template: PromptTemplate, problems: list[Problem], texts: list[str], max_new_tokens: int
 ) -> dict:
-    """Format rate and final-verdict accuracy of a verifier on given solutions (TANGO.md §5 metrics)."""
+    """Format rate and final-verdict accuracy of a verifier on given solutions (docs/method.md §5 metrics)."""
     from tango_steps.rollout.base import SamplingSettings
 
     parsed = [parse_solution(t) for t in texts]
@@ -365,7 +365,9 @@ def verifier_quality(
 
 
 def _verifier_training_solutions(settings: WarmupSettings, task: Task, template: PromptTemplate, gen_engine):
-    """Sampled generator solutions (4 per train problem) for the verifier's warm-up data (TANGO.md §7 analogue)."""
+    """Sampled generator solutions (4 per train problem) for the verifier's warm-up data
+    (docs/method.md §7 analogue).
+    """
     from tango_steps.rollout.base import SamplingSettings
 
     vprobs = task.problems(max(1, settings.verifier_solutions // 4), "train", settings.seed + 1)
@@ -379,7 +381,7 @@ def _verifier_training_solutions(settings: WarmupSettings, task: Task, template:
 def _heldout_verifier_quality(
     settings: WarmupSettings, task: Task, template: PromptTemplate, gen_engine, verifier, heldout, max_tokens: int
 ) -> dict:
-    """The warmed-up verifier on SAMPLED held-out generator solutions, so both classes appear (TANGO.md §5)."""
+    """The warmed-up verifier on SAMPLED held-out generator solutions, so both classes appear (docs/method.md §5)."""
     from tango_steps.rollout.hf import HFEngine
 
     engine = HFEngine("", model=verifier, tokenizer=gen_engine.tokenizer, device=gen_engine.device)
@@ -388,7 +390,7 @@ def _heldout_verifier_quality(
 
 
 def heldout_samples(settings: WarmupSettings, template: PromptTemplate, gen_engine, heldout) -> list[str]:
-    """One SAMPLED generator solution per held-out problem, the warm-up's verifier check set (TANGO.md §5)."""
+    """One SAMPLED generator solution per held-out problem, the warm-up's verifier check set (docs/method.md §5)."""
     from tango_steps.rollout.base import SamplingSettings
 
     comps = gen_engine.generate(
@@ -399,7 +401,7 @@ def heldout_samples(settings: WarmupSettings, template: PromptTemplate, gen_engi
 
 
 def warm_up_generator(settings: WarmupSettings, out_dir: str | Path, log=print) -> dict:
-    """Build the tokenizer and the generator, SFT it until held-out accuracy reaches the target (TANGO.md §7).
+    """Build the tokenizer and the generator, SFT it until held-out accuracy reaches the target (docs/method.md §7).
 
     Saves ``out_dir/generator`` and returns its report (the cache writes ``report.json``, :func:`_cached`).
     """
@@ -447,7 +449,7 @@ def warm_up_generator(settings: WarmupSettings, out_dir: str | Path, log=print) 
 
 
 def warm_up(settings: WarmupSettings, generator_dir: str | Path, out_dir: str | Path, log=print) -> dict:
-    """Warm the verifier up on the warmed-up generator's samples (its recipe, module doc; TANGO.md §7).
+    """Warm the verifier up on the warmed-up generator's samples (its recipe, module doc; docs/method.md §7).
 
     Writes ``out_dir/generator`` (a copy of ``generator_dir/generator``) and ``out_dir/verifier``; returns
     the verifier's report (data counts, SFT, held-out quality).
@@ -493,7 +495,7 @@ def warm_up(settings: WarmupSettings, generator_dir: str | Path, out_dir: str | 
 
 
 def warmup_settings(cfg) -> WarmupSettings:
-    """The warm-up of a run's tiny models (TANGO.md §7 analogue): its task, template and seed.
+    """The warm-up of a run's tiny models (docs/method.md §7 analogue): its task, template and seed.
 
     The warm-up seed is the run's ``seed``, so runs with different seeds start from their own
     warm-ups (seed variance then includes the warm-up's, as it would across machines). Its
@@ -532,7 +534,7 @@ def _cached(folder: Path, build, log) -> dict:
 def warmed_up_generator(
     settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
 ) -> tuple[Path, dict]:
-    """The generator stage alone (TANGO.md §7): ``(<root>/generators/<generator_key>, its report)``, built once.
+    """The generator stage alone (docs/method.md §7): ``(<root>/generators/<generator_key>, its report)``, built once.
 
     ``root`` defaults to ``<cache_dir>/tiny``. The folder holds ``generator/``; a later
     :func:`warmed_up_models` with the same generator settings reuses it.
@@ -548,7 +550,8 @@ def warmed_up_generator(
 def warmed_up_models(
     settings: WarmupSettings | None = None, root: str | Path | None = None, log=print
 ) -> tuple[Path, dict]:
-    """Directory holding the warmed-up ``generator/`` and ``verifier/`` for these settings, built once (TANGO.md §7).
+    """Directory holding the warmed-up ``generator/`` and ``verifier/`` for these settings, built once
+    (docs/method.md §7).
 
     Taken from the repository's :data:`SHIPPED` models when they were built with exactly these
     settings; otherwise cached under ``root`` (default ``<cache_dir>/tiny``): the generator under

@@ -1,0 +1,273 @@
+"""Policy checkpoints (docs/method.md §6, §9): the first one, loading one to train, writing the next atomically,
+and the model an engine serves from one.
+
+A policy checkpoint is a directory:
+
+    model/              standard safetensors + config + tokenizer: HF and vLLM load it directly
+                        (with LoRA: the MERGED weights, so inference never needs peft)
+    adapter/            LoRA only: the peft adapter that training continues from
+    optimizer.pt        AdamW state (absent before the first update)
+    rng_state.pt        torch / python RNG states at save time
+    trainer_state.json  update counter, reference model, LoRA base, provenance (``extra``), settings
+                        used (the verifier's reweighting EMAs live in the round state, not here)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tango_steps.atomic import atomic_directory, disk_full_error, free_bytes, is_disk_full
+from tango_steps.training.settings import UpdateSettings
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Training state saved beside the weights (docs/method.md §9: resume must restore everything).
+
+    Attributes:
+        updates: optimizer updates done so far.
+        reference_model: path of the frozen reference for the KL term (full fine-tuning).
+        lora_base: path of the base model the LoRA adapter sits on (LoRA only).
+        extra: provenance carried with the checkpoint, e.g. ``{"source": <the model it started from>}``.
+    """
+
+    updates: int = 0
+    reference_model: str | None = None
+    lora_base: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_state(ckpt: str | Path) -> TrainerState:
+    """The trainer state of a policy checkpoint (docs/method.md §9 resume)."""
+    data = json.loads((Path(ckpt) / STATE_FILE).read_text())
+    return TrainerState(**{k: data[k] for k in ("updates", "reference_model", "lora_base", "extra")})
+
+
+def rng_state() -> dict:
+    """This process's torch, python (and CUDA) RNG states: saved with a checkpoint (docs/method.md §9)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the RNG states :func:`rng_state` saved (docs/method.md §9 resume)."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoint(
+    out_dir: Path,
+    model,
+    tokenizer,
+    optimizer_state: dict | None,
+    state: TrainerState,
+    settings: UpdateSettings,
+    model_state: dict | None = None,
+) -> Path:
+    """Write a checkpoint to a temporary sibling directory, then rename it into place (never overwrites).
+
+    ``model_state``: the full weights when ``model`` holds only a shard of them (FSDP). A disk too
+    small for it is refused before anything is written, and a disk that fills up while it is written
+    (another process) is named as such; either way nothing is left behind.
+    """
+    if settings.section.lora is None or state.updates == 0:
+        weights = model_state if model_state is not None else causal_lm(model).state_dict()
+    else:  # the adapter only
+        weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state)
+
+    def full() -> OSError:
+        what = f"writing the checkpoint '{out_dir}'"
+        return disk_full_error("the disk", what, needed, Path(out_dir).parent, "Free space, then `resume`.")
+
+    if free_bytes(Path(out_dir).parent) < needed:  # (of the nearest existing folder: nothing is made yet)
+        raise full()
+    with atomic_directory(out_dir) as tmp:
+        try:
+            _write_checkpoint_files(tmp, model, tokenizer, optimizer_state, state, settings, model_state)
+        except Exception as e:
+            if is_disk_full(e, where=tmp):
+                raise full() from e
+            raise
+    return out_dir
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensors in a nested dict / list (tied weights once): what will be written."""
+    seen: dict[int, int] = {}
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            seen[x.untyped_storage().data_ptr() if x.device.type != "meta" else id(x)] = x.numel() * x.element_size()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return sum(seen.values())
+
+
+def _write_checkpoint_files(tmp: Path, model, tokenizer, optimizer_state, state, settings, model_state) -> None:
+    """The files of a checkpoint (``write_checkpoint``), into the temporary directory ``tmp``."""
+    if settings.section.lora is None:
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
+    elif state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
+        model.save_pretrained(tmp / "adapter")
+        model.merge_and_unload(safe_merge=True).save_pretrained(tmp / "model", safe_serialization=True)
+    else:  # later ones only the adapter: small I/O per update; engines merge it at load (servable_model)
+        model.save_pretrained(tmp / "adapter")
+        causal_lm(model).config.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / "rng_state.pt")
+    payload = {**asdict(state), "settings": settings.to_dict()}
+    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def servable_model(ckpt: str | Path, log=None) -> Path:
+    """The model directory an engine loads for a policy checkpoint (docs/method.md §3, §6).
+
+    A full checkpoint's ``model/``. A LoRA checkpoint after its first update holds only the adapter
+    (and the tokenizer and config in ``model/``); its servable model is the base with the adapter
+    merged, built once per adapter (keyed by the adapter's bytes and the base's path) under
+    ``<cache_dir>/merged/`` and reused by every later rollout, judge and evaluation on this machine.
+    """
+    import hashlib
+
+    from tango_steps.atomic import exclusive_lock
+    from tango_steps.models.loading import cache_dir, load_model, load_tokenizer
+    from tango_steps.models.tiny import save_pretrained_atomic
+
+    ckpt = Path(ckpt)
+    model_dir = ckpt / "model"
+    if any(model_dir.glob("*.safetensors")) or not (ckpt / "adapter").exists():
+        return model_dir
+    base = read_state(ckpt).lora_base
+    if base is None or not (Path(base) / "config.json").exists():
+        raise ValueError(f"LoRA checkpoint '{ckpt}' names the base '{base}', which is not a model directory here")
+    h = hashlib.sha256(str(Path(base).resolve()).encode())
+    for f in sorted((ckpt / "adapter").glob("*")):
+        h.update(f.name.encode() + f.read_bytes())
+    out = cache_dir() / "merged" / h.hexdigest()[:20]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out.parent / f"{out.name}.lock", f"waiting for another process to merge {ckpt}", log or print):
+        if not (out / "config.json").exists():
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(load_model(base, "float32"), str(ckpt / "adapter")).merge_and_unload()
+            save_pretrained_atomic(merged, load_tokenizer(str(model_dir)), out, extra={"adapter_of": str(ckpt)})
+    return out
+
+
+def init_checkpoint(model_ref: str, out_dir: str | Path, settings: UpdateSettings, extra: dict | None = None) -> Path:
+    """Make the first policy checkpoint from a model (docs/method.md §6: it is also the frozen reference).
+
+    With LoRA the adapter is created (seeded) on top of the model, which becomes ``lora_base``.
+    """
+    from tango_steps.models.loading import load_model, load_tokenizer, resolve_model_ref
+
+    path = resolve_model_ref(model_ref)
+    tok = load_tokenizer(path)
+    model = load_model(path, "float32")
+    state = TrainerState(updates=0, reference_model=path, extra=dict(extra or {}))
+    if settings.section.lora is not None:
+        model = add_lora(model, settings)
+        state.lora_base = path
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        random.seed(settings.seed)
+        return write_checkpoint(Path(out_dir), model, tok, None, state, settings)
+
+
+def add_lora(model, settings: UpdateSettings):
+    """``model`` with a fresh LoRA adapter of ``settings.section.lora``, initialised under ``settings.seed``."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = settings.section.lora
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+        return get_peft_model(model, cfg)
+
+
+def load_policy(
+    ckpt: str | Path,
+    settings: UpdateSettings,
+    device: str | torch.device = "cpu",
+    lora_base: str | None = None,
+    with_optimizer: bool = True,
+):
+    """Load model (with adapter), tokenizer, optimizer and state from a policy checkpoint (docs/method.md §6).
+
+    ``lora_base`` overrides the base model path recorded in the checkpoint (e.g. after moving it).
+    ``with_optimizer`` False: the optimizer is None (FSDP builds it over the sharded parameters).
+    """
+    from tango_steps.models.loading import load_model, load_tokenizer
+
+    ckpt = Path(ckpt)
+    if not (ckpt / STATE_FILE).exists():
+        raise ValueError(f"'{ckpt}' is not a policy checkpoint (no {STATE_FILE})")
+    state = read_state(ckpt)
+    tok = load_tokenizer(str(ckpt / "model"))
+    if lora_base is not None:
+        state.lora_base = lora_base
+    if settings.section.lora is not None:
+        if state.lora_base is None:
+            raise ValueError(f"checkpoint '{ckpt}' was made without LoRA but the settings ask for LoRA")
+        from peft import PeftModel
+
+        base = load_model(state.lora_base, "float32")
+        model = PeftModel.from_pretrained(base, str(ckpt / "adapter"), is_trainable=True)
+    else:
+        if state.lora_base is not None:
+            raise ValueError(f"checkpoint '{ckpt}' holds a LoRA adapter but the settings ask for full fine-tuning")
+        model = load_model(str(ckpt / "model"), "float32")
+    model.to(device)
+    optimizer = None
+    if with_optimizer:
+        optimizer = adamw(model, settings)
+        if (ckpt / "optimizer.pt").exists():
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
+            apply_optimizer_settings(optimizer, settings)
+    if (ckpt / "rng_state.pt").exists():
+        set_rng_state(torch.load(ckpt / "rng_state.pt", weights_only=False))
+    return model, tok, optimizer, state
+
+
+def adamw(model, settings: UpdateSettings) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, in ``model.parameters()`` order (optimizer.pt's positions)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr, wd = settings.section.learning_rate, settings.section.weight_decay
+    return torch.optim.AdamW(params, lr=lr, betas=settings.betas, eps=settings.adam_eps, weight_decay=wd)
+
+
+def apply_optimizer_settings(optimizer, settings: UpdateSettings) -> None:
+    """Settings win over the hyper-parameters saved with a loaded optimizer state."""
+    for g in optimizer.param_groups:
+        g["lr"], g["betas"], g["eps"], g["weight_decay"] = (
+            settings.section.learning_rate,
+            settings.betas,
+            settings.adam_eps,
+            settings.section.weight_decay,
+        )
+
+
+def causal_lm(model):
+    """The underlying *ForCausalLM of a (possibly peft-wrapped) model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -1,0 +1,121 @@
+"""Starting one update's processes (docs/method.md §6): a spec file the workers read, torchrun on this machine or as
+one node of several, their output passed on, their metrics read back.
+
+Any launcher can start the workers (:mod:`tango_steps.training.worker`) on a spec: ``torchrun`` on one machine
+(:func:`launch_update`), ``@torchrun`` across Metaflow ``@parallel`` nodes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+FAIL_RANK_ENV = "TANGO_FAIL_UPDATE_RANK"  # test-only switch: that process of a multi-process update raises
+
+
+def write_spec(
+    folder: Path,
+    ckpt: str | Path,
+    batch,
+    settings,
+    out_dir: str | Path,
+    reference_model: str | None = None,
+    lora_base: str | None = None,
+) -> Path:
+    """What each worker process of one update reads (``main``): ``folder/spec.pt``; rank 0 writes
+    ``out_dir`` and ``folder/metrics.json``. Any launcher can start the workers on it: ``torchrun`` on
+    one machine (:func:`launch_update`), ``@torchrun`` across Metaflow ``@parallel`` nodes."""
+    spec = Path(folder) / "spec.pt"
+    torch.save(
+        {
+            "ckpt": str(ckpt),
+            "batch": asdict(batch),
+            "settings": settings.to_dict(),
+            "out_dir": str(out_dir),
+            "reference_model": reference_model,
+            "lora_base": lora_base,
+            "metrics": str(Path(folder) / "metrics.json"),
+        },
+        spec,
+    )
+    return spec
+
+
+def read_metrics(spec: Path) -> dict[str, float]:
+    """The update's metrics, as rank 0 recorded them beside ``spec``."""
+    return json.loads((Path(spec).parent / "metrics.json").read_text())
+
+
+def launch_update(
+    ckpt: str | Path,
+    batch,
+    settings,
+    out_dir: str | Path,
+    log=None,
+    reference_model: str | None = None,
+    lora_base: str | None = None,
+) -> dict[str, float]:
+    """:func:`~tango_steps.training.update.rl_update` on ``settings.processes`` processes (``torchrun``).
+
+    Same arguments and result as ``rl_update``; the worker processes' output is passed to ``log``
+    line by line (rank 0 logs progress). A failed worker fails the call with its output's tail and
+    leaves ``out_dir`` unwritten (rank 0 writes it atomically, last).
+    """
+    log = log or print
+    out_dir = Path(out_dir)
+    if torch.cuda.is_available() and settings.processes > torch.cuda.device_count():
+        raise ValueError(
+            f"update.processes is {settings.processes} but this machine has {torch.cuda.device_count()} GPUs "
+            "(one process per GPU)"
+        )
+    if out_dir.exists():
+        raise FileExistsError(f"checkpoint directory '{out_dir}' already exists; refusing to overwrite it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # as the one-process update's atomic write does
+    with tempfile.TemporaryDirectory(prefix=".update-", dir=out_dir.parent) as tmp:
+        spec = write_spec(Path(tmp), ckpt, batch, settings, out_dir, reference_model, lora_base)
+        t0 = time.perf_counter()
+        log(f"update on {settings.processes} processes ({settings.section.strategy}), torchrun")
+        what = f"the {settings.processes}-process update"
+        run_workers(torchrun_command(spec, settings.processes), log, what, out_dir)
+        metrics = read_metrics(spec)
+    metrics["launch_seconds"] = time.perf_counter() - t0 - metrics["seconds"]
+    return metrics
+
+
+def torchrun_command(
+    spec: Path, processes_per_node: int, nodes: int = 1, node_rank: int = 0, main_addr: str = "", port: int = 29517
+) -> list[str]:
+    """The torchrun command that starts this machine's worker processes of one update: one machine
+    (``--standalone``), or node ``node_rank`` of ``nodes`` meeting at ``main_addr:port``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes_per_node}"]
+    if nodes == 1:
+        cmd.append("--standalone")
+    else:
+        cmd += [f"--nnodes={nodes}", f"--node-rank={node_rank}", f"--master-addr={main_addr}", f"--master-port={port}"]
+    return [*cmd, "-m", "tango_steps.training.worker", str(spec)]
+
+
+def run_workers(cmd: list[str], log, what: str, out_dir: Path) -> None:
+    """Run ``cmd`` (a torchrun), pass rank 0's progress lines to ``log``; raise with the output's tail
+    if it fails (``out_dir`` is then unwritten: rank 0 writes it atomically, last)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, said here so it is not a warning
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        tail.append(line)
+        if line.startswith("[rank0] "):
+            log(line[len("[rank0] ") :])
+    rc = proc.wait()
+    if rc != 0:
+        raise RuntimeError(f"{what} exited with {rc}; '{out_dir}' was not written. Its last lines:\n" + "\n".join(tail))

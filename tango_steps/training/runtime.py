@@ -1,0 +1,224 @@
+"""Where an update runs: this process alone, or one process of a torchrun group (docs/method.md §6).
+
+The update loop (:func:`tango_steps.training.update.rl_update`) is the same on one process and on many, as
+nanoGPT's is with and without DDP: everything that differs sits behind one runtime object, never behind
+``if world == 1`` at a call site. Both runtimes offer the same methods:
+
+- ``prepare``: load the policy (and optimizer) of a checkpoint onto the device, wrapped for training;
+- ``autocast`` / ``backward``: bf16 autocast when the update runs in bf16; backpropagate one loss;
+- ``logprobs``: a micro-batch's token log-probs through the (possibly wrapped) model;
+- ``micro_batches`` / ``frozen_micro_batches``: this process's share of a step, of the frozen passes;
+- ``gradient_sync``: accumulate locally or reduce across processes in a micro-batch's backward;
+- ``clip_grad_norm``: clip the (reduced) gradient, returning its norm;
+- ``reduce`` / ``full_states`` / ``barrier``: the metric sums over processes, the one-process checkpoint
+  state, and waiting for the checkpoint's writer.
+
+:class:`OneProcess` is accelerate's ``Accelerator`` (bf16 on GPU, fp32 on CPU); :class:`ProcessGroup` runs
+DDP or FSDP2 over the group (:mod:`tango_steps.training.distributed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tango_steps.training import distributed
+from tango_steps.training.batch import micro_batches, rank_micro_batches, step_slices
+from tango_steps.training.checkpoint import TrainerState, adamw, apply_optimizer_settings, causal_lm, load_policy
+from tango_steps.training.logprobs import sequence_logprobs
+from tango_steps.training.settings import UpdateSettings
+
+
+def runtime_for(settings: UpdateSettings) -> OneProcess | ProcessGroup:
+    """The runtime of an update with ``settings`` in this process: a process group of several when this process
+    is one (torchrun started it), else this process alone. bf16 when asked, or on a GPU under ``dtype: auto``."""
+    bf16 = settings.section.dtype == "bfloat16" or (settings.section.dtype == "auto" and torch.cuda.is_available())
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return ProcessGroup(bf16, settings)
+    return OneProcess(bf16)
+
+
+def ready_to_train(model, state: TrainerState, ckpt, settings: UpdateSettings, reference_model: str | None) -> None:
+    """What every process does to a loaded policy before training: the reference override, the seed
+    when the checkpoint has no RNG state, gradient checkpointing."""
+    if reference_model is not None:
+        state.reference_model = reference_model
+    if not (Path(ckpt) / "rng_state.pt").exists():
+        torch.manual_seed(settings.seed)
+    if settings.section.gradient_checkpointing:
+        causal_lm(model).gradient_checkpointing_enable()
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide state: each update (and each warm-up trainer) is a single-process job
+    with its own settings, and an earlier ``Accelerator`` in this process (a TRL trainer, another update) must
+    not leak its settings in."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+class OneProcess:
+    """The update on this process alone, through accelerate's ``Accelerator``."""
+
+    rank = 0
+    world = 1
+    empty_forwards = False  # never an empty micro-batch: this process has every sample
+
+    def __init__(self, bf16: bool) -> None:
+        from accelerate import Accelerator
+
+        reset_accelerate_state()
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
+        self.device = self.accelerator.device
+
+    def prepare(self, ckpt, settings: UpdateSettings, reference_model: str | None, lora_base: str | None):
+        """(model, policy, tokenizer, optimizer, state) of ``ckpt`` on this device; ``model`` is ``policy``
+        prepared by accelerate."""
+        policy, tok, optimizer, state = load_policy(ckpt, settings, self.device, lora_base=lora_base)
+        ready_to_train(policy, state, ckpt, settings, reference_model)
+        model, optimizer = self.accelerator.prepare(policy, optimizer)
+        return model, self.accelerator.unwrap_model(model), tok, optimizer, state
+
+    def autocast(self):
+        """bf16 autocast when the update runs in bf16 (accelerate's), else nothing."""
+        return self.accelerator.autocast()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate one micro-batch's loss."""
+        self.accelerator.backward(loss)
+
+    def logprobs(self, model, ids: torch.Tensor, attn: torch.Tensor, settings: UpdateSettings, with_entropy=True):
+        """(B, L-1) token log-probs and entropies of the policy ``model``."""
+        s = settings.section
+        return sequence_logprobs(
+            model, ids, attn, s.logprob_chunk_size, settings.temperature, s.logprob_backend, with_entropy
+        )
+
+    def micro_batches(self, mini: list[int], settings: UpdateSettings) -> list[list[int]]:
+        """The micro-batches of one optimizer step's samples ``mini``."""
+        return micro_batches(mini, settings.section.micro_batch_size)
+
+    def frozen_micro_batches(self, n: int, settings: UpdateSettings) -> list[list[int]]:
+        """The micro-batches of the frozen (old and reference) log-prob passes over the whole batch of ``n``."""
+        return micro_batches(list(range(n)), settings.section.micro_batch_size)
+
+    @staticmethod
+    def frozen_model(model):
+        """What the frozen passes run through: the model itself."""
+        return model
+
+    @staticmethod
+    def gradient_sync(model, last: bool):
+        """Nothing to reduce on one process."""
+        return contextlib.nullcontext()
+
+    def clip_grad_norm(self, model, max_norm: float) -> float:
+        """Clip the gradient to ``max_norm``; its norm before clipping."""
+        return float(self.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+
+    @staticmethod
+    def reduce(sums: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
+        """The metric sums and token count of the update: this process's."""
+        return sums, tokens
+
+    @staticmethod
+    def full_states(model, optimizer, policy) -> tuple[dict | None, dict]:
+        """(full model state or None to save the policy as it is, the optimizer state in the one-process format)."""
+        return None, optimizer.state_dict()
+
+    def barrier(self) -> None:
+        """Nothing to wait for."""
+
+
+class ProcessGroup:
+    """The update on one process of a torchrun group: the policy wrapped for DDP or sharded by FSDP2, gradients
+    averaged across processes once per optimizer step (:mod:`tango_steps.training.distributed`)."""
+
+    def __init__(self, bf16: bool, settings: UpdateSettings) -> None:
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.world != settings.processes:
+            raise ValueError(f"update.processes is {settings.processes} but the process group has {self.world}")
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        self.bf16 = bf16
+        self.strategy = settings.section.strategy
+        # an FSDP forward all-gathers parameters: a process without samples still runs one (on a dummy sample)
+        self.empty_forwards = self.strategy == "fsdp"
+
+    def prepare(self, ckpt, settings: UpdateSettings, reference_model: str | None, lora_base: str | None):
+        """(model, policy, tokenizer, optimizer, state) of ``ckpt`` on this process's device; ``model`` is the
+        DDP- or FSDP-wrapped :class:`~tango_steps.training.logprobs.LogprobModule` around ``policy``."""
+        fsdp = self.strategy == "fsdp"
+        policy, tok, optimizer, state = load_policy(
+            ckpt, settings, self.device, lora_base=lora_base, with_optimizer=not fsdp
+        )
+        ready_to_train(policy, state, ckpt, settings, reference_model)
+        model = distributed.wrap_policy(policy, self.strategy, settings, self.device)
+        if fsdp:  # AdamW over the shards; the saved full state is scattered onto them
+            optimizer = adamw(policy, settings)
+            distributed.load_sharded_optimizer(model, optimizer, policy, Path(ckpt))
+            apply_optimizer_settings(optimizer, settings)
+        return model, policy, tok, optimizer, state
+
+    def autocast(self):
+        """bf16 autocast on the process's device when the update runs in bf16, else nothing."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate; DDP and FSDP average the processes' gradients in their own hooks, so the loss is taken
+        times P: their sum is the one-process gradient."""
+        (loss * self.world).backward()
+
+    @staticmethod
+    def logprobs(model, ids: torch.Tensor, attn: torch.Tensor, settings: UpdateSettings, with_entropy=True):
+        """Token log-probs and entropies through the wrapped module's forward (what DDP and FSDP hook)."""
+        return model(ids, attn)
+
+    def micro_batches(self, mini: list[int], settings: UpdateSettings) -> list[list[int]]:
+        """This process's micro-batches of one step: samples ``mini[rank::world]``, padded with empty ones to the
+        busiest process's count (every process must run as many forwards and backwards)."""
+        return rank_micro_batches(mini, settings.section.micro_batch_size, self.rank, self.world)
+
+    def frozen_micro_batches(self, n: int, settings: UpdateSettings) -> list[list[int]]:
+        """Only this process's samples: its micro-batches of every step."""
+        return [mb for mini in step_slices(n, settings) for mb in self.micro_batches(mini, settings)]
+
+    def frozen_model(self, model):
+        """FSDP's sharded module (its forward all-gathers); DDP's replica without its wrapper (no collective)."""
+        return model if self.strategy == "fsdp" else model.module
+
+    def gradient_sync(self, model, last: bool):
+        """Reduce gradients only in each step's last backward."""
+        return distributed.gradient_sync(model, self.strategy, sync=last)
+
+    @staticmethod
+    def clip_grad_norm(model, max_norm: float) -> float:
+        """Clip the reduced gradient to ``max_norm``; its norm before clipping, the same on every process."""
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+
+    @staticmethod
+    def reduce(sums: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
+        """The metric sums and token counts added over the processes (every process gets the totals)."""
+        return distributed.all_reduce_sums(sums, tokens)
+
+    def full_states(self, model, optimizer, policy) -> tuple[dict | None, dict]:
+        """The full model state (FSDP: gathered onto rank 0) and the one-process optimizer state: a collective."""
+        return distributed.full_states(model, optimizer, policy, self.strategy)
+
+    @staticmethod
+    def barrier() -> None:
+        """No process reports success before the checkpoint exists."""
+        dist.barrier()
+
+
+Runtime = OneProcess | ProcessGroup
