@@ -110,7 +110,8 @@ class AblationFlow(FlowSpec):
     def end(self):
         """``metrics`` and ``summary`` are the study's results (docs/results.md redraws them)."""
         run = f"{current.flow_name}/{current.run_id}"
-        print(f"{len(self.metrics)} rows; redraw the plots with: python benchmarks/plot_ablation.py --run {run}")
+        print(f"{len(self.metrics)} rows; redraw the plots with:")
+        print(f"python benchmarks/studies/plot_ablation.py --run {run}")
 
 
 if __name__ == "__main__":

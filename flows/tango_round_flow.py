@@ -24,7 +24,9 @@ model and the reason of the skip, ``eval_table = None``); the skipped evaluation
 TangoFlow launches it once per round (you normally never run it by hand). Each step calls one
 function of ``tango_steps.round`` and stores what it returns; models live in the datastore as
 directories, referenced by small dicts (``tango_steps.pipeline.model_store``). The configuration is validated
-once, in ``start``; later steps use that object. Artifact names are listed in the README ("Artifacts").
+once, in ``start``; later steps use that object. The tables ``rollouts``, ``judgments`` and ``eval_table``
+have the columns declared in ``tango_steps/round/tables.py``; every artifact is listed in docs/guide.md
+("Artifacts").
 """
 
 import os
@@ -61,7 +63,7 @@ class TangoRoundFlow(FlowSpec):
 
     def _done(self):
         """The end of a step's work: its peak resident memory (each step is its own process;
-        benchmarks/round_overhead.py), the test-only kill point before its artifacts are stored, and a
+        benchmarks/speed/round_overhead.py), the test-only kill point before its artifacts are stored, and a
         frozen heap so that the process's exit does not spend a second collecting garbage."""
         from tango_steps.faults import maybe_kill
         from tango_steps.process import freeze_heap, peak_rss_mb

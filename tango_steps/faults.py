@@ -28,7 +28,7 @@ KILL_ENV = "TANGO_KILL_AT"  # test-only switch, "<round>:<point>": SIGKILL of th
 def maybe_kill(round_idx: int | None, point: str) -> None:
     """SIGKILL this process's whole group when ``$TANGO_KILL_AT`` is ``<round_idx>:<point>`` (docs/method.md §9).
 
-    The test-only kill switch of ``benchmarks/kill_sweep.py``: no exception, no ``finally``, no
+    The test-only kill switch of ``benchmarks/reliability/kill_sweep.py``: no exception, no ``finally``, no
     Metaflow bookkeeping runs, exactly as when a node dies. Metaflow's local runtime, its tasks and
     the rounds' nested runs share one process group, so the driver dies with the task. Points: a
     TangoRoundFlow step's name (at the end of its work, before its artifacts are stored),

@@ -436,7 +436,7 @@ def ablation_result() -> dict:
 def eval_correct_summary(pathspec: str) -> list:
     """[number of held-out problems, share correct] of an evaluation task (``study_intervals.eval_correct``)."""
     sys.path.insert(0, str(REPO))
-    from benchmarks.study_intervals import eval_correct
+    from benchmarks.studies.study_intervals import eval_correct
 
     c = eval_correct(pathspec)
     return [len(c), float(c.mean())]
@@ -446,8 +446,17 @@ def tango_finals(study_run: str) -> list[dict]:
     """The tango arm's per-problem results (round, prompt_id, correct) of an AblationFlow run
     (``study_intervals.finals_from_runs``, window 3)."""
     sys.path.insert(0, str(REPO))
-    from benchmarks.study_intervals import finals_from_runs
+    from benchmarks.studies.study_intervals import finals_from_runs
 
     f = finals_from_runs([study_run], 3)
     f = f[f["variant"] == "tango"]
     return json.loads(f[["round", "prompt_id", "correct"]].to_json(orient="records"))
+
+
+# --- EvalFlow ---------------------------------------------------------------------------------------------------
+
+
+def eval_results() -> list[dict]:
+    """The latest EvalFlow run's joined results table, one record per benchmark."""
+    res = Flow("EvalFlow").latest_run["join"].task["results"].data
+    return json.loads(json.dumps(res.to_dict(orient="records"), default=str))

@@ -2,7 +2,9 @@
 
 Each function turns a stage's tables and metrics into a list of Metaflow card components
 (``Markdown``, ``Table``, ``VegaChart``); the flows only append them to ``current.card``. Charts are
-Vega-Lite specifications with their data inline, so a card needs no service and no network.
+Vega-Lite specifications with their data inline, so a card needs no service and no network. The tables
+read here (``rollouts``, ``judgments``, ``eval_table``) have the columns declared in
+:mod:`tango_steps.round.tables`.
 """
 
 from __future__ import annotations

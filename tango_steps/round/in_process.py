@@ -3,7 +3,7 @@
 :class:`InProcessRun` calls the same ``tango_steps.round`` stage functions as TangoRoundFlow's
 steps, in the same order, skipping the same stages, with checkpoints in a local folder; a test
 checks that it reproduces an AblationFlow branch exactly. There is no resume, no lineage and
-nothing to browse: ``benchmarks/quick_rounds.py`` and ``benchmarks/round_scaling.py`` use it to
+nothing to browse: ``benchmarks/studies/quick_rounds.py`` and ``benchmarks/speed/round_scaling.py`` use it to
 decide what to run, then TangoFlow / AblationFlow run that.
 """
 

@@ -18,7 +18,7 @@ switched-off model keeps its slots, only its update is skipped. That is "the sam
 
 The functions here are pure: AblationFlow builds the grid with :func:`branches`, joins the
 branches' per-round histories with :func:`study_table` and summarises with :func:`summarize`;
-``benchmarks/plot_ablation.py`` redraws the curves from the saved table.
+``benchmarks/studies/plot_ablation.py`` redraws the curves from the saved table.
 """
 
 from __future__ import annotations

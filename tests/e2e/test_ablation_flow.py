@@ -66,7 +66,7 @@ def test_branches_are_ordinary_round_runs(study):
 
 def test_plots_are_redrawn_from_the_run_and_from_the_saved_table(study, tmp_path):
     ds, res, _ = study
-    script = str(REPO / "benchmarks" / "plot_ablation.py")
+    script = str(REPO / "benchmarks" / "studies" / "plot_ablation.py")
     run = subprocess.run(
         [sys.executable, script, "--run", res["run"], "--out", str(tmp_path)],
         env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300,
@@ -85,9 +85,9 @@ def test_plots_are_redrawn_from_the_run_and_from_the_saved_table(study, tmp_path
 
 
 def test_paired_intervals_from_the_run_and_from_the_saved_finals(study, tmp_path):
-    """benchmarks/study_intervals.py: each arm's final per-problem scores from the round runs' eval tables."""
+    """benchmarks/studies/study_intervals.py: each arm's final per-problem scores from the round runs' eval tables."""
     ds, res, _ = study
-    script = str(REPO / "benchmarks" / "study_intervals.py")
+    script = str(REPO / "benchmarks" / "studies" / "study_intervals.py")
     cmd = [sys.executable, script, "--run", res["run"], "--out", str(tmp_path), "--resamples", "200"]
     run = subprocess.run(cmd, env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -127,14 +127,14 @@ def test_bad_grid_fails_in_start_naming_it(tmp_path):
 
 
 def test_in_process_rounds_reproduce_the_flow_branch(study, tmp_path):
-    """benchmarks/quick_rounds.py (the round's stage functions in one process) reproduces a branch exactly.
+    """benchmarks/studies/quick_rounds.py (the round's stage functions in one process) reproduces a branch exactly.
 
     The in-process runner is how a study too long for the flows' per-round processes is run on a small
     machine (docs/results.md, Study 2), so its per-problem results must be the flow's, not near them.
     """
     ds, res, _ = study
     finals = tmp_path / "tango.csv"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "quick_rounds.py"), "--config", str(ds.config(SMALL)),
+    cmd = [sys.executable, str(REPO / "benchmarks" / "studies" / "quick_rounds.py"), "--config", str(ds.config(SMALL)),
            "--rounds", "2", "--variant", "tango", "--finals", str(finals)]  # fmt: skip
     run = subprocess.run(cmd, env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]

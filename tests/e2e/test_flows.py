@@ -50,7 +50,7 @@ def test_two_round_run_trains_both_models_and_records_everything(baseline):
     for col in ("step_verdicts", "final_verdict", "format_score", "text", "solution_correct"):
         assert col in info["jcols"]
     assert info["n"] == 4 * 2 and info["nj"] == 8 and info["gb"] == 8
-    # every step records its process's peak memory (benchmarks/round_overhead.py reports it); a generator
+    # every step records its process's peak memory (benchmarks/speed/round_overhead.py reports it); a generator
     # round goes from reward past verifier_update (a conditional transition: no process for a skipped stage)
     assert set(info["rss"]) == {"start", "rollout", "judge", "reward", "generator_update", "evaluate", "end"}
     assert info["steps1"] == ["start", "rollout", "judge", "reward", "verifier_update", "evaluate", "end"]
@@ -346,13 +346,13 @@ def test_a_run_its_resume_a_fork_and_an_adoption_through_a_metadata_service(tmp_
 
 
 def test_two_runs_killed_in_one_datastore_and_two_resumes_of_one_at_once(tmp_path, baseline):
-    """Issue #17: two points of ``benchmarks/kill_sweep.py`` (the full sweep: docs/reliability.md), run at
+    """Issue #17: two points of ``benchmarks/reliability/kill_sweep.py`` (the full sweep: docs/reliability.md), run at
     once in ONE datastore: run A is SIGKILLed (whole process group) mid-write of round 2's generator
     checkpoint, run B after round 1's run finished but before TangoFlow's iteration did. Two ``resume``s
     of A at once: one proceeds, the other refuses naming the run. Both runs then equal the
     uninterrupted baseline, and each one's rounds carry its own root tag."""
     sys.path.insert(0, str(REPO))
-    from benchmarks import kill_sweep as ks
+    from benchmarks.reliability import kill_sweep as ks
 
     assert ks.CONFIG == SMALL  # the sweep's runs are this module's runs: the baseline is theirs
     expected = ks.outcome(baseline[1])
@@ -384,7 +384,7 @@ def test_a_full_disk_then_a_damaged_checkpoint_then_resume_equals_the_uninterrup
     resumed update loads) is flipped: ``resume`` stops before training, naming the file, the run and
     the round. With the byte restored, ``resume`` finishes equal to the uninterrupted baseline."""
     sys.path.insert(0, str(REPO))
-    from benchmarks import kill_sweep as ks
+    from benchmarks.reliability import kill_sweep as ks
 
     _, expected = baseline
     disk = small_disk(400)
@@ -544,7 +544,7 @@ def test_verifier_alarm_is_shown_and_can_stop_the_run(tmp_path, warmed):
     stopped = ds.query("latest_stop_reason")
     assert stopped.startswith("stopped after round 1 (evaluation.stop_on_collapse): verifier collapse")
     # the health table reads the same run through the client and lists the alarmed rounds
-    script = str(REPO / "benchmarks" / "verifier_health.py")
+    script = str(REPO / "benchmarks" / "studies" / "verifier_health.py")
     health = subprocess.run(
         [sys.executable, script, "--run", final["run"]], env=ds.env, cwd=ds.root, capture_output=True, text=True
     )
@@ -553,7 +553,7 @@ def test_verifier_alarm_is_shown_and_can_stop_the_run(tmp_path, warmed):
     assert row[0] == "0" and row[1] == "1" and "0 1" in health.stdout  # seed 0, 1 round, alarms in rounds 0 and 1
     assert "of 1 runs pass" in health.stdout
     # ... and so does the curves table: a row per round, with the held-out figures
-    script = str(REPO / "benchmarks" / "run_curves.py")
+    script = str(REPO / "benchmarks" / "studies" / "run_curves.py")
     curves = subprocess.run(
         [sys.executable, script, "--run", final["run"]], env=ds.env, cwd=ds.root, capture_output=True, text=True
     )

@@ -76,7 +76,7 @@ def test_evaluation_every_k_rounds_skips_measurement_not_training(tmp_path, base
     assert _digest(rounds[1]["gen"]) == _digest(expected["gen"])
     assert _digest(rounds[1]["ver"]) == _digest(expected["ver"])
     # the cross-judging diagnostic finds the last EVALUATED round and recomputes the run's own figures
-    script = str(REPO / "benchmarks" / "verifier_crossjudge.py")
+    script = str(REPO / "benchmarks" / "studies" / "verifier_crossjudge.py")
     out = subprocess.run([sys.executable, script, "--run", final["run"], "--save", str(tmp_path / "x.csv")],
                          env=ds.env, cwd=ds.root, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

@@ -37,7 +37,7 @@ def _run(args: list[str], **extra_env: str) -> subprocess.CompletedProcess:
 
 
 def test_gpu_check_smoke_runs_every_part_on_cpu():
-    done = _run(["benchmarks/gpu_check.py", "--smoke"])
+    done = _run(["benchmarks/gpu/gpu_check.py", "--smoke"])
     assert done.returncode == 0, done.stderr[-3000:]
     tables = _tables(done.stdout)
     update = next(rows for title, rows in tables.items() if title.startswith("Update"))
@@ -58,7 +58,7 @@ def test_gpu_check_without_a_gpu_says_to_use_smoke():
 
     if torch.cuda.is_available():  # pragma: no cover (CI has no GPU)
         return
-    done = _run(["benchmarks/gpu_check.py", "--parts", "round"])
+    done = _run(["benchmarks/gpu/gpu_check.py", "--parts", "round"])
     assert done.returncode != 0 and "run with --smoke" in done.stderr
 
 
@@ -70,7 +70,8 @@ def test_rollout_memory_benchmark_on_a_tiny_model(tiny_model_dir, tmp_path):
     )
     args = ["--model", str(tiny_model_dir), "--prompts", "3", "--max-tokens", "8", "--threads", "1"]
     done = _run(
-        ["benchmarks/rollout_memory.py", *args, "--paths", "recorder", "full-logits", "--benchmarks", str(tmp_path)]
+        ["benchmarks/speed/rollout_memory.py", *args, "--paths", "recorder", "full-logits", "--benchmarks",
+         str(tmp_path)]
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| recorder") or
@@ -84,7 +85,7 @@ def test_gpu_check_measures_the_liger_update_where_liger_runs():
     """With liger-kernel importable (here under Triton's interpreter, on CPU) the update gets its fourth row."""
     site = os.environ["TANGO_LIGER_SITE"]
     done = _run(
-        ["benchmarks/gpu_check.py", "--smoke", "--parts", "update"],
+        ["benchmarks/gpu/gpu_check.py", "--smoke", "--parts", "update"],
         TRITON_INTERPRET="1",
         PYTHONPATH=os.pathsep.join([str(REPO), site]),
     )

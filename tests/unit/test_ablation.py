@@ -160,8 +160,8 @@ def test_merge_tables_joins_runs_and_refuses_a_branch_twice():
 
 
 def test_study_intervals_joins_arms_run_apart_and_refuses_an_arm_twice(tmp_path, capsys):
-    """benchmarks/study_intervals.py --csv: arms in separate files join; one arm in two files is an error."""
-    from benchmarks.study_intervals import main
+    """benchmarks/studies/study_intervals.py --csv: arms in separate files join; one arm in two files is an error."""
+    from benchmarks.studies.study_intervals import main
 
     def arm(variant, offset):
         rows = [

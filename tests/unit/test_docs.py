@@ -56,3 +56,17 @@ def test_every_method_citation_names_a_section_of_docs_method_md():
     assert cited, "no citation found: the pattern is wrong"
     unknown = {n: sorted(files) for n, files in cited.items() if n not in sections}
     assert not unknown, f"citations of sections docs/method.md does not have: {unknown}"
+
+
+def test_every_file_the_docs_name_exists():
+    """The README and docs/ name test files, benchmark scripts, flows, recipes and modules by path: each exists
+    (moving a file means updating the docs that point at it)."""
+    import re
+
+    repo = PACKAGE.parent
+    pattern = r"((?:tests|benchmarks|flows|configs|tango_steps|data)/[\w/.-]+\.(?:py|yaml|md|jsonl))"
+    docs = [repo / "README.md", repo / "benchmarks" / "README.md", *(repo / "docs").glob("*.md")]
+    named = {(d.name, p) for d in docs for p in re.findall(pattern, d.read_text()) if "/my_" not in p}
+    assert len(named) > 50, "the pattern found too few paths: is it still right?"
+    missing = sorted((doc, p) for doc, p in named if not (repo / p).exists())
+    assert not missing, f"paths the docs name that do not exist: {missing}"

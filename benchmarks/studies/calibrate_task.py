@@ -1,7 +1,7 @@
 """Calibrate an embedded task for the tiny generator: its SFT warm-up's held-out accuracy curve (docs/results.md).
 
-    python benchmarks/calibrate_task.py --param min_ops=4 --param max_ops=5 --seed 0
-    python benchmarks/calibrate_task.py --param min_ops=4 --param max_ops=5 --param max_value=12 --seed 0
+    python benchmarks/studies/calibrate_task.py --param min_ops=4 --param max_ops=5 --seed 0
+    python benchmarks/studies/calibrate_task.py --param min_ops=4 --param max_ops=5 --param max_value=12 --seed 0
 
 Runs (or reuses from the cache, ``$TANGO_CACHE/tiny/generators/<key>``) the generator stage of the
 tiny warm-up exactly as a run with ``task: {name: ..., params: ...}`` and this seed would, and prints
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.training import warmup as W
 

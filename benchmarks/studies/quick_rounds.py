@@ -1,6 +1,6 @@
 """Quick hyperparameter scans: Tango rounds in ONE process, without Metaflow (a diagnostic, not the pipeline).
 
-    python benchmarks/quick_rounds.py --rounds 12 --set algorithm.step_rewards=false \
+    python benchmarks/studies/quick_rounds.py --rounds 12 --set algorithm.step_rewards=false \
         --set schedule.train_verifier=false --set schedule.verifier_warmup_rounds=0 \
         --set schedule.generator_per_verifier=0 --set generator_update.learning_rate=2e-4
 
@@ -12,11 +12,11 @@ docs/results.md "What was tried" came from this script. ``--set`` values are par
 
 ``--variant`` applies an AblationFlow arm's switches (``tango_steps.study.ablation.VARIANTS``, before the
 ``--set`` overrides) and ``--finals`` appends every evaluation's per-problem correctness to a CSV in
-``benchmarks/study_intervals.py``'s long format, so in-process arms can be compared paired per problem:
+``benchmarks/studies/study_intervals.py``'s long format, so in-process arms can be compared paired per problem:
 
-    python benchmarks/quick_rounds.py --config configs/study.yaml --rounds 22 --variant oracle \
+    python benchmarks/studies/quick_rounds.py --config configs/study.yaml --rounds 22 --variant oracle \
         --set seed=1 --finals runs/oracle_s1.csv
-    python benchmarks/study_intervals.py --csv runs/grpo_s1.csv --csv runs/oracle_s1.csv --out runs
+    python benchmarks/studies/study_intervals.py --csv runs/grpo_s1.csv --csv runs/oracle_s1.csv --out runs
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.config import load_config, parse_overrides
 from tango_steps.pipeline.driver import initial_checkpoints
@@ -36,7 +36,7 @@ from tango_steps.round.evaluate import rejudge
 from tango_steps.round.in_process import QUIET, InProcessRun
 from tango_steps.study.ablation import VARIANTS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Model checkpoints to and from the datastore: local folder against S3 on a local S3 server (issue #16).
 
-    python benchmarks/model_transfer.py                      # the tiny default's policy checkpoint
-    python benchmarks/model_transfer.py --model smollm2-135m # SmolLM2-135M-Instruct's (needs .[smollm2])
+    python benchmarks/speed/model_transfer.py                      # the tiny default's policy checkpoint
+    python benchmarks/speed/model_transfer.py --model smollm2-135m # SmolLM2-135M-Instruct's (needs .[smollm2])
 
 A round step saves one checkpoint (``ModelStore.save``) and the next steps load it
 (``load_model_dir``: read in place from a local datastore, downloaded once into ``$TANGO_CACHE``
@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def _free_port() -> int:
@@ -63,7 +63,7 @@ def checkpoint(model: str, folder: Path) -> Path:
     from tango_steps.pipeline.driver import initial_checkpoints
 
     overrides = {} if model == "tiny" else {"generator.path": model, "verifier.path": model}
-    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml", overrides)
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml", overrides)
     return initial_checkpoints(cfg, folder, log=lambda m: None)["generator"]
 
 

@@ -1,8 +1,8 @@
 """Paired per-problem comparisons of a study's arms, with bootstrap intervals (docs/method.md §8; docs/results.md).
 
-    python benchmarks/study_intervals.py --run AblationFlow/<id> [--run AblationFlow/<other id>] --out docs/results
-    python benchmarks/study_intervals.py --csv docs/results/study_finals.csv --out docs/results
-    python benchmarks/study_intervals.py --csv grpo_s0.csv --csv tango=tango_run2_s0.csv --save joined.csv.gz
+    python benchmarks/studies/study_intervals.py --run AblationFlow/<id> [--run AblationFlow/<other>] --out docs/results
+    python benchmarks/studies/study_intervals.py --csv docs/results/study_finals.csv --out docs/results
+    python benchmarks/studies/study_intervals.py --csv grpo_s0.csv --csv tango=tango_run2_s0.csv --save joined.csv.gz
 
 Each branch's final per-problem score is its correctness on each held-out problem averaged over its
 last ``--window`` distinct generator checkpoints (``tango_steps.study.ablation.final_rounds``; read from the
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.plot_ablation import markdown
+from benchmarks.studies.plot_ablation import markdown
 from tango_steps.study.ablation import merge_tables, paired_comparisons
 
 

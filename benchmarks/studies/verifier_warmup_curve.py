@@ -1,6 +1,6 @@
 """The tiny verifier's warm-up, checked every few SFT steps: how many samples, how many steps (docs/results.md).
 
-    python benchmarks/verifier_warmup_curve.py --seed 0 --solutions 4096 --steps 300 --every 50
+    python benchmarks/studies/verifier_warmup_curve.py --seed 0 --solutions 4096 --steps 300 --every 50
 
 Takes the seed's warmed-up GENERATOR from the cache (``$TANGO_CACHE/tiny/generators/<key>``, built
 first if missing), samples ``--solutions`` training solutions from it and trains a fresh verifier
@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.training import warmup as W
 

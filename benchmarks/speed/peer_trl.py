@@ -1,8 +1,8 @@
 """Our vanilla-GRPO round against TRL's ``GRPOTrainer`` step, same model, prompts, batch and reward (issue #13).
 
-    python benchmarks/peer_trl.py                      # 32 prompts x 8 samples, 96 tokens, 3 timed steps
-    python benchmarks/peer_trl.py --flow-rounds 4      # also a TangoFlow run of the same recipe
-    python benchmarks/peer_trl.py --smoke              # 4 prompts x 2, 16 tokens: checks that it runs
+    python benchmarks/speed/peer_trl.py                      # 32 prompts x 8 samples, 96 tokens, 3 timed steps
+    python benchmarks/speed/peer_trl.py --flow-rounds 4      # also a TangoFlow run of the same recipe
+    python benchmarks/speed/peer_trl.py --smoke              # 4 prompts x 2, 16 tokens: checks that it runs
 
 Both sides start from the tiny default's warmed-up generator (``data/tiny``), sample M completions
 per prompt at temperature 1 up to N new tokens, reward each with the task's own checker (1 if
@@ -32,9 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def recipe(prompts: int, samples: int, tokens: int, rounds: int) -> dict:
@@ -132,11 +132,11 @@ def trl_steps(cfg, steps: int) -> list[float]:
 
 
 def flow_round_seconds(cfg_data: dict) -> list[tuple[float, bool]]:
-    """Wall seconds of each round run of a TangoFlow run of the recipe (benchmarks/round_overhead.py's clock),
+    """Wall seconds of each round run of a TangoFlow run of the recipe (benchmarks/speed/round_overhead.py's clock),
     and whether the round ran the held-out evaluation (the last round always does)."""
     import yaml
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks" / "speed"))
     from round_overhead import launch, step_times
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:

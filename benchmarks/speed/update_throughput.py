@@ -1,8 +1,8 @@
 """Throughput and peak memory of the RL update step (docs/method.md §6), printed as a table.
 
-    python benchmarks/update_throughput.py               # tiny random Qwen2, fp32 on CPU
-    python benchmarks/update_throughput.py --smollm2      # also SmolLM2-135M
-    python benchmarks/update_throughput.py --processes 1 2 --strategies ddp fsdp   # issue #15
+    python benchmarks/speed/update_throughput.py               # tiny random Qwen2, fp32 on CPU
+    python benchmarks/speed/update_throughput.py --smollm2      # also SmolLM2-135M
+    python benchmarks/speed/update_throughput.py --processes 1 2 --strategies ddp fsdp   # issue #15
 
 Trained tokens per second of one `rl_update` (old/ref log-probs, forward, backward, AdamW step,
 atomic checkpoint write included) and the process's peak resident memory (CPU) or peak CUDA memory.

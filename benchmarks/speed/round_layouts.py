@@ -1,6 +1,6 @@
 """One generator round of the tiny default at P update processes and S sampling shards (issue #15).
 
-    python benchmarks/round_layouts.py                    # (S, P) in (1, 1), (2, 1), (1, 2), (2, 2)
+    python benchmarks/speed/round_layouts.py                    # (S, P) in (1, 1), (2, 1), (1, 2), (2, 2)
 
 The stages of round 2 (a generator round: rollout, judge, reward, generator update) of
 ``configs/tiny.yaml`` from its shipped warmed-up models, in this process (``tango_steps.round.in_process``):
@@ -9,7 +9,7 @@ S devices), and the update runs on P processes through torchrun (``tango_steps/t
 On a CPU machine the figures are the COST of scaling out (engine loads, process launch, collectives),
 not its speed-up, which needs a device per shard and per process.
 
-    python benchmarks/round_layouts.py --flow             # the same layouts as real TangoFlow runs
+    python benchmarks/speed/round_layouts.py --flow             # the same layouts as real TangoFlow runs
 
 ``--flow`` runs round 1 of the same recipe (a generator round; 50 held-out problems instead of 500,
 so that the evaluation stays small) as a one-round TangoFlow run per layout, in a fresh temporary
@@ -29,13 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.config import load_config
 from tango_steps.pipeline.driver import initial_checkpoints
 from tango_steps.round.in_process import QUIET, InProcessRun
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def overrides(shards: int, processes: int, strategy: str) -> dict:

@@ -1,7 +1,7 @@
 """Did the verifier get worse, or did the solutions get harder to judge? Round 0 x last round, crossed.
 
-    python benchmarks/verifier_crossjudge.py --run TangoFlow/<id> [--run ...] [--save table.csv]
-    python benchmarks/verifier_crossjudge.py --csv table.csv      # reprint a saved table
+    python benchmarks/studies/verifier_crossjudge.py --run TangoFlow/<id> [--run ...] [--save table.csv]
+    python benchmarks/studies/verifier_crossjudge.py --csv table.csv      # reprint a saved table
 
 A run's held-out balanced accuracy at its last round is measured on the last generator's solutions,
 and the generator moves toward what the verifier calls correct (its step rewards pay for that). So
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_tables import table_from_args

@@ -1,7 +1,7 @@
 """Is the verifier healthy at the end of a run? One row per TangoFlow run (issue #12's 3-seed check).
 
-    python benchmarks/verifier_health.py --run TangoFlow/<id seed 0> --run TangoFlow/<id seed 1> ...
-    python benchmarks/verifier_health.py --csv runs.csv     # a table saved by an earlier call (--save)
+    python benchmarks/studies/verifier_health.py --run TangoFlow/<id seed 0> --run TangoFlow/<id seed 1> ...
+    python benchmarks/studies/verifier_health.py --csv runs.csv     # a table saved by an earlier call (--save)
 
 For each run: its seed, the verifier's held-out balanced accuracy at round 0 and at the last round,
 its format rate at the last round, the rounds that raised the collapse alarm, the generator's

@@ -1,13 +1,13 @@
 """A TangoFlow run's curves, one row per round: what trained, what the held-out evaluation said.
 
-    python benchmarks/run_curves.py --run TangoFlow/<id>            # METAFLOW_DATASTORE_SYSROOT_LOCAL = its datastore
-    python benchmarks/run_curves.py --run TangoFlow/<id> --save curves.csv
-    python benchmarks/run_curves.py --csv curves.csv                 # a table saved earlier
+    python benchmarks/studies/run_curves.py --run TangoFlow/<id>   # METAFLOW_DATASTORE_SYSROOT_LOCAL = its datastore
+    python benchmarks/studies/run_curves.py --run TangoFlow/<id> --save curves.csv
+    python benchmarks/studies/run_curves.py --csv curves.csv                 # a table saved earlier
 
 Reads the run's ``metrics`` artifact (TangoFlow's ``end``; one row per round, round 0 = the initial
 models) through the Metaflow client and prints the columns below that the run has, as Markdown
 (a column the run never filled, e.g. the process metrics of an answer-graded task, is left out).
-Per-step wall times are ``benchmarks/round_overhead.py --run``'s.
+Per-step wall times are ``benchmarks/speed/round_overhead.py --run``'s.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.run_tables import table_from_args
+from benchmarks.studies.run_tables import table_from_args
 
 COLUMNS = {
     "round": "round",

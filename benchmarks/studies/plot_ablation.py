@@ -1,7 +1,7 @@
 """Plots and the summary table of an AblationFlow run (docs/method.md §8), for docs/results.md.
 
-    python benchmarks/plot_ablation.py --run AblationFlow/<run id> [--run AblationFlow/<other id>] --out docs/results
-    python benchmarks/plot_ablation.py --csv docs/results/ablation_metrics.csv --out docs/results
+    python benchmarks/studies/plot_ablation.py --run AblationFlow/<id> [--run AblationFlow/<other>] --out docs/results
+    python benchmarks/studies/plot_ablation.py --csv docs/results/ablation_metrics.csv --out docs/results
 
 Reads the run's ``metrics`` table (several runs' tables joined, e.g. one grid per task, each branch from
 one run only; or a CSV saved by an earlier call), writes
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.study.ablation import merge_tables, summarize
 

@@ -1,7 +1,7 @@
 """Peak memory and speed of the HF engine's sampled-token log-probs (issue #14), printed as a table.
 
-    python benchmarks/rollout_memory.py                          # SmolLM2-135M, 50 GSM8K prompts x 512 tokens
-    python benchmarks/rollout_memory.py --prompts 10 --paths recorder full-logits   # the two paths side by side
+    python benchmarks/speed/rollout_memory.py                          # SmolLM2-135M, 50 GSM8K prompts x 512 tokens
+    python benchmarks/speed/rollout_memory.py --prompts 10 --paths recorder full-logits   # the two paths side by side
 
 Greedy generation from GSM8K test questions, every completion held to the full length (the
 model's ``min_new_tokens`` set to the limit: the worst case for memory) with
@@ -9,7 +9,8 @@ model's ``min_new_tokens`` set to the limit: the worst case for memory) with
 Two ways to get the log-probs of the sampled tokens are measured, each in its own process (so its
 peak resident memory is its own):
 
-- ``recorder``: today's engine (``SampledTokenLogprobs``: one (batch, vocabulary) row kept per step);
+- ``none``: today's engine as a round uses it (no log-probs asked for: ``SamplingSettings.logprobs`` False);
+- ``recorder``: the engine asked for log-probs (``SampledTokenLogprobs``: one (batch, vocabulary) row kept per step);
 - ``full-logits``: what the engine did before issue #14 (``output_logits=True``: every position's
   full-vocabulary logits kept until ``generate`` returns, batch x new tokens x vocabulary floats).
 
@@ -29,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def rss_mb() -> float:
@@ -67,13 +68,15 @@ def child(args: argparse.Namespace) -> dict:
     problems, _ = load_benchmark("gsm8k", path=args.benchmarks, limit=args.prompts)
     prompts = [f"Question: {p.question}\nAnswer:" for p in problems]
     before = rss_mb()
-    cls = HFEngine if args.path == "recorder" else full_logits_engine(HFEngine)
+    cls = full_logits_engine(HFEngine) if args.path == "full-logits" else HFEngine
     engine = cls(str(resolve_model_ref(args.model)), batch_size=args.batch_size or args.prompts, max_prompt_tokens=512)
     engine.model.generation_config.min_new_tokens = args.max_tokens  # every completion runs to the limit
     weights_mb = sum(p.numel() * p.element_size() for p in engine.model.parameters()) / 2**20
     loaded = rss_mb()
     t0 = time.perf_counter()
-    out = engine.generate(prompts, SamplingSettings(n=1, temperature=0.0, max_tokens=args.max_tokens))
+    logprobs = args.path != "none"  # a round's sampling asks for none; the recorder keeps them one step at a time
+    greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=args.max_tokens, logprobs=logprobs)
+    out = engine.generate(prompts, greedy)
     wall = time.perf_counter() - t0
     tokens = sum(len(c.token_ids) for cs in out for c in cs)
     return {
@@ -99,7 +102,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=0, help="sequences per generate call (0: all prompts at once)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--benchmarks", help="the benchmark files' folder (default: $TANGO_BENCHMARKS)")
-    ap.add_argument("--paths", nargs="+", default=["recorder"], choices=["recorder", "full-logits"])
+    ap.add_argument("--paths", nargs="+", default=["recorder"], choices=["none", "recorder", "full-logits"])
     ap.add_argument("--path", help=argparse.SUPPRESS)  # set in the child process
     args = ap.parse_args()
     if args.path:

@@ -7,7 +7,7 @@ left alone), one through ``tango_steps.pipeline.model_store.ModelStore``. Prints
 task and the per-task difference. The payload is the tiny default's warmed-up generator checkpoint
 (``initial_checkpoints``) or any directory given with --model-dir.
 
-    python benchmarks/checkpoint_overhead.py
+    python benchmarks/speed/checkpoint_overhead.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Seconds per optimizer step of the ``sft`` study arm's update, and the steps that fill a budget.
 
-    OMP_NUM_THREADS=1 python benchmarks/sft_step_seconds.py --config configs/study.yaml \
+    OMP_NUM_THREADS=1 python benchmarks/studies/sft_step_seconds.py --config configs/study.yaml \
         --steps 10 --per-step 32 --budget 1451 --updates 16
 
 Times ONE generator update of the ``sft`` arm (``tango_steps.study.ablation.VARIANTS["sft"]``: gold
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.config import load_config, parse_overrides
 from tango_steps.models.loading import load_tokenizer
@@ -29,7 +29,7 @@ from tango_steps.round.plan import round_plan
 from tango_steps.round.update import sft_batch, update
 from tango_steps.study.ablation import VARIANTS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:

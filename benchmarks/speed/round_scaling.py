@@ -1,7 +1,7 @@
 """How a round's compute grows with batch size and response length (docs/method.md §3), printed as tables.
 
-    python benchmarks/round_scaling.py                       # prompts 16,32,64 at L=96; L 48,96,192 at 32 prompts
-    python benchmarks/round_scaling.py --prompts 8,16 --lengths 32,64 --n 4
+    python benchmarks/speed/round_scaling.py                       # prompts 16,32,64 at L=96; L 48,96,192 at 32 prompts
+    python benchmarks/speed/round_scaling.py --prompts 8,16 --lengths 32,64 --n 4
 
 Runs the stages of one generator round (rollout, judge, reward, generator update) in this process
 through the same ``tango_steps.round`` functions the flow calls, on a RANDOMLY initialised tiny Qwen2
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rollout_throughput import tiny_model
@@ -29,7 +29,7 @@ from tango_steps.config import load_config
 from tango_steps.pipeline.driver import initial_checkpoints
 from tango_steps.round.in_process import QUIET, InProcessRun
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def one_round(model: str, prompts: int, n: int, length: int, work: Path) -> dict[str, float]:

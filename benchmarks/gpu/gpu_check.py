@@ -1,8 +1,8 @@
 """The GPU path, checked in one script (issue #14): update throughput and memory, sampling speed, one
 tiny round on the GPU. Prints one table per part.
 
-    python benchmarks/gpu_check.py               # on a GPU machine: at most ~8 minutes on one H100/H200
-    python benchmarks/gpu_check.py --smoke       # the same code paths on tiny shapes, on CPU (the tests run it)
+    python benchmarks/gpu/gpu_check.py               # on a GPU machine: at most ~8 minutes on one H100/H200
+    python benchmarks/gpu/gpu_check.py --smoke       # the same code paths on tiny shapes, on CPU (the tests run it)
 
 Needs only torch and transformers (and this repository): nothing is downloaded. The models are
 built from the published Qwen2.5 configurations with random weights and the tiny tokenizer (a
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # Published Qwen2.5 configurations (config.json of Qwen/Qwen2.5-0.5B and -1.5B); "smoke" is a tiny stand-in.
 SHAPES: dict[str, dict] = {
@@ -184,7 +184,7 @@ def tiny_round(work: Path, smoke: bool) -> list[dict]:
     if smoke:  # small enough for a CPU test
         overrides |= {"batch.generator_prompts": 2, "batch.verifier_prompts": 2, "generator_sampling.n": 2,
                       "evaluation.heldout_problems": 4}  # fmt: skip
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     cfg = load_config(str(repo / "configs" / "tiny.yaml"), overrides)
     reset_peak()
     run = InProcessRun(cfg, initial_checkpoints(cfg, work / "tiny-init", log=lambda s: None), work / "tiny-work")

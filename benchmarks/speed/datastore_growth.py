@@ -1,7 +1,7 @@
 """The datastore's growth per round (issue #17): run TangoFlow in an empty local datastore, then sum its parts.
 
-    python benchmarks/datastore_growth.py --rounds 4                                   # the tiny default
-    python benchmarks/datastore_growth.py --config configs/smollm2-135m.yaml --rounds 2 \\
+    python benchmarks/speed/datastore_growth.py --rounds 4                                   # the tiny default
+    python benchmarks/speed/datastore_growth.py --config configs/smollm2-135m.yaml --rounds 2 \\
         --set generator_sampling.max_tokens=64 --set verifier_sampling.max_tokens=64 \\
         --set evaluation.heldout_problems=5 --set rollout.engine=hf
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tango_steps.config import apply_overrides, load_yaml, parse_overrides  # noqa: E402
