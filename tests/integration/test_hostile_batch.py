@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import time
 
-from tango_steps.tasks.grading import Grader
+from helpers import HEAVY
 
-HEAVY = {  # the answers of tests/unit/test_hostile.py's per-answer checks
-    "one megabyte": "Step 1: " + "x" * (1 << 20) + "\n\\boxed{7}",
-    "10,000 nested boxes": "\\boxed{" * 10_000 + "7" + "}" * 10_000,
-    "unbalanced tags": "<answer>" * 5_000 + "\\boxed{" * 5_000 + "</step>" * 5_000,
-    "NUL bytes": "Step 1: 3\x00+4\x00\n\\boxed{7\x00}",
-    "invalid Unicode": "Step 1: \ud800\udfff\ufffe\n\\boxed{7\ud800}",
-    "a power tower": "\\boxed{9^{9^{9^{9}}}}",  # sympy would evaluate it for hours: the grader's time-out
-}
+from tango_steps.tasks.grading import Grader
 
 
 def test_a_batch_of_256_pathological_answers_has_a_bound():

@@ -9,21 +9,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+from helpers import fake_model_dir
+
 from tango_steps.pipeline.model_store import MANIFEST
-
-
-def _model_dir(root: Path) -> Path:
-    d = root / "src"
-    (d / "model").mkdir(parents=True)
-    (d / "model" / "model.safetensors").write_bytes(os.urandom(4096))
-    (d / "model" / "config.json").write_text('{"a": 1}')
-    (d / "trainer_state.json").write_text("{}")
-    return d
 
 
 def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
     """Save through Metaflow's S3 back-end, then load from the reference alone (as another machine would)."""
-    src = _model_dir(tmp_path)
+    src = fake_model_dir(tmp_path)
     env = {
         **os.environ,
         "METAFLOW_S3_ENDPOINT_URL": s3_server,

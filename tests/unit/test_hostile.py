@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import HEAVY
 
 from tango_steps.method.formats import parse_solution, parse_verification
 from tango_steps.tasks import get_task
@@ -46,14 +47,6 @@ def test_model_output_is_never_evaluated(tmp_path):
     assert any(f is not None for f in flexible)  # the payloads were read as answers, and stayed text
 
 
-HEAVY = {
-    "one megabyte": "Step 1: " + "x" * (1 << 20) + "\n\\boxed{7}",
-    "10,000 nested boxes": "\\boxed{" * 10_000 + "7" + "}" * 10_000,
-    "unbalanced tags": "<answer>" * 5_000 + "\\boxed{" * 5_000 + "</step>" * 5_000,
-    "NUL bytes": "Step 1: 3\x00+4\x00\n\\boxed{7\x00}",
-    "invalid Unicode": "Step 1: \ud800\udfff\ufffe\n\\boxed{7\ud800}",
-    "a power tower": "\\boxed{9^{9^{9^{9}}}}",  # sympy would evaluate it for hours: the grader's time-out
-}
 
 
 @pytest.mark.parametrize("name", list(HEAVY))

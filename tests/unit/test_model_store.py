@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from helpers import fake_model_dir
 
 from tango_steps.pipeline.model_store import MANIFEST, ModelStore, load_model_dir
-
-
-def _model_dir(root: Path) -> Path:
-    d = root / "src"
-    (d / "model").mkdir(parents=True)
-    (d / "model" / "model.safetensors").write_bytes(os.urandom(4096))
-    (d / "model" / "config.json").write_text('{"a": 1}')
-    (d / "trainer_state.json").write_text("{}")
-    return d
 
 
 def _local_store(root: Path) -> ModelStore:
@@ -27,7 +18,7 @@ def _local_store(root: Path) -> ModelStore:
 
 
 def test_local_round_trip_and_reference(tmp_path):
-    src = _model_dir(tmp_path)
+    src = fake_model_dir(tmp_path)
     store = _local_store(tmp_path)
     ref = store.save(src, "Flow/1/step/2/0/generator", meta={"round": 3})
     assert ref["ds_type"] == "local" and ref["meta"] == {"round": 3}
@@ -46,7 +37,7 @@ def test_local_round_trip_and_reference(tmp_path):
 
 def test_damaged_or_interrupted_copies_are_refused(tmp_path):
     store = _local_store(tmp_path)
-    ref = store.save(_model_dir(tmp_path), "k/generator")
+    ref = store.save(fake_model_dir(tmp_path), "k/generator")
     path = store.load(ref)
     with open(path / "model" / "model.safetensors", "r+b") as f:
         f.truncate(10)
@@ -60,7 +51,7 @@ def test_damaged_or_interrupted_copies_are_refused(tmp_path):
 def test_a_corrupted_or_missing_file_is_named_with_its_run_and_round(tmp_path):
     """Issue #17: sizes AND hashes are checked on load; the error names the file, the run and the round."""
     store = _local_store(tmp_path)
-    ref = store.save(_model_dir(tmp_path), "TangoRoundFlow/17/generator_update/5/0/generator",
+    ref = store.save(fake_model_dir(tmp_path), "TangoRoundFlow/17/generator_update/5/0/generator",
                      meta={"role": "generator", "round": 3})  # fmt: skip
     assert set(ref["sha256"]) == set(ref["files"])
     path = store.load(ref)
@@ -81,7 +72,7 @@ def test_verification_hashes_once_while_files_are_unchanged(tmp_path, monkeypatc
     from tango_steps.pipeline import model_store
 
     store = _local_store(tmp_path)
-    ref = store.save(_model_dir(tmp_path), "k/generator")
+    ref = store.save(fake_model_dir(tmp_path), "k/generator")
     calls = []
     real = model_store.file_sha256
     monkeypatch.setattr(model_store, "file_sha256", lambda p: calls.append(p) or real(p))

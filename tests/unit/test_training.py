@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import UPDATE, update_batch
 from safetensors.torch import load_file
 
 from tango_steps.method.loss import ppo_clip_loss
@@ -17,16 +18,12 @@ from tango_steps.training.logprobs import sequence_logprobs
 from tango_steps.training.settings import UpdateSettings
 from tango_steps.training.update import rl_update
 
-SETTINGS = UpdateSettings.of(learning_rate=5e-3, kl_coef=0.01, entropy_coef=0.0, micro_batch_size=2)
+SETTINGS = UpdateSettings.of(**UPDATE)
 
 
 @pytest.fixture(scope="module")
 def batch(tiny_tokenizer):
-    g = torch.Generator().manual_seed(0)
-    prompts = [tiny_tokenizer(f"Problem: {i} + 1\nSolution:\n")["input_ids"] for i in range(6)]
-    responses = [torch.randint(3, len(tiny_tokenizer), (int(n),), generator=g).tolist() for n in (5, 9, 3, 7, 8, 4)]
-    advantages = [[(1.0 if i % 2 else -1.0) * (1 + 0.1 * t) for t in range(len(r))] for i, r in enumerate(responses)]
-    return RLBatch(prompts, responses, advantages)
+    return update_batch(tiny_tokenizer)
 
 
 @pytest.fixture()
