@@ -15,6 +15,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# every multi-process update in the tests checks that its collectives take tensors on the group's device (NCCL
+# would refuse a CPU tensor; gloo takes any): tango_steps.training.distributed.STRICT_COLLECTIVES_ENV
+os.environ.setdefault("TANGO_STRICT_COLLECTIVES", "1")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     # Two workers each start torch processes with the default thread count: OpenMP threads that
     # spin while waiting would take the cores the other worker's threads need. Numbers are unchanged.

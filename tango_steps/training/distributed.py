@@ -21,6 +21,8 @@ update with any P read them unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from pathlib import Path
 
 import torch
@@ -30,6 +32,55 @@ from tango_steps.training.checkpoint import causal_lm
 from tango_steps.training.logprobs import LogprobModule
 
 STRATEGIES = ("ddp", "fsdp")
+
+# Check switch (the multi-process tests turn it on): NCCL has no CPU collectives, gloo accepts any device, so a
+# tensor made without a device passes every CPU test and raises on the first GPU round. Under the switch each of
+# our collectives runs with the default device set to "meta" and refuses a tensor off the group's device: a
+# tensor that names no device fails here on CPU exactly where NCCL would fail on a GPU.
+STRICT_COLLECTIVES_ENV = "TANGO_STRICT_COLLECTIVES"
+_CHECKED = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "reduce")
+
+
+def group_device() -> torch.device:
+    """The device the process group's collectives take tensors on: this process's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def collective(fn):
+    """Mark a function that calls collectives: under :data:`STRICT_COLLECTIVES_ENV` its tensors must be on
+    :func:`group_device` (checked at each collective) and a tensor made without a device lands on "meta"."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if os.environ.get(STRICT_COLLECTIVES_ENV) != "1":
+            return fn(*args, **kwargs)
+        want = group_device()
+        originals = {name: getattr(dist, name) for name in _CHECKED}
+
+        def checked(name, original):
+            def call(tensor, *a, **kw):
+                for t in tensor if isinstance(tensor, list | tuple) else [tensor]:
+                    if isinstance(t, torch.Tensor) and t.device != want:
+                        raise RuntimeError(
+                            f"{fn.__qualname__}: dist.{name} got a tensor on {t.device}, but the process group's "
+                            f"device is {want} (NCCL has no collectives for CPU tensors; {STRICT_COLLECTIVES_ENV})"
+                        )
+                return original(tensor, *a, **kw)
+
+            return call
+
+        try:
+            for name, original in originals.items():
+                setattr(dist, name, checked(name, original))
+            with torch.device("meta"):
+                return fn(*args, **kwargs)
+        finally:
+            for name, original in originals.items():
+                setattr(dist, name, original)
+
+    return wrapper
 
 
 WRAPPED = "policy."  # how LogprobModule's parameters are named: its attribute `policy`
@@ -47,45 +98,59 @@ def decoder_layers(policy: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def wrap_policy(policy: torch.nn.Module, strategy: str, settings, device) -> torch.nn.Module:
-    """``policy`` inside a :class:`LogprobModule`, replicated (``ddp``) or sharded (``fsdp``)."""
+def wrap_policy(policy: torch.nn.Module, strategy: str, settings, device, bf16: bool = False) -> torch.nn.Module:
+    """``policy`` inside a :class:`LogprobModule`, replicated (``ddp``) or sharded (``fsdp``).
+
+    ``bf16`` (the update runs in bf16): FSDP2 gathers each layer's parameters in bf16 and reduces gradients in
+    fp32 (``MixedPrecisionPolicy``): half the all-gather traffic and gathered-layer memory, fp32 master weights,
+    gradients and AdamW state kept in the shards.
+    """
     s = settings.section
     module = LogprobModule(policy, s.logprob_chunk_size, settings.temperature, s.logprob_backend)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         # no buffer broadcast: the only buffers (rotary tables) are constants, and a broadcast in
-        # every forward would be a collective the padded micro-batches would have to match
+        # every forward would be a collective the padded micro-batches would have to match;
+        # gradients as views of the reduction buckets: one copy of the gradients, not two
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        kwargs = {"mp_policy": mp} if mp is not None else {}
         for layer in decoder_layers(policy):
-            fully_shard(layer)
-        return fully_shard(module)
+            fully_shard(layer, **kwargs)
+        return fully_shard(module, **kwargs)
     raise ValueError(f"update.strategy must be one of {STRATEGIES}, got {strategy!r}")
 
 
 @contextlib.contextmanager
 def gradient_sync(model: torch.nn.Module, strategy: str, sync: bool):
-    """Accumulate this micro-batch's gradient locally (``sync`` False) or reduce across processes."""
+    """Accumulate this micro-batch's gradient locally (``sync`` False) or reduce across processes.
+
+    Only DDP skips a reduction: its local gradient is a full replica either way. FSDP2 reduce-scatters EVERY
+    micro-batch: with the sync off it would keep each parameter's UNSHARDED fp32 gradient on every process until
+    the step's last micro-batch (4 bytes x all parameters: 28 GiB per GPU for 7B), which its sharding exists to
+    avoid (docs/scaling.md).
+    """
     if strategy == "ddp" and not sync:
         with model.no_sync():
             yield
         return
-    if strategy == "fsdp":
-        model.set_requires_gradient_sync(sync)
     yield
 
 
+@collective
 def all_reduce_sums(sums: dict[str, float], tokens: int) -> tuple[dict[str, float], int]:
     """Metric sums and token counts added over the processes (every process gets the totals)."""
     # a process whose share was empty (fewer samples than processes) has no metric keys of its own
     names: list[list[str]] = [[] for _ in range(dist.get_world_size())]
     dist.all_gather_object(names, sorted(sums))
     keys = sorted(set().union(*names))
-    t = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(tokens)], dtype=torch.float64)
+    values = [sums.get(k, 0.0) for k in keys] + [float(tokens)]
+    t = torch.tensor(values, dtype=torch.float64, device=group_device())  # NCCL: on the GPU, never the CPU
     dist.all_reduce(t)
     return {k: float(v) for k, v in zip(keys, t[:-1], strict=True)}, int(t[-1])
 

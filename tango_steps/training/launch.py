@@ -20,6 +20,42 @@ from pathlib import Path
 import torch
 
 FAIL_RANK_ENV = "TANGO_FAIL_UPDATE_RANK"  # test-only switch: that process of a multi-process update raises
+# check switch: an update with ``processes: 1`` still goes through torchrun and a process group of one, so the
+# multi-process code path (its collectives on NCCL, FSDP2's wrapping) can be checked on a machine with one GPU
+FORCE_GROUP_ENV = "TANGO_FORCE_PROCESS_GROUP"
+
+
+# set in the environment of the workers this module starts: "this process is one of an update's process group".
+# Not ``dist.is_initialized()``: an in-process vLLM engine initialises a process group of its own
+WORKER_ENV = "TANGO_UPDATE_WORKER"
+
+
+def in_update_group() -> bool:
+    """Whether this process is a worker of a multi-process update (started by :func:`run_workers`)."""
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+def needs_launch(settings) -> bool:
+    """Whether an update with ``settings`` runs in processes of its own (torchrun) rather than in this one."""
+    return (settings.processes > 1 or os.environ.get(FORCE_GROUP_ENV) == "1") and not in_update_group()
+
+
+# What the checkpoint write may take before the other processes, waiting at a barrier, give up: NCCL's default
+# collective timeout is 10 minutes, and rank 0 writes a 7B checkpoint (fp32 weights + two AdamW moments: 91 GB)
+# alone. Sized from the bytes at a slow disk's rate, with a margin, never below the default.
+WRITE_BYTES_PER_SECOND = 100e6  # a network disk's sustained write (a local NVMe does 1-3 GB/s)
+MIN_TIMEOUT_SECONDS = 600.0
+
+
+def collective_timeout_seconds(ckpt: str | Path, lora: bool = False) -> float:
+    """The process group's timeout for an update from ``ckpt``: room for rank 0 to write the next checkpoint.
+
+    Full fine-tuning writes the weights and, once there is an optimizer, two AdamW moments of the same size (3 x
+    the fp32 weights of ``ckpt/model``); LoRA writes an adapter (the weights once bound it).
+    """
+    weights = sum(f.stat().st_size for f in (Path(ckpt) / "model").glob("*.safetensors"))
+    written = weights if lora else 3 * weights
+    return max(MIN_TIMEOUT_SECONDS, 3.0 * written / WRITE_BYTES_PER_SECOND)
 
 
 def write_spec(
@@ -44,6 +80,7 @@ def write_spec(
             "reference_model": reference_model,
             "lora_base": lora_base,
             "metrics": str(Path(folder) / "metrics.json"),
+            "timeout_seconds": collective_timeout_seconds(ckpt, settings.section.lora is not None),
         },
         spec,
     )
@@ -107,7 +144,7 @@ def torchrun_command(
 def run_workers(cmd: list[str], log, what: str, out_dir: Path) -> None:
     """Run ``cmd`` (a torchrun), pass rank 0's progress lines to ``log``; raise with the output's tail
     if it fails (``out_dir`` is then unwritten: rank 0 writes it atomically, last)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_ENV: "1"}
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, said here so it is not a warning
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: collections.deque[str] = collections.deque(maxlen=200)

@@ -29,15 +29,16 @@ import torch.distributed as dist
 from tango_steps.training import distributed
 from tango_steps.training.batch import micro_batches, rank_micro_batches, step_slices
 from tango_steps.training.checkpoint import TrainerState, adamw, apply_optimizer_settings, causal_lm, load_policy
+from tango_steps.training.launch import in_update_group
 from tango_steps.training.logprobs import sequence_logprobs
 from tango_steps.training.settings import UpdateSettings
 
 
 def runtime_for(settings: UpdateSettings) -> OneProcess | ProcessGroup:
-    """The runtime of an update with ``settings`` in this process: a process group of several when this process
-    is one (torchrun started it), else this process alone. bf16 when asked, or on a GPU under ``dtype: auto``."""
+    """The runtime of an update with ``settings`` in this process: its process group when this process is in one
+    (torchrun started it), else this process alone. bf16 when asked, or on a GPU under ``dtype: auto``."""
     bf16 = settings.section.dtype == "bfloat16" or (settings.section.dtype == "auto" and torch.cuda.is_available())
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if in_update_group():  # a worker torchrun started: a process group, even of one (FORCE_GROUP_ENV)
         return ProcessGroup(bf16, settings)
     return OneProcess(bf16)
 
@@ -160,7 +161,7 @@ class ProcessGroup:
             ckpt, settings, self.device, lora_base=lora_base, with_optimizer=not fsdp
         )
         ready_to_train(policy, state, ckpt, settings, reference_model)
-        model = distributed.wrap_policy(policy, self.strategy, settings, self.device)
+        model = distributed.wrap_policy(policy, self.strategy, settings, self.device, self.bf16)
         if fsdp:  # AdamW over the shards; the saved full state is scattered onto them
             optimizer = adamw(policy, settings)
             distributed.load_sharded_optimizer(model, optimizer, policy, Path(ckpt))
@@ -197,7 +198,7 @@ class ProcessGroup:
         return model if self.strategy == "fsdp" else model.module
 
     def gradient_sync(self, model, last: bool):
-        """Reduce gradients only in each step's last backward."""
+        """DDP: reduce gradients only in each step's last backward; FSDP: in every backward (gradients stay sharded)."""
         return distributed.gradient_sync(model, self.strategy, sync=last)
 
     @staticmethod

@@ -20,7 +20,7 @@ import torch
 from tango_steps.method.loss import ppo_clip_loss
 from tango_steps.training.batch import RLBatch, pack, stack_padded, step_slices
 from tango_steps.training.checkpoint import TrainerState, write_checkpoint
-from tango_steps.training.launch import launch_update
+from tango_steps.training.launch import launch_update, needs_launch
 from tango_steps.training.logprobs import sequence_logprobs
 from tango_steps.training.runtime import Runtime, runtime_for
 from tango_steps.training.settings import UpdateSettings
@@ -56,12 +56,11 @@ def rl_update(
     Raises:
         FloatingPointError: a non-finite loss or gradient norm; ``out_dir`` is not created.
 
-    With ``settings.processes`` > 1 and no process group yet, the update is launched on that many
-    processes (:func:`tango_steps.training.launch.launch_update`), each of which calls this function.
+    With ``settings.processes`` > 1 (or the check switch ``TANGO_FORCE_PROCESS_GROUP=1``) and no process group yet,
+    the update is launched on that many processes (:func:`tango_steps.training.launch.launch_update`), each of
+    which calls this function.
     """
-    import torch.distributed as dist
-
-    if settings.processes > 1 and not dist.is_initialized():
+    if needs_launch(settings):
         return launch_update(ckpt, batch, settings, out_dir, log, reference_model, lora_base)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)

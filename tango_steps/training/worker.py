@@ -6,6 +6,7 @@ runs :func:`~tango_steps.training.update.rl_update` on the spec it is given.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import sys
@@ -26,7 +27,8 @@ def main(spec_path: str) -> None:
 
     spec = torch.load(spec_path, weights_only=False)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    # the barrier after rank 0's checkpoint write waits as long as the write may take (launch.collective_timeout)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=spec.get("timeout_seconds", 600.0)))
     rank = dist.get_rank()
     try:
         if os.environ.get(FAIL_RANK_ENV) == str(rank):
