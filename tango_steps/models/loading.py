@@ -61,6 +61,20 @@ def resolve_model_ref(ref: str) -> str:
         ) from None
 
 
+def recorded_model_ref(ref: str) -> str:
+    """What a checkpoint records for a model reference: the reference itself, never where it resolved here.
+
+    :func:`resolve_model_ref` turns a builtin or a hub name into a directory of THIS machine's caches
+    (``$TANGO_CACHE``, the hub cache); a checkpoint continued or served on another machine must resolve
+    the reference again there (docs/method.md §7, §9). A builtin or hub name is kept as given; a local
+    path that exists is made absolute (a relative one would depend on the working directory).
+    """
+    if ref in BUILTINS:
+        return ref
+    p = Path(ref).expanduser()
+    return str(p.absolute()) if p.exists() else ref
+
+
 def load_tokenizer(ref: str):
     """Load a tokenizer with left padding and a pad token (docs/method.md §3); see :func:`ensure_pad_token`."""
     from transformers import AutoTokenizer

@@ -34,8 +34,12 @@ class TrainerState:
 
     Attributes:
         updates: optimizer updates done so far.
-        reference_model: path of the frozen reference for the KL term (full fine-tuning).
-        lora_base: path of the base model the LoRA adapter sits on (LoRA only).
+        reference_model: the frozen reference for the KL term (full fine-tuning), as a model reference
+            (``models.loading.resolve_model_ref``: a hub name, a builtin or a local path).
+        lora_base: the base model the LoRA adapter sits on (LoRA only), a model reference as above.
+            Both are resolved where they are used, so a checkpoint names no directory of the cache of the
+            process that wrote it (:func:`init_checkpoint`); checkpoints that name an absolute path
+            still load where that path exists.
         extra: provenance carried with the checkpoint, e.g. ``{"source": <the model it started from>}``.
     """
 
@@ -51,20 +55,36 @@ def read_state(ckpt: str | Path) -> TrainerState:
     return TrainerState(**{k: data[k] for k in ("updates", "reference_model", "lora_base", "extra")})
 
 
-def rng_state() -> dict:
-    """This process's torch, python (and CUDA) RNG states: saved with a checkpoint (docs/method.md §9)."""
+def rng_state(cuda: Any = torch.cuda) -> dict:
+    """This process's torch, python (and CUDA) RNG states: saved with a checkpoint (docs/method.md §9).
+
+    CUDA: the state of this process's OWN device only (``cuda.current_device()``). Every visible
+    device's (``get_rng_state_all``) would tie the checkpoint to as many visible GPUs: torchrun does
+    not narrow ``CUDA_VISIBLE_DEVICES``, so a rank on an 8-GPU node saved 8 states, and a resume where
+    fewer are visible failed restoring them (issue #35, defect 6). ``cuda``: ``torch.cuda``, or a
+    stand-in with its RNG functions (tests, which have no GPU).
+    """
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda.is_available():
+        state["cuda"] = cuda.get_rng_state(cuda.current_device())
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore the RNG states :func:`rng_state` saved (docs/method.md §9 resume)."""
+def set_rng_state(state: dict, cuda: Any = torch.cuda) -> None:
+    """Restore the RNG states :func:`rng_state` saved (docs/method.md §9 resume), the CUDA one onto this
+    process's own device, whatever number of devices the writer saw. ``cuda`` as in :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and cuda.is_available():
+        saved, device = state["cuda"], cuda.current_device()
+        if isinstance(saved, list | tuple):
+            # A checkpoint written before issue #35 holds get_rng_state_all(): one state per device its
+            # writer saw. This device's entry is what set_rng_state_all restored here before; where the
+            # writer saw fewer devices than this index, its first (its rank 0's device) is taken instead.
+            if not saved:
+                raise ValueError("rng_state.pt: 'cuda' holds an empty list of device states")
+            saved = saved[device] if device < len(saved) else saved[0]
+        cuda.set_rng_state(saved, device)
 
 
 def write_checkpoint(
@@ -140,13 +160,32 @@ def _write_checkpoint_files(tmp: Path, model, tokenizer, optimizer_state, state,
     (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
 
-def servable_model(ckpt: str | Path, log=None) -> Path:
+def resolved_base(ckpt: str | Path, ref: str | None, field: str) -> str:
+    """The local directory of the model reference ``ref`` that checkpoint ``ckpt`` records as ``field``
+    (``lora_base`` or ``reference_model``), resolved on this machine (docs/method.md §7, §9).
+
+    Raises ValueError naming the checkpoint, the field and the reference when it names none or it does
+    not resolve here (a path of another machine, a hub model not downloaded without network).
+    """
+    from tango_steps.models.loading import resolve_model_ref
+
+    if ref is None:
+        raise ValueError(f"checkpoint '{ckpt}' names no {field} in its {STATE_FILE}")
+    try:
+        return resolve_model_ref(ref)
+    except ValueError as e:
+        raise ValueError(f"checkpoint '{ckpt}': its {field} '{ref}' is not a model here: {e}") from None
+
+
+def servable_model(ckpt: str | Path, log=None, lora_base: str | None = None) -> Path:
     """The model directory an engine loads for a policy checkpoint (docs/method.md §3, §6).
 
     A full checkpoint's ``model/``. A LoRA checkpoint after its first update holds only the adapter
     (and the tokenizer and config in ``model/``); its servable model is the base with the adapter
-    merged, built once per adapter (keyed by the adapter's bytes and the base's path) under
+    merged, built once per adapter (keyed by the adapter's bytes and the base's local path) under
     ``<cache_dir>/merged/`` and reused by every later rollout, judge and evaluation on this machine.
+    The base is the checkpoint's ``lora_base`` reference resolved here, or ``lora_base`` when given
+    (a model reference or local directory: e.g. a base its caller fetched from a model store).
     """
     import hashlib
 
@@ -158,9 +197,7 @@ def servable_model(ckpt: str | Path, log=None) -> Path:
     model_dir = ckpt / "model"
     if any(model_dir.glob("*.safetensors")) or not (ckpt / "adapter").exists():
         return model_dir
-    base = read_state(ckpt).lora_base
-    if base is None or not (Path(base) / "config.json").exists():
-        raise ValueError(f"LoRA checkpoint '{ckpt}' names the base '{base}', which is not a model directory here")
+    base = resolved_base(ckpt, lora_base if lora_base is not None else read_state(ckpt).lora_base, "lora_base")
     h = hashlib.sha256(str(Path(base).resolve()).encode())
     for f in sorted((ckpt / "adapter").glob("*")):
         h.update(f.name.encode() + f.read_bytes())
@@ -178,17 +215,21 @@ def servable_model(ckpt: str | Path, log=None) -> Path:
 def init_checkpoint(model_ref: str, out_dir: str | Path, settings: UpdateSettings, extra: dict | None = None) -> Path:
     """Make the first policy checkpoint from a model (docs/method.md §6: it is also the frozen reference).
 
-    With LoRA the adapter is created (seeded) on top of the model, which becomes ``lora_base``.
+    With LoRA the adapter is created (seeded) on top of the model, which becomes ``lora_base``. Both
+    ``reference_model`` and ``lora_base`` record ``model_ref`` itself (``recorded_model_ref``: a hub
+    name or builtin as given, a local path made absolute), not the directory it resolves to in this
+    process's caches: a fresh machine resolves it again (issue #35, defect 9).
     """
-    from tango_steps.models.loading import load_model, load_tokenizer, resolve_model_ref
+    from tango_steps.models.loading import load_model, load_tokenizer, recorded_model_ref, resolve_model_ref
 
     path = resolve_model_ref(model_ref)
+    ref = recorded_model_ref(model_ref)
     tok = load_tokenizer(path)
     model = load_model(path, "float32")
-    state = TrainerState(updates=0, reference_model=path, extra=dict(extra or {}))
+    state = TrainerState(updates=0, reference_model=ref, extra=dict(extra or {}))
     if settings.section.lora is not None:
         model = add_lora(model, settings)
-        state.lora_base = path
+        state.lora_base = ref
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         random.seed(settings.seed)
@@ -215,8 +256,12 @@ def load_policy(
 ):
     """Load model (with adapter), tokenizer, optimizer and state from a policy checkpoint (docs/method.md §6).
 
-    ``lora_base`` overrides the base model path recorded in the checkpoint (e.g. after moving it).
-    ``with_optimizer`` False: the optimizer is None (FSDP builds it over the sharded parameters).
+    ``lora_base`` overrides the base model reference recorded in the checkpoint (e.g. after moving it);
+    either is resolved on this machine (:func:`resolved_base`). ``with_optimizer`` False: the optimizer
+    is None (FSDP builds it over the sharded parameters).
+
+    ``optimizer.pt`` is memory-mapped (:func:`load_optimizer_file`), not read whole: the moments stay
+    in the page cache, one copy per machine however many processes load it.
     """
     from tango_steps.models.loading import load_model, load_tokenizer
 
@@ -232,7 +277,7 @@ def load_policy(
             raise ValueError(f"checkpoint '{ckpt}' was made without LoRA but the settings ask for LoRA")
         from peft import PeftModel
 
-        base = load_model(state.lora_base, "float32")
+        base = load_model(resolved_base(ckpt, state.lora_base, "lora_base"), "float32")
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"), is_trainable=True)
     else:
         if state.lora_base is not None:
@@ -243,11 +288,22 @@ def load_policy(
     if with_optimizer:
         optimizer = adamw(model, settings)
         if (ckpt / "optimizer.pt").exists():
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device, weights_only=True))
+            optimizer.load_state_dict(load_optimizer_file(ckpt / "optimizer.pt"))
             apply_optimizer_settings(optimizer, settings)
     if (ckpt / "rng_state.pt").exists():
         set_rng_state(torch.load(ckpt / "rng_state.pt", weights_only=False))
     return model, tok, optimizer, state
+
+
+def load_optimizer_file(path: str | Path) -> dict:
+    """An ``optimizer.pt``'s state dict with its tensors memory-mapped from the file (on the CPU).
+
+    Read whole, every process of an update held its own copy in host memory (8 x 61 GB for a 7B
+    model on one node; issue #35, defect 5). Mapped, the processes share the page cache's one copy and
+    read only the pages they use; ``Optimizer.load_state_dict`` then moves each moment to its
+    parameter's device, and keeps a CPU tensor of the parameter's dtype as it is (still file-backed).
+    """
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def adamw(model, settings: UpdateSettings) -> torch.optim.AdamW:

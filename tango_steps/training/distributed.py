@@ -181,7 +181,7 @@ def load_sharded_optimizer(model, optimizer, policy, ckpt: Path) -> None:
     path = Path(ckpt) / "optimizer.pt"
     if not path.exists():
         return
-    full = torch.load(path, map_location="cpu", weights_only=True)
+    full = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     by_name = optimizer_state_by_name(full, trainable_names(policy, WRAPPED))
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
