@@ -17,7 +17,7 @@ CPU-bound; ``--max-workers`` changes it).
 import os
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step
+from metaflow import Config, FlowSpec, Parameter, card, current, resources, step
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = str(HERE.parent / "configs" / "tiny.yaml")
@@ -53,11 +53,20 @@ class AblationFlow(FlowSpec):
         print(f"{len(self.branches)} branches of {base.rounds} rounds: " + ", ".join(b["name"] for b in self.branches))
         self.next(self.init, foreach="branches")
 
+    # round 0 builds and evaluates both models: the base recipe's resources.round0 (else resources.evaluate), as
+    # TangoFlow's start (on Kubernetes / Batch; ignored in a local run)
+    @resources(
+        cpu=config.resources.round0.cpu,
+        memory=config.resources.round0.memory,
+        gpu=config.resources.round0.gpu,
+        disk=config.resources.round0.disk,
+        shared_memory=config.resources.round0.shared_memory,
+    )
     @step
     def init(self):
         """Round 0 of one branch, as TangoFlow's start: initial checkpoints (shared warm-up) and evaluation."""
+        from tango_steps.models.store import ModelStore
         from tango_steps.pipeline.driver import begin, validate_run_config
-        from tango_steps.pipeline.model_store import ModelStore
 
         self.branch = self.input
         cfg = validate_run_config(self.branch["config"])

@@ -16,7 +16,7 @@ TangoRoundFlow run through Metaflow's Runner (adopting a finished one, resuming 
 import os
 from pathlib import Path
 
-from metaflow import Config, FlowSpec, Parameter, card, current, step
+from metaflow import Config, FlowSpec, Parameter, card, current, resources, step
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = str(HERE.parent / "configs" / "tiny.yaml")
@@ -34,16 +34,32 @@ class TangoFlow(FlowSpec):
         "start-from", type=str, default="", help="fork: a finished TangoRoundFlow run (Flow/run id) to start from"
     )
 
+    # round 0 loads both models, stores their first checkpoints and evaluates them with the rollout engine: the
+    # recipe's `resources.round0` (without one, `resources.evaluate`: tango_steps.config.step_resources_entry)
+    @resources(
+        cpu=config.resources.round0.cpu,
+        memory=config.resources.round0.memory,
+        gpu=config.resources.round0.gpu,
+        disk=config.resources.round0.disk,
+        shared_memory=config.resources.round0.shared_memory,
+    )
     @step
     def start(self):
         """Validate, build or load the initial models, evaluate round 0 (or take a forked round's state)."""
         from tango_steps.config import resolved
         from tango_steps.faults import maybe_kill
+        from tango_steps.models.store import ModelStore
         from tango_steps.pipeline.driver import begin, fork_source, validate_run_config
-        from tango_steps.pipeline.model_store import ModelStore
+        from tango_steps.plan import check, local_gpus
         from tango_steps.process import freeze_heap
 
         cfg = validate_run_config(self.config.to_dict(), self.rounds)
+        # the run plan's check (python -m tango_steps.plan): a recipe that cannot fit stops here, naming the field
+        run_plan = check(cfg, visible_gpus=local_gpus(cfg))
+        if run_plan.on_gpus:
+            print(
+                f"plan: ~{run_plan.hours:.0f} hours, ~{run_plan.gpu_hours:,.0f} GPU-hours (python -m tango_steps.plan)"
+            )
         self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
         self.forked_from = self.start_from or None
         store = ModelStore.for_flow(self)

@@ -23,7 +23,7 @@ model and the reason of the skip, ``eval_table = None``); the skipped evaluation
 
 TangoFlow launches it once per round (you normally never run it by hand). Each step calls one
 function of ``tango_steps.round`` and stores what it returns; models live in the datastore as
-directories, referenced by small dicts (``tango_steps.pipeline.model_store``). The configuration is validated
+directories, referenced by small dicts (``tango_steps.models.store``). The configuration is validated
 once, in ``start``; later steps use that object. The tables ``rollouts``, ``judgments`` and ``eval_table``
 have the columns declared in ``tango_steps/round/tables.py``; every artifact is listed in docs/guide.md
 ("Artifacts").
@@ -48,7 +48,7 @@ class TangoRoundFlow(FlowSpec):
     previous = Parameter("previous", type=str, default="", help="pathspec of the task holding the starting state")
 
     def _store(self):
-        from tango_steps.pipeline.model_store import ModelStore
+        from tango_steps.models.store import ModelStore
 
         return ModelStore.for_flow(self)
 
@@ -72,7 +72,13 @@ class TangoRoundFlow(FlowSpec):
         maybe_kill(self.round_idx, current.step_name)
         freeze_heap()
 
-    @resources(cpu=config.resources.start.cpu, memory=config.resources.start.memory)
+    @resources(
+        cpu=config.resources.start.cpu,
+        memory=config.resources.start.memory,
+        gpu=config.resources.start.gpu,
+        disk=config.resources.start.disk,
+        shared_memory=config.resources.start.shared_memory,
+    )
     @step
     def start(self):
         """Validate the configuration once, read the starting state (client API) and plan the round."""
@@ -103,7 +109,11 @@ class TangoRoundFlow(FlowSpec):
 
     @retry(times=1, minutes_between_retries=0)
     @resources(
-        cpu=config.resources.rollout.cpu, memory=config.resources.rollout.memory, gpu=config.resources.rollout.gpu
+        cpu=config.resources.rollout.cpu,
+        memory=config.resources.rollout.memory,
+        gpu=config.resources.rollout.gpu,
+        disk=config.resources.rollout.disk,
+        shared_memory=config.resources.rollout.shared_memory,
     )
     @card(type="blank", refresh_interval=5)
     @step
@@ -114,12 +124,14 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps.pipeline import cards
         from tango_steps.round.plan import plan_from_dict, verifier_judges
         from tango_steps.round.shards import sample_shard
+
         k, shards = self.input, len(self.shard_ids)
         plan = plan_from_dict(self.plan)
         store = self._store()
-        verifier = store.load(self.state_in["verifier"]) if verifier_judges(self.cfg, plan) else None
+        verifier = store.load(self.state_in["verifier"], "serving") if verifier_judges(self.cfg, plan) else None
         log = cards.CardLog(current.card, f"Shard {k} of {shards}, attempt {current.retry_count}")
-        part = sample_shard(self.cfg, plan, store.load(self.state_in["generator"]), verifier, (k, shards), log)
+        ckpt = store.load(self.state_in["generator"], "serving")
+        part = sample_shard(self.cfg, plan, ckpt, verifier, (k, shards), log, pin_devices=True)
         self._check(f"sample_shard{k}")  # (the test-only switch: a shard that fails late, its work lost)
         # the shard's rows of both tables, browsable per task; join_shards joins them
         self.rollouts, self.judgments = part.rollouts, part.judgments
@@ -137,14 +149,13 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps.pipeline import cards
         from tango_steps.round.plan import plan_from_dict
         from tango_steps.round.shards import ShardResult, join_shards, shard_table
+
         # a pydantic object re-pickles with its field sets in a per-process order: the same cfg, other bytes
         self.cfg = inputs[0].cfg
         mine = ["rollouts", "judgments", "rollout_result", "judge_result", "shard_stats", "compute_seconds"]
         self.merge_artifacts(inputs, exclude=[*mine, "peak_rss_mb"])
         plan = plan_from_dict(self.plan)
-        parts = [
-            ShardResult(i.rollouts, i.rollout_result, i.judgments, i.judge_result, i.shard_stats) for i in inputs
-        ]
+        parts = [ShardResult(i.rollouts, i.rollout_result, i.judgments, i.judge_result, i.shard_stats) for i in inputs]
         self.rollouts, res, self.judgments, jres = join_shards(self.cfg, plan, parts)
         self.rollout_metrics, self.judge_metrics = res.metrics, jres.metrics
         self.shard_table = shard_table(parts)
@@ -157,7 +168,11 @@ class TangoRoundFlow(FlowSpec):
 
     @retry(times=1, minutes_between_retries=0)
     @resources(
-        cpu=config.resources.rollout.cpu, memory=config.resources.rollout.memory, gpu=config.resources.rollout.gpu
+        cpu=config.resources.rollout.cpu,
+        memory=config.resources.rollout.memory,
+        gpu=config.resources.rollout.gpu,
+        disk=config.resources.rollout.disk,
+        shared_memory=config.resources.rollout.shared_memory,
     )
     @card(type="blank")
     @step
@@ -167,9 +182,10 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps.round.judge import no_judgments
         from tango_steps.round.plan import needs_judge, plan_from_dict
         from tango_steps.round.sample import rollout
+
         self._check("rollout")
         plan = plan_from_dict(self.plan)
-        ckpt = self._store().load(self.state_in["generator"])
+        ckpt = self._store().load(self.state_in["generator"], "serving")
         self.rollouts, res = rollout(self.cfg, plan, ckpt)
         self.rollout_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.rollout_components(self.rollouts, self.rollout_metrics))
@@ -181,7 +197,13 @@ class TangoRoundFlow(FlowSpec):
         self.next({"judge": self.judge, "reward": self.reward}, condition="to_judge")
 
     @retry(times=1, minutes_between_retries=0)
-    @resources(cpu=config.resources.judge.cpu, memory=config.resources.judge.memory, gpu=config.resources.judge.gpu)
+    @resources(
+        cpu=config.resources.judge.cpu,
+        memory=config.resources.judge.memory,
+        gpu=config.resources.judge.gpu,
+        disk=config.resources.judge.disk,
+        shared_memory=config.resources.judge.shared_memory,
+    )
     @card(type="blank")
     @step
     def judge(self):
@@ -189,16 +211,23 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps.pipeline import cards
         from tango_steps.round.judge import judge
         from tango_steps.round.plan import plan_from_dict
+
         self._check("judge")
         plan = plan_from_dict(self.plan)
-        ckpt = self._store().load(self.state_in["verifier"])
+        ckpt = self._store().load(self.state_in["verifier"], "serving")
         self.judgments, res = judge(self.cfg, plan, ckpt, self.rollouts)
         self.judge_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.judge_components(self.rollouts, self.judgments))
         self._done()
         self.next(self.reward)
 
-    @resources(cpu=config.resources.reward.cpu, memory=config.resources.reward.memory)
+    @resources(
+        cpu=config.resources.reward.cpu,
+        memory=config.resources.reward.memory,
+        gpu=config.resources.reward.gpu,
+        disk=config.resources.reward.disk,
+        shared_memory=config.resources.reward.shared_memory,
+    )
     @card(type="blank")
     @step
     def reward(self):
@@ -206,6 +235,7 @@ class TangoRoundFlow(FlowSpec):
         from tango_steps.pipeline import cards
         from tango_steps.round.plan import after_update, plan_from_dict, update_step
         from tango_steps.round.reward import reward
+
         self._check("reward")
         plan = plan_from_dict(self.plan)
         out = reward(self.cfg, plan, self.rollouts, self.judgments, self.state_in["reweighter"])
@@ -242,13 +272,16 @@ class TangoRoundFlow(FlowSpec):
         node 0 has the checkpoint to store: the others return None)."""
         import time
 
-        from tango_steps.pipeline.model_store import task_key
+        from tango_steps.models.store import model_reference, task_key
         from tango_steps.round.plan import plan_from_dict
         from tango_steps.round.update import update
+
         store = self._store()
         t0 = time.perf_counter()
-        ckpt = store.load(self.state_in[role])
-        init = store.load(self.state_in[f"{role}_init"])
+        ckpt = store.load(self.state_in[role], "training")  # fp32 weights, optimizer, RNG: not the serving copy
+        # the round-0 model (the KL reference, the LoRA base) by its store reference: the new checkpoint records it,
+        # and any machine that serves or continues that checkpoint fetches it from the store (docs/method.md §9)
+        init = model_reference(self.state_in[f"{role}_init"], "serving", "model")
         plan = plan_from_dict(self.plan)
         batch = self.generator_batch if role == "generator" else self.verifier_batch
         with tempfile.TemporaryDirectory() as tmp:
@@ -263,6 +296,8 @@ class TangoRoundFlow(FlowSpec):
         cpu=config.resources.verifier_update.cpu,
         memory=config.resources.verifier_update.memory,
         gpu=config.resources.verifier_update.gpu,
+        disk=config.resources.verifier_update.disk,
+        shared_memory=config.resources.verifier_update.shared_memory,
     )
     @card(type="blank")
     @step
@@ -280,6 +315,8 @@ class TangoRoundFlow(FlowSpec):
         cpu=config.resources.generator_update.cpu,
         memory=config.resources.generator_update.memory,
         gpu=config.resources.generator_update.gpu,
+        disk=config.resources.generator_update.disk,
+        shared_memory=config.resources.generator_update.shared_memory,
     )
     @card(type="blank")
     @step
@@ -297,6 +334,7 @@ class TangoRoundFlow(FlowSpec):
     def split_nodes(self):
         """update.nodes N > 1: the round's update as N @parallel tasks (one process group across them)."""
         from tango_steps.round.plan import plan_from_dict
+
         plan = plan_from_dict(self.plan)
         self.update_role = "generator" if plan.update_generator else "verifier"
         self.next(self.update_nodes, num_parallel=getattr(self.cfg, f"{self.update_role}_update").nodes)
@@ -306,6 +344,8 @@ class TangoRoundFlow(FlowSpec):
         cpu=config.resources.update_nodes.cpu,
         memory=config.resources.update_nodes.memory,
         gpu=config.resources.update_nodes.gpu,
+        disk=config.resources.update_nodes.disk,
+        shared_memory=config.resources.update_nodes.shared_memory,
     )
     @card(type="blank")
     @step
@@ -315,6 +355,9 @@ class TangoRoundFlow(FlowSpec):
 
         self._check("update_nodes")
         par = current.parallel
+        from tango_steps.rollout.devices import pin_update_node  # local nodes share a machine: each its own GPUs
+
+        pin_update_node(self.cfg, self.update_role, par.node_index, par.num_nodes)
         node = (par.node_index, par.num_nodes, par.main_ip)
         self.node_out, self.node_metrics, self.compute_seconds = self._update(self.update_role, node)
         self._card(cards.update_components(f"{self.update_role} (node {par.node_index} of {par.num_nodes})",
@@ -339,7 +382,11 @@ class TangoRoundFlow(FlowSpec):
         self.next({"evaluate": self.evaluate, "end": self.end}, condition="after_update")
 
     @resources(
-        cpu=config.resources.evaluate.cpu, memory=config.resources.evaluate.memory, gpu=config.resources.evaluate.gpu
+        cpu=config.resources.evaluate.cpu,
+        memory=config.resources.evaluate.memory,
+        gpu=config.resources.evaluate.gpu,
+        disk=config.resources.evaluate.disk,
+        shared_memory=config.resources.evaluate.shared_memory,
     )
     @card(type="blank")
     @step
@@ -348,9 +395,12 @@ class TangoRoundFlow(FlowSpec):
         measured rounds come here (``evaluation.every``)."""
         from tango_steps.pipeline import cards
         from tango_steps.round.evaluate import evaluate
+
         self._check("evaluate")
         store = self._store()
-        self.eval_table, res = evaluate(self.cfg, store.load(self.generator_out), store.load(self.verifier_out))
+        self.eval_table, res = evaluate(
+            self.cfg, store.load(self.generator_out, "serving"), store.load(self.verifier_out, "serving")
+        )
         self.eval_metrics, self.compute_seconds = res.metrics, res.compute_seconds
         self._card(cards.evaluate_components(self.eval_table, self.eval_metrics))
         self._done()

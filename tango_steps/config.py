@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # Rollout engine names (docs/method.md §3). Defined here, not in tango_steps.rollout, so that validating a
 # configuration never imports torch (every pipeline step validates its configuration first).
@@ -115,10 +115,13 @@ class ConfigError(ValueError):
     """A configuration that failed validation; its message names each bad field."""
 
 
-def validate(schema: type[BaseModel], data: dict[str, Any], source: str = "configuration") -> BaseModel:
-    """Validate a dict against a schema; errors name the field path."""
+def validate(
+    schema: type[BaseModel], data: dict[str, Any], source: str = "configuration", check_data: bool = True
+) -> BaseModel:
+    """Validate a dict against a schema; errors name the field path. ``check_data`` False: the task's data files are
+    not opened (the run plan sizes a recipe on a machine that cannot read its bucket)."""
     try:
-        return schema.model_validate(data or {})
+        return schema.model_validate(data or {}, context={"check_data": check_data})
     except ValidationError as e:
         raise ConfigError(_format_error(e, source)) from None
 
@@ -310,16 +313,63 @@ class EvaluationConfig(_Section):
 
 
 class StepResources(_Section):
-    """Metaflow @resources of one step, applied with --with kubernetes / batch (docs/method.md §7 hardware)."""
+    """Metaflow ``@resources`` of one step, applied with --with kubernetes / batch (docs/method.md §7 hardware).
+
+    Every field is passed to ``@resources``, which takes all five (Metaflow 2.19: ``disk`` applies on
+    Kubernetes only, AWS Batch skips it; ``shared_memory`` on both; a local run ignores the decorator).
+    The defaults are Metaflow's own, so a recipe that sets nothing gets the pods Metaflow would give;
+    the GPU recipes size ``disk`` and ``shared_memory`` per step from what the step downloads, writes
+    and runs (the computation is in configs/qwen2.5-7b-paper.yaml and configs/qwen2.5-1.5b-1gpu.yaml).
+    """
 
     cpu: int = Field(1, ge=1, description="CPU cores")
     memory: int = Field(4096, ge=256, description="memory in MB")
     gpu: int = Field(0, ge=0, description="GPUs")
+    disk: int = Field(
+        10240,
+        ge=1,
+        description="local disk in MB (10^6 bytes; the pod's ephemeral-storage request): it must hold every model "
+        "the step downloads into $TANGO_CACHE (a checkpoint twice while it downloads: Metaflow's temporary copy, "
+        "then the cache's), what it writes before uploading, and the engine's caches. Kubernetes only (AWS Batch "
+        "skips it: size the compute environment's volume); 10240 is Metaflow's Kubernetes default",
+    )
+    shared_memory: int | None = Field(
+        None,
+        ge=1,
+        description="size of /dev/shm in MiB (a memory-backed volume, so it counts in `memory`): NCCL between the "
+        "step's GPU processes and vLLM's tensor-parallel workers use it. None: the container runtime's 64 MiB "
+        "(or the deployment's METAFLOW_KUBERNETES_SHARED_MEMORY). Kubernetes and AWS Batch",
+    )
+
+    @model_validator(mode="after")
+    def _shared_memory_within_memory(self) -> StepResources:
+        # /dev/shm is tmpfs in the pod's memory: one at least as large as `memory` could never be filled
+        if self.shared_memory is not None and self.shared_memory * 2**20 >= self.memory * 10**6:
+            raise ValueError(
+                f"shared_memory ({self.shared_memory} MiB) must be below memory ({self.memory} MB): "
+                "/dev/shm is held in the step's memory"
+            )
+        return self
 
 
 ROUND_STEPS = (
     "start", "rollout", "judge", "reward", "verifier_update", "generator_update", "update_nodes", "evaluate", "end",
 )  # fmt: skip
+# TangoFlow's own steps that take `resources`, each with the round step whose entry it takes when the recipe gives
+# it none. round0 is TangoFlow's `start`: round 0's initial checkpoints, then its evaluation of both models, the
+# evaluate step's work on the same models (pipeline.driver.begin).
+RUN_STEPS = {"round0": "evaluate"}
+RESOURCE_STEPS = (*ROUND_STEPS, *RUN_STEPS)
+
+
+def step_resources_entry(resources: dict[str, Any], step: str) -> Any:
+    """The ``resources`` entry step ``step`` runs with: its own, else (a TangoFlow step of ``RUN_STEPS``) the
+    entry of the round step it defaults to, else None. One rule for the validated recipe
+    (:meth:`TangoConfig.step_resources`) and for the flows' ``@resources`` (:func:`parse_recipe`)."""
+    entry = resources.get(step)
+    if entry is None and step in RUN_STEPS:
+        entry = resources.get(RUN_STEPS[step])
+    return entry
 
 
 class TangoConfig(_Section):
@@ -340,7 +390,11 @@ class TangoConfig(_Section):
     generator_update: UpdateConfig = Field(default_factory=UpdateConfig)
     verifier_update: UpdateConfig = Field(default_factory=UpdateConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    resources: dict[str, StepResources] = Field(default_factory=dict, description="per-step @resources by step name")
+    resources: dict[str, StepResources] = Field(
+        default_factory=dict,
+        description="per-step @resources by step name: the round steps, and round0 (TangoFlow's start: round 0's "
+        "checkpoints and evaluation; without an entry it takes evaluate's)",
+    )
     round_with: list[str] = Field(
         default_factory=list,
         description="Metaflow --with decorators of every round run, e.g. [kubernetes] or [batch] (S3 datastore)",
@@ -349,10 +403,18 @@ class TangoConfig(_Section):
     @field_validator("resources")
     @classmethod
     def _known_steps(cls, v: dict[str, StepResources]) -> dict[str, StepResources]:
-        unknown = sorted(set(v) - set(ROUND_STEPS))
+        unknown = sorted(set(v) - set(RESOURCE_STEPS))
         if unknown:
-            raise ValueError(f"unknown step name(s) {', '.join(unknown)}; known: {', '.join(ROUND_STEPS)}")
+            raise ValueError(f"unknown step name(s) {', '.join(unknown)}; known: {', '.join(RESOURCE_STEPS)}")
         return v
+
+    def step_resources(self, step: str) -> StepResources:
+        """The resources step ``step`` runs with (:func:`step_resources_entry`; the schema's defaults without
+        an entry): what its ``@resources`` in the flows resolve to."""
+        if step not in RESOURCE_STEPS:
+            raise ValueError(f"unknown step name '{step}'; known: {', '.join(RESOURCE_STEPS)}")
+        entry = step_resources_entry(self.resources, step)
+        return entry if entry is not None else StepResources()
 
     @field_validator("template")
     @classmethod
@@ -364,9 +426,13 @@ class TangoConfig(_Section):
 
     @field_validator("task")
     @classmethod
-    def _known_task(cls, v: TaskConfig) -> TaskConfig:
-        from tango_steps.tasks import get_task
+    def _known_task(cls, v: TaskConfig, info: ValidationInfo) -> TaskConfig:
+        from tango_steps.tasks import TASKS, get_task
 
+        if (info.context or {}).get("check_data") is False:
+            if v.name not in TASKS:
+                raise ValueError(f"unknown task '{v.name}'; known: {', '.join(sorted(TASKS))}")
+            return v
         get_task(v.name, **v.params)  # raises naming the bad task or parameter
         return v
 
@@ -418,13 +484,17 @@ class TangoConfig(_Section):
         return self
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TangoConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, check_data: bool = True
+) -> TangoConfig:
     """Load a recipe (docs/method.md §3-§7): defaults <- YAML file <- ``overrides`` (dotted keys allowed).
 
-    Every error names the field by its dotted path and the file it came from.
+    Every error names the field by its dotted path and the file it came from. ``check_data`` False leaves the
+    task's data files unopened (:func:`validate`).
     """
     data = apply_overrides(load_yaml(path) if path is not None else {}, overrides or {})
-    return validate(TangoConfig, data, source=str(path) if path is not None else "configuration")
+    source = str(path) if path is not None else "configuration"
+    return validate(TangoConfig, data, source=source, check_data=check_data)
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -459,8 +529,10 @@ def parse_recipe(text: str) -> dict[str, Any]:
     """Metaflow ``Config`` parser for recipes (docs/method.md §3-§7): YAML (or JSON) text to a plain dict.
 
     Validation is NOT done here but in TangoFlow's ``start`` (errors then name the field and no
-    training has started). The only change: ``resources`` is filled with every round step's
-    defaults, so that ``@resources(cpu=config.resources.rollout.cpu)`` always resolves.
+    training has started). The only change: ``resources`` is filled with an entry for every step of
+    ``RESOURCE_STEPS`` (the schema's defaults under the recipe's values; ``round0`` from ``evaluate``
+    when the recipe has none: :func:`step_resources_entry`), so that
+    ``@resources(cpu=config.resources.rollout.cpu)`` always resolves.
     """
     try:
         data = yaml.safe_load(text) if text and text.strip() else {}
@@ -472,8 +544,8 @@ def parse_recipe(text: str) -> dict[str, Any]:
     res = data.get("resources")
     if res is None or isinstance(res, dict):
         filled = dict(res or {})
-        for step in ROUND_STEPS:
-            entry = filled.get(step) or {}
+        for step in RESOURCE_STEPS:  # the round steps first: a TangoFlow step may take one's filled entry
+            entry = step_resources_entry(filled, step) or {}
             filled[step] = {**StepResources().model_dump(), **entry} if isinstance(entry, dict) else entry
         data["resources"] = filled
     return data

@@ -33,7 +33,7 @@ def maybe_kill(round_idx: int | None, point: str) -> None:
     the rounds' nested runs share one process group, so the driver dies with the task. Points: a
     TangoRoundFlow step's name (at the end of its work, before its artifacts are stored),
     ``TangoFlow.start`` / ``TangoFlow.round`` / ``TangoFlow.end`` and ``checkpoint_write`` (between a
-    checkpoint's files and its manifest, :meth:`~tango_steps.pipeline.model_store.ModelStore.save`).
+    checkpoint's files and its manifest, :meth:`~tango_steps.models.store.ModelStore.save`).
     """
     if os.environ.get(KILL_ENV) == f"{round_idx}:{point}":
         import signal

@@ -70,8 +70,8 @@ def step_origins(run: str) -> dict[str, str | None]:
 
 def latest_start_generator_dir() -> str:
     """The local folder of the generator checkpoint the latest TangoFlow run's start recorded in its state."""
+    from tango_steps.models.store import load_model_dir
     from tango_steps.pipeline.driver import artifact
-    from tango_steps.pipeline.model_store import load_model_dir
 
     start = Flow("TangoFlow").latest_run["start"].task
     return str(load_model_dir(artifact(start, "state")["generator"]))
@@ -216,7 +216,7 @@ def s3_run_and_fork(run: str, endpoint_url: str, gsm8k_rows: str) -> dict:
     from the bucket after storing ``gsm8k_rows`` as its gsm8k test file."""
     import boto3
 
-    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.models.store import load_model_dir
 
     runs = [Run(run), Flow("TangoFlow").latest_successful_run]  # the resumed run, the fork
     models = [[str(load_model_dir(r["end"].task[m].data)) for m in ("final_generator", "final_verifier")] for r in runs]
@@ -255,8 +255,8 @@ def _succeeded_tango_runs() -> list[Run]:
 
 def _final_model_dirs(end: Task) -> list[str]:
     """The local folders of an end step's final generator and verifier, read through ``driver.artifact``."""
+    from tango_steps.models.store import load_model_dir
     from tango_steps.pipeline.driver import artifact
-    from tango_steps.pipeline.model_store import load_model_dir
 
     return [str(load_model_dir(artifact(end, m))) for m in ("final_generator", "final_verifier")]
 
@@ -299,8 +299,8 @@ def service_fork_and_adoption(round_flow: str, root: str, cfg: dict) -> dict:
 
 def service_round_verifier_dir(round_run: str) -> str:
     """Through a metadata service: the local folder of the verifier in a round run's end state."""
+    from tango_steps.models.store import load_model_dir
     from tango_steps.pipeline.driver import artifact
-    from tango_steps.pipeline.model_store import load_model_dir
 
     return str(load_model_dir(artifact(Run(round_run)["end"].task, "state")["verifier"]))
 
@@ -311,7 +311,7 @@ def service_round_verifier_dir(round_run: str) -> str:
 def fresh_update_check(round_run: str) -> dict:
     """A round's generator_update step: its metrics, its stored generator's folder, and the folder of a fresh
     update of the same round's batch (same recipe: the same number of processes)."""
-    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.models.store import load_model_dir
     from tango_steps.round.plan import plan_from_dict
     from tango_steps.round.update import update
 
@@ -342,7 +342,7 @@ def sharded_round_check(round_run: str) -> dict:
     whose tables must equal the round's (checked here) and whose generator folder is returned."""
     import pandas as pd
 
-    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.models.store import load_model_dir
     from tango_steps.round.in_process import InProcessRun
 
     r = Run(round_run)
@@ -375,7 +375,7 @@ def sharded_round_check(round_run: str) -> dict:
 def parallel_nodes_update_check(round_run: str) -> dict:
     """A round whose update ran on @parallel nodes: its metrics, the nodes' generator folder, the folder of the
     same update on 2 processes of one machine, the number of node tasks and the round's step names."""
-    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.models.store import load_model_dir
     from tango_steps.round.plan import plan_from_dict
     from tango_steps.round.update import update
 

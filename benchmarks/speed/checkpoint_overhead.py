@@ -3,7 +3,7 @@
 Runs two three-step flows (start saves a model directory, middle loads it and saves a copy, end
 loads it) in a fresh local datastore each: one through ``metaflow-checkpoint`` (``@model``,
 installed with --no-deps into a private folder put on PYTHONPATH so the project's environment is
-left alone), one through ``tango_steps.pipeline.model_store.ModelStore``. Prints the wall time of each
+left alone), one through ``tango_steps.models.store.ModelStore``. Prints the wall time of each
 task and the per-task difference. The payload is the tiny default's warmed-up generator checkpoint
 (``initial_checkpoints``) or any directory given with --model-dir.
 
@@ -57,7 +57,7 @@ STORE_FLOW = textwrap.dedent(
     """
     import os
     from metaflow import FlowSpec, step
-    from tango_steps.pipeline.model_store import ModelStore, task_key
+    from tango_steps.models.store import ModelStore, task_key
 
     SRC = os.environ["BENCH_MODEL_DIR"]
 

@@ -69,7 +69,7 @@ def checkpoint(model: str, folder: Path) -> Path:
 
 def measure(store, src: Path, repeats: int, cache_root: Path) -> dict[str, float]:
     """Mean seconds of a save and of a load into a fresh cache."""
-    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.models.store import load_model_dir
 
     saves, loads = [], []
     for i in range(repeats):
@@ -92,7 +92,7 @@ def main() -> None:
     from metaflow.plugins.datastores.local_storage import LocalStorage
     from metaflow.plugins.datastores.s3_storage import S3Storage
 
-    from tango_steps.pipeline.model_store import ModelStore
+    from tango_steps.models.store import ModelStore
 
     try:
         with tempfile.TemporaryDirectory() as tmp:

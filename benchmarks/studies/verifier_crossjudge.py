@@ -39,6 +39,7 @@ def crossjudge(run: str) -> list[dict]:
     from tango_steps.config import TangoConfig, validate
     from tango_steps.pipeline.driver import round_models
     from tango_steps.round.evaluate import rejudge
+
     namespace(None)
     r = Run(run)
     cfg = validate(TangoConfig, r["start"].task["cfg"].data, source=f"{run} configuration")

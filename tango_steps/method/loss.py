@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 KL_CLAMP = 10.0  # docs/method.md §6: k3 clamped to [-10, 10] so one outlier token cannot dominate
 
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = KL_CLAMP) -> torch.Tensor:
     """k3 estimator of KL(pi || pi_ref) per token: exp(ref - logp) - (ref - logp) - 1, clamped (docs/method.md §6)."""
     d = ref_logp - logp

@@ -130,9 +130,7 @@ def _slot(r: int, warmup: int, g_per_v: int) -> str:
     return "verifier" if (r - warmup - 1) % (g_per_v + 1) == g_per_v else "generator"
 
 
-def total_generator_updates(
-    rounds: int, verifier_warmup_rounds: int, generator_per_verifier: int
-) -> int:
+def total_generator_updates(rounds: int, verifier_warmup_rounds: int, generator_per_verifier: int) -> int:
     """T_g: generator slots in ``rounds`` rounds, the horizon of the alpha schedule (docs/method.md §4)."""
     return sum(_slot(r, verifier_warmup_rounds, generator_per_verifier) == "generator" for r in range(1, rounds + 1))
 

@@ -14,13 +14,10 @@ from pathlib import Path
 
 import torch
 
+from tango_steps.models.cache import cache_dir  # (also reached as tango_steps.models.loading.cache_dir)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUILTINS = ("smollm2-135m",)
-
-
-def cache_dir() -> Path:
-    """Where converted and built models are cached: ``$TANGO_CACHE`` or ``~/.cache/tango`` (docs/method.md §7)."""
-    return Path(os.environ.get("TANGO_CACHE", Path.home() / ".cache" / "tango"))
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -32,13 +29,18 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def resolve_model_ref(ref: str) -> str:
-    """A loadable location for a model reference (docs/method.md §7): local dir, builtin, or hub name.
+    """A loadable location for a model reference (docs/method.md §7): local dir, builtin, hub name, or a stored
+    model (``tango-store:...``, :func:`tango_steps.models.store.model_reference`).
 
     Raises ValueError naming the reference when it is a missing local path, or a hub name that
     cannot be fetched (no network) and is not in the local hub cache.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise ValueError(f"model reference must be a non-empty string, got {ref!r}")
+    if ref.startswith("tango-store:"):  # a stored model (models.store.model_reference): fetched here once
+        from tango_steps.models.store import resolve_reference
+
+        return str(resolve_reference(ref))
     if ref in BUILTINS:
         return str(smollm2_dir())
     p = Path(ref).expanduser()
@@ -69,7 +71,7 @@ def recorded_model_ref(ref: str) -> str:
     the reference again there (docs/method.md §7, §9). A builtin or hub name is kept as given; a local
     path that exists is made absolute (a relative one would depend on the working directory).
     """
-    if ref in BUILTINS:
+    if ref in BUILTINS or ref.startswith("tango-store:"):
         return ref
     p = Path(ref).expanduser()
     return str(p.absolute()) if p.exists() else ref

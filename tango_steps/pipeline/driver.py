@@ -302,11 +302,13 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
         if mcfg.path == "tiny":
             warm, _ = warmed_up_models(warmup_settings(cfg), log=log)
             src = str(warm / role)
-        else:
-            src = resolve_model_ref(mcfg.path)
+        else:  # the reference as the recipe gives it: the checkpoint records it, not this machine's cache path
+            resolve_model_ref(mcfg.path)  # a missing model fails here, naming it
+            src = mcfg.path
         ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
         log(f"{role}: initial checkpoint from {src}")
-        dirs[role] = init_checkpoint(src, out / role, update_settings(ucfg, seed=cfg.seed), extra={"source": src})
+        settings = update_settings(ucfg, seed=cfg.seed, serving_dtype=cfg.rollout.dtype)
+        dirs[role] = init_checkpoint(src, out / role, settings, extra={"source": src})
     return dirs
 
 
@@ -316,8 +318,8 @@ def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any
     Shared by TangoFlow's ``start`` and AblationFlow's ``init``, so every ablation branch starts
     exactly as a TangoFlow run does. Returns ``(state, eval_table, first history row)``.
     """
+    from tango_steps.models.store import task_key
     from tango_steps.pipeline.budgets import check_budgets
-    from tango_steps.pipeline.model_store import task_key
     from tango_steps.round.evaluate import evaluate
     from tango_steps.round.plan import alpha_horizon
     from tango_steps.round.state import RoundState
@@ -327,7 +329,8 @@ def begin(cfg, store, log: Callable[[str], None] = print) -> tuple[dict[str, Any
     with tempfile.TemporaryDirectory() as tmp:
         dirs = initial_checkpoints(cfg, tmp, log=log)
         refs = {r: store.save(d, task_key(r), meta={"role": r, "round": 0}) for r, d in dirs.items()}
-    eval_table, res = evaluate(cfg, store.load(refs["generator"]), store.load(refs["verifier"]), log=log)
+    generator, verifier = store.load(refs["generator"], "serving"), store.load(refs["verifier"], "serving")
+    eval_table, res = evaluate(cfg, generator, verifier, log=log)
     return RoundState.initial(refs, alpha_horizon(cfg)).to_dict(), eval_table, {"round": 0, **res.metrics}
 
 
@@ -337,22 +340,24 @@ def fork_source(pathspec: str, cfg, log: Callable[[str], None] = print) -> tuple
     The fork keeps its source's T_g (the alpha schedule's horizon, docs/method.md §4), so a fork that changes
     nothing continues exactly as its source would have; ``algorithm.alpha_horizon`` in the fork's
     recipe overrides it. A source older than the state's ``alpha_horizon`` gets ``cfg``'s, said in the log.
-    Every checkpoint the state refers to is loaded and verified here (sizes and hashes), so a damaged or
-    deleted one stops the fork in ``start``, naming the file, before any round runs.
+    Every checkpoint the state refers to is checked here (every file at its size in the store, the serving weights
+    fetched and hashed; the training state is hashed when an update fetches it), so a damaged or deleted one stops
+    the fork in ``start``, naming the file, before any round runs.
     """
     from dataclasses import replace
 
     from metaflow import Run, namespace
 
-    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.models.store import ModelStore, load_model_dir
     from tango_steps.round.plan import alpha_horizon
     from tango_steps.round.state import RoundState
 
     namespace(None)
     raw = read_task_state(pathspec)
     for role in ("generator", "verifier", "generator_init", "verifier_init"):
-        if role in raw:
-            load_model_dir(raw[role])
+        if role in raw:  # every file there at its size; the serving weights (what round 1 serves) hashed too
+            ModelStore.for_ref(raw[role]).check(raw[role])
+            load_model_dir(raw[role], "serving")
     state = RoundState.from_dict(raw, alpha_horizon=alpha_horizon(cfg))
     if "alpha_horizon" not in raw:
         log(f"{pathspec} predates the stored alpha horizon: T_g = {state.alpha_horizon} from the fork's recipe")
@@ -377,7 +382,7 @@ def round_models(pathspec: str) -> dict[str, Path]:
     """
     from metaflow import Run, namespace
 
-    from tango_steps.pipeline.model_store import load_model_dir
+    from tango_steps.models.store import load_model_dir
 
     namespace(None)
     parts = pathspec.strip("/").split("/")

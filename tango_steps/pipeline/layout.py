@@ -5,10 +5,13 @@ The estimate follows what :func:`tango_steps.training.update.rl_update` does, no
 
 - the policy is loaded in fp32 and trained under bf16 autocast on GPUs: 4 bytes of weights, 4 of
   gradients and 8 of AdamW moments per parameter, 16 in all, divided by P under ``fsdp`` and not
-  under ``ddp``; FSDP also holds the all-gathered fp32 weights of about two decoder layers at a time
-  (the one computing and the one prefetched);
-- the frozen KL reference (``kl_coef`` > 0) is a second fp32 copy of the model on EVERY process,
-  unsharded: 4 bytes per parameter;
+  under ``ddp`` (DDP's gradients are views of its reduction buckets: one copy). FSDP reduce-scatters
+  every micro-batch's gradients (``distributed.gradient_sync``), so they stay sharded; it also holds
+  the all-gathered weights of about two decoder layers at a time (the one computing and the one
+  prefetched; bf16 under its mixed-precision policy, else fp32) and one layer's unsharded gradient
+  while it is reduced (fp32);
+- the frozen KL reference (``kl_coef`` > 0) is a second copy of the model on EVERY process,
+  unsharded, in the update's dtype: 2 bytes per parameter in bf16, 4 in fp32;
 - activations of one micro-batch: with gradient checkpointing each layer keeps its bf16 input
   (2 bytes x tokens x hidden) and one layer is recomputed at a time (about 34 bytes x tokens x hidden,
   the usual transformer-layer figure without attention scores, which flash/SDPA kernels do not keep);
@@ -41,6 +44,9 @@ SHAPES: dict[str, ModelShape] = {
     "qwen2.5-0.5b": ModelShape(0.49e9, 896, 24, 151_936),
     "qwen2.5-1.5b": ModelShape(1.54e9, 1536, 28, 151_936),
     "qwen2.5-7b": ModelShape(7.62e9, 3584, 28, 152_064),
+    # the builtins: SmolLM2-135M-Instruct (its config.json), the tiny default (models/tiny.py's TinyConfig)
+    "smollm2-135m": ModelShape(134.5e6, 576, 30, 49_152),
+    "tiny": ModelShape(3.3e6, 256, 4, 384),
 }
 
 
@@ -54,6 +60,7 @@ def update_memory_gib(
     gradient_checkpointing: bool = True,
     logprob_chunk_size: int = 2048,
     lora: bool = False,
+    bf16: bool = True,
 ) -> dict[str, float]:
     """GiB one update process holds, by part, and their ``total`` (see the module docstring).
 
@@ -65,6 +72,7 @@ def update_memory_gib(
         kl: a KL term (a frozen reference model on every process).
         lora: LoRA training: the fp32 base only (4 bytes per parameter; the adapter's states are
             negligible) and no reference copy (the reference is the base with adapters disabled).
+        bf16: the update runs in bf16 (``dtype: bfloat16``, or ``auto`` on a GPU): FSDP gathers layers in bf16.
     """
     if processes < 1 or strategy not in ("ddp", "fsdp"):
         raise ValueError(f"need processes >= 1 and strategy ddp or fsdp, got {processes}, {strategy!r}")
@@ -72,8 +80,8 @@ def update_memory_gib(
     shard = processes if strategy == "fsdp" else 1
     parts = {
         "weights, gradients, AdamW": (4 * p if lora else 16 * p) / shard,
-        "gathered layers (fsdp)": 2 * 4 * p / shape.layers if strategy == "fsdp" and processes > 1 else 0.0,
-        "KL reference (fp32)": 4 * p if kl and not lora else 0.0,
+        "gathered layers (fsdp)": (2 * (2 if bf16 else 4) + 4) * p / shape.layers if strategy == "fsdp" else 0.0,
+        "KL reference": (2 if bf16 else 4) * p if kl and not lora else 0.0,
     }
     per_layer = micro_batch_size * tokens * shape.hidden
     if gradient_checkpointing:
@@ -107,6 +115,7 @@ def recipe_update_memory(cfg, role: str, shape: ModelShape) -> dict[str, float]:
         gradient_checkpointing=u.gradient_checkpointing,
         logprob_chunk_size=u.logprob_chunk_size,
         lora=u.lora is not None,
+        bf16=u.dtype != "float32",  # auto is bf16 on the GPUs this estimate is for
     )
 
 

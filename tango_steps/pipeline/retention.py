@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tango_steps.pipeline.model_store import PREFIX, REMOVED, ModelStore
+from tango_steps.models.store import PREFIX, REMOVED, ModelStore
 
 ROLES = ("generator", "verifier", "generator_init", "verifier_init")
 

@@ -9,12 +9,17 @@ no ``__main__`` guard. (It can also swap a checkpoint's weights in place in 0.02
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
+import traceback
 
 import torch
 
 from tango_steps.config import ModelConfig, RolloutConfig, schema_default
 from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings
+
+logger = logging.getLogger(__name__)
 
 
 def _generation_config(path: str):
@@ -63,6 +68,7 @@ class VLLMEngine(RolloutEngine):
         from tango_steps.models.loading import load_tokenizer, resolve_model_ref, stop_token_ids
 
         path = resolve_model_ref(model_path)
+        self.model_path = path
         self.tokenizer = load_tokenizer(path)
         # vLLM stops at the tokenizer's eos itself; a chat model's other end tokens are passed on
         self.extra_stop_ids = stop_token_ids(self.tokenizer, _generation_config(path))[1:] or None
@@ -137,14 +143,48 @@ class VLLMEngine(RolloutEngine):
         return result
 
     def close(self) -> None:
-        """Shut the engine down and free its memory (docs/method.md §3)."""
-        llm = getattr(self, "llm", None)
-        if llm is not None:
-            try:
-                llm.llm_engine.engine_core.shutdown()
-            except Exception:  # older/newer vLLM layouts: best effort
-                pass
-            self.llm = None
+        """Shut the engine down and release its memory, so that another engine can start in this process
+        (docs/method.md §3: a shard serves the generator, then the verifier; evaluation does the same).
+
+        vLLM's in-process engine gives nothing back on its own when it is dropped (vllm-project/vllm#21073:
+        ``del llm`` alone leaves the GPU memory held): its ``EngineCore`` froze the heap (``gc.freeze``) when
+        it started, so its weights and KV cache outlive the last reference unless the shutdown, which
+        unfreezes it, ran to the end. vLLM's cleanup, in order: shut the engine core down, drop the
+        ``LLM``, :func:`release_engine_memory`. A failed shutdown is logged as an error with its traceback, and
+        the cleanup runs anyway (it does not need the shutdown to have finished). A second call does nothing.
+        """
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            # the traceback as text: a record holding the exception would hold its frames and, through them,
+            # the engine (a handler that keeps records, e.g. pytest's, would keep the model alive)
+            logger.error(
+                "vLLM engine over %s: shutdown failed; releasing its memory anyway.\n%s",
+                self.model_path,
+                traceback.format_exc(),
+            )
+            # what the failed teardown left undone (the model runner's shutdown does it): the engine's config maps
+            # each attention layer and its KV cache, and the config can outlive the engine (vLLM's start-up log
+            # record holds it: a handler that keeps records would keep the KV cache)
+            llm.llm_engine.vllm_config.compilation_config.static_forward_context.clear()
+        del llm
+        release_engine_memory()
+
+
+def release_engine_memory() -> None:
+    """vLLM's cleanup after an engine is dropped: its heap unfrozen, its process groups destroyed and its
+    garbage collected (``vllm.distributed.parallel_state.cleanup_dist_env_and_memory``), then the CUDA caching
+    allocator's free blocks handed back to the device (``torch.cuda.empty_cache``), so that the next engine's
+    memory profile (``gpu_memory_utilization`` of the device's free memory) sees them free."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _cpu_scheduling(max_model_len: int) -> dict:

@@ -46,6 +46,7 @@ def evaluate(
         comps = generate(
             engine, [template.generator_prompt(p.question) for p in problems], greedy, "evaluate generator", log
         )
+    del engine  # closed, and dropped before the verifier's engine starts (the HF engine's model lives with it)
     texts = [c[0].text for c in comps]
     parsed = [parse_solution(t) for t in texts]
     checks = [task.check(p, t) for p, t in zip(problems, texts, strict=True)]

@@ -41,6 +41,7 @@ def sample_shard(
     verifier_ckpt: Path | None,
     shard: tuple[int, int],
     log: Log = print,
+    pin_devices: bool = False,
 ) -> ShardResult:
     """Shard ``k`` of ``S`` of a round's sampling (docs/method.md §3): the generator samples the shard's
     prompts, then the verifier judges the shard's own solutions, one engine at a time.
@@ -48,8 +49,15 @@ def sample_shard(
     A solution's verifications depend on that solution only, so a shard needs nothing from the
     others; its prompts are whole engine calls (:func:`shard_range`) seeded by their index in the
     round, so :func:`join_shards` of all S shards equals the unsharded rollout and judge tables.
+
+    ``pin_devices``: the shard is a process of its own (a flow's ``foreach`` task): before its first
+    engine starts, it is narrowed to its own ``rollout.tensor_parallel_size`` GPUs of the machine when
+    run locally (:func:`pin_shard_devices`). Off where shards run one after another in one process
+    (``round.in_process``): a process's GPUs are fixed when its CUDA starts.
     """
     k, shards = shard
+    if pin_devices:
+        pin_shard_devices(cfg, shard, log)
     t0 = time.perf_counter()
     rollouts, rres = rollout(cfg, plan, generator_ckpt, log=log, shard=shard)
     t1 = time.perf_counter()
@@ -74,6 +82,18 @@ def sample_shard(
     }
     log(f"shard {k}/{shards}: {len(rollouts)} solutions, {stats['verifications']} verifications in {t2 - t0:.1f} s")
     return ShardResult(rollouts, rres, judgments, jres, stats)
+
+
+def pin_shard_devices(cfg: TangoConfig, shard: tuple[int, int], log: Log = print) -> str | None:
+    """Narrow this shard's process to its own GPUs when the flow runs locally (its foreach tasks are processes of
+    one machine; a cluster gives each its own pod): shard k of S takes visible devices k*T .. k*T+T-1, T =
+    ``rollout.tensor_parallel_size``, or the run is refused naming ``rollout.shards`` when S x T is more than
+    the machine shows (:func:`~tango_steps.rollout.devices.local_devices`). Returns what was set, or None."""
+    from tango_steps.rollout.devices import pin_local_devices
+
+    k, shards = shard
+    fields = ("rollout.shards", "rollout.tensor_parallel_size")
+    return pin_local_devices(k, shards, cfg.rollout.tensor_parallel_size, fields, log)
 
 
 def join_shards(

@@ -20,7 +20,7 @@ class RoundState:
 
     Attributes:
         round: rounds done.
-        generator / verifier: model references (``tango_steps.pipeline.model_store``) of the current policies.
+        generator / verifier: model references (``tango_steps.models.store``) of the current policies.
         generator_init / verifier_init: the round-0 checkpoints, each model's frozen KL reference.
         reweighter: the verifier's class-count EMAs (docs/method.md §5), None before its first verifier round.
             The only copy: checkpoints do not carry it.

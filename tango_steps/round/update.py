@@ -51,7 +51,7 @@ def update(
     plan: RoundPlan,
     role: str,
     ckpt: Path,
-    reference: Path,
+    reference: Path | str,
     batch: dict[str, Any] | None,
     out_dir: Path,
     log: Log = print,
@@ -59,8 +59,9 @@ def update(
 ) -> dict[str, float]:
     """One RL update of ``role`` ("generator" or "verifier") from ``ckpt`` into ``out_dir`` (docs/method.md §6).
 
-    ``reference`` is the initial checkpoint: its ``model/`` is the frozen KL reference (full
-    fine-tuning) or the LoRA base. ``batch`` is :func:`reward`'s; for the ``sft`` objective it is
+    ``reference`` is the initial checkpoint (a folder: its ``model/``), or a model reference to that ``model/``
+    (:func:`tango_steps.models.store.model_reference`): the frozen KL reference (full fine-tuning) or the LoRA
+    base, recorded in the checkpoint the update writes. ``batch`` is :func:`reward`'s; for the ``sft`` objective it is
     None and the round's gold solutions are tokenised here (:func:`sft_batch`).
 
     ``node=(index, nodes, main_ip)``: this machine is node ``index`` of the ``update.nodes`` machines
@@ -78,7 +79,9 @@ def update(
         raise ValueError(f"role must be 'generator' or 'verifier', got {role!r}")
     ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
     sampling = cfg.generator_sampling if role == "generator" else cfg.verifier_sampling
-    settings = update_settings(ucfg, temperature=sampling.temperature or 1.0, seed=cfg.seed)
+    settings = update_settings(
+        ucfg, temperature=sampling.temperature or 1.0, seed=cfg.seed, serving_dtype=cfg.rollout.dtype
+    )
     objective = GENERATOR_OBJECTIVES[cfg.algorithm.generator_objective]
     if role == "generator" and objective.gold_solutions:  # continued SFT: NLL on every step (sft_batch)
         settings = replace(settings, ratio_to_current=objective.ratio_to_current)
@@ -87,7 +90,8 @@ def update(
         raise ValueError(f"no {role} batch for round {plan.round_idx}: the reward stage made none")
     rl_batch = RLBatch(**batch)
     log(f"{role} update: {len(rl_batch)} sequences, micro-batch {ucfg.micro_batch_size}")
-    ref_model = str(reference / "model")
+    # a folder holding the round-0 checkpoint (its model/), or already a model reference (the flow's store one)
+    ref_model = str(reference / "model") if isinstance(reference, Path) else reference
     lora_base = ref_model if ucfg.lora is not None else None
     if node is None:
         try:

@@ -3,8 +3,10 @@ and the model an engine serves from one.
 
 A policy checkpoint is a directory:
 
-    model/              standard safetensors + config + tokenizer: HF and vLLM load it directly
-                        (with LoRA: the MERGED weights, so inference never needs peft)
+    model/              standard safetensors + config + tokenizer: HF and vLLM load it directly, in the
+                        serving dtype (``UpdateSettings.serving_dtype``): all that sampling, judging and
+                        evaluation fetch (with LoRA: the MERGED fp32 weights, so inference never needs peft)
+    master/             full fine-tuning served in bf16 only: the fp32 master weights training continues from
     adapter/            LoRA only: the peft adapter that training continues from
     optimizer.pt        AdamW state (absent before the first update)
     rng_state.pt        torch / python RNG states at save time
@@ -23,9 +25,10 @@ from typing import Any
 import torch
 
 from tango_steps.atomic import atomic_directory, disk_full_error, free_bytes, is_disk_full
-from tango_steps.training.settings import UpdateSettings
+from tango_steps.training.settings import UpdateSettings, resolved_serving_dtype
 
 STATE_FILE = "trainer_state.json"
+MASTER = "master"  # fp32 weights of a checkpoint whose model/ is served in another dtype
 
 
 @dataclass
@@ -107,6 +110,8 @@ def write_checkpoint(
     else:  # the adapter only
         weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
     needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state)
+    if settings.section.lora is None and resolved_serving_dtype(settings.serving_dtype) != "float32":
+        needed += _tensor_bytes(weights) // 2  # model/ in bf16 beside master/ in fp32
 
     def full() -> OSError:
         what = f"writing the checkpoint '{out_dir}'"
@@ -144,7 +149,18 @@ def _tensor_bytes(obj: Any) -> int:
 
 def _write_checkpoint_files(tmp: Path, model, tokenizer, optimizer_state, state, settings, model_state) -> None:
     """The files of a checkpoint (``write_checkpoint``), into the temporary directory ``tmp``."""
-    if settings.section.lora is None:
+    serving = resolved_serving_dtype(settings.serving_dtype)
+    if settings.section.lora is None and serving != "float32":
+        # engines fetch model/ in the serving dtype only (half the bytes in bf16); the update fetches master/
+        full = model_state if model_state is not None else causal_lm(model).state_dict()
+        model.save_pretrained(tmp / MASTER, safe_serialization=True, state_dict=full)
+        dt = getattr(torch, serving)
+        cast = {k: v.to(dt) if v.is_floating_point() else v for k, v in full.items()}
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=cast)
+        config = json.loads((tmp / "model" / "config.json").read_text())
+        config["dtype"] = serving  # what the weights are: an engine under dtype auto serves them as they are
+        (tmp / "model" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    elif settings.section.lora is None:
         model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
     elif state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
         model.save_pretrained(tmp / "adapter")
@@ -282,7 +298,7 @@ def load_policy(
     else:
         if state.lora_base is not None:
             raise ValueError(f"checkpoint '{ckpt}' holds a LoRA adapter but the settings ask for full fine-tuning")
-        model = load_model(str(ckpt / "model"), "float32")
+        model = load_model(str(master_weights(ckpt)), "float32")
     model.to(device)
     optimizer = None
     if with_optimizer:
@@ -304,6 +320,13 @@ def load_optimizer_file(path: str | Path) -> dict:
     parameter's device, and keeps a CPU tensor of the parameter's dtype as it is (still file-backed).
     """
     return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
+def master_weights(ckpt: str | Path) -> Path:
+    """The folder of a full checkpoint's fp32 weights, what training continues from: ``master/`` when ``model/``
+    is served in another dtype, else ``model/``."""
+    ckpt = Path(ckpt)
+    return ckpt / MASTER if (ckpt / MASTER / "config.json").exists() else ckpt / "model"
 
 
 def adamw(model, settings: UpdateSettings) -> torch.optim.AdamW:

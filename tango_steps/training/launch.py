@@ -51,9 +51,12 @@ def collective_timeout_seconds(ckpt: str | Path, lora: bool = False) -> float:
     """The process group's timeout for an update from ``ckpt``: room for rank 0 to write the next checkpoint.
 
     Full fine-tuning writes the weights and, once there is an optimizer, two AdamW moments of the same size (3 x
-    the fp32 weights of ``ckpt/model``); LoRA writes an adapter (the weights once bound it).
+    the fp32 weights of ``ckpt``, :func:`~tango_steps.training.checkpoint.master_weights`; the serving copy beside
+    them is smaller); LoRA writes an adapter (the weights once bound it).
     """
-    weights = sum(f.stat().st_size for f in (Path(ckpt) / "model").glob("*.safetensors"))
+    from tango_steps.training.checkpoint import master_weights
+
+    weights = sum(f.stat().st_size for f in master_weights(ckpt).glob("*.safetensors"))
     written = weights if lora else 3 * weights
     return max(MIN_TIMEOUT_SECONDS, 3.0 * written / WRITE_BYTES_PER_SECOND)
 

@@ -74,6 +74,7 @@ class OneProcess:
         from accelerate import Accelerator
 
         reset_accelerate_state()
+        self.bf16 = bf16
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no")
         self.device = self.accelerator.device
 

@@ -23,12 +23,16 @@ class UpdateSettings:
             its gradient is the plain -A * grad log p on every step; the ``sft`` study arm sets it,
             because with several steps per update the PPO clip would otherwise stop gold tokens whose
             probability already rose by 20% (continued SFT, not a trust region).
+        serving_dtype: the dtype the engines serve (``rollout.dtype``; ``auto``: bf16 where a GPU is, else fp32).
+            A full checkpoint's ``model/`` holds the weights in it, so sampling steps fetch and load only those;
+            when it is not fp32, the fp32 master weights the next update continues from go to ``master/``.
     """
 
     section: UpdateConfig
     temperature: float = 1.0
     seed: int = 0
     ratio_to_current: bool = False
+    serving_dtype: str = "auto"
 
     # AdamW's own defaults: not settings of the method (docs/method.md §6 names none)
     betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
@@ -55,20 +59,37 @@ class UpdateSettings:
     def with_section(self, **changes: Any) -> UpdateSettings:
         """The same settings with some section fields changed (validated again)."""
         section = validate(UpdateConfig, {**self.section.model_dump(), **changes}, "update settings")
-        return UpdateSettings(section, self.temperature, self.seed, self.ratio_to_current)
+        return UpdateSettings(section, self.temperature, self.seed, self.ratio_to_current, self.serving_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (a checkpoint's ``trainer_state.json``, a multi-process update's spec)."""
         return {"section": self.section.model_dump(), "temperature": self.temperature, "seed": self.seed,
-                "ratio_to_current": self.ratio_to_current}  # fmt: skip
+                "ratio_to_current": self.ratio_to_current, "serving_dtype": self.serving_dtype}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UpdateSettings:
         """The settings back from :meth:`to_dict`."""
         section = validate(UpdateConfig, data["section"], "update settings")
-        return cls(section, data["temperature"], data["seed"], data["ratio_to_current"])
+        # (settings saved before serving_dtype existed served fp32 weights from model/)
+        return cls(section, data["temperature"], data["seed"], data["ratio_to_current"],
+                   data.get("serving_dtype", "float32"))  # fmt: skip
 
 
-def update_settings(section: UpdateConfig, temperature: float = 1.0, seed: int = 0) -> UpdateSettings:
-    """The :class:`UpdateSettings` of a config section (docs/method.md §6), with the sampling temperature."""
-    return UpdateSettings(section, temperature=temperature, seed=seed)
+def update_settings(
+    section: UpdateConfig, temperature: float = 1.0, seed: int = 0, serving_dtype: str = "auto"
+) -> UpdateSettings:
+    """The :class:`UpdateSettings` of a config section (docs/method.md §6), with the sampling temperature and the
+    engines' dtype (``rollout.dtype``)."""
+    return UpdateSettings(section, temperature=temperature, seed=seed, serving_dtype=serving_dtype)
+
+
+def resolved_serving_dtype(dtype: str) -> str:
+    """``float32`` or ``bfloat16``: what an engine on this machine serves under ``rollout.dtype`` (``auto``: bf16 on
+    a GPU, fp32 on CPU, as :mod:`tango_steps.rollout` resolves it)."""
+    if dtype == "auto":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() else "float32"
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"serving dtype must be auto, float32 or bfloat16, got {dtype!r}")
+    return dtype

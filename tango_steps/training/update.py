@@ -126,7 +126,10 @@ def _frozen_logprobs(
 
         if run.state.reference_model is None:
             raise ValueError(f"checkpoint '{ckpt}' names no reference model but kl_coef > 0")
-        reference = load_model(run.state.reference_model, "float32").to(rt.device).eval()
+        # in bf16 when the update runs in bf16: its forward is autocast to bf16 anyway, and an fp32 copy would be
+        # the largest item of a sharded update (4 bytes per parameter on every GPU; docs/scaling.md)
+        dtype = "bfloat16" if rt.bf16 else "float32"
+        reference = load_model(run.state.reference_model, dtype).to(rt.device).eval()
     old_lp: dict[int, torch.Tensor] = {}
     ref_lp: dict[int, torch.Tensor] = {}
     policy = rt.frozen_model(run.model)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tango_steps.config import load_config
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +59,21 @@ def _gpus(template: dict) -> str:
     return template["container"]["resources"]["limits"].get("nvidia.com/gpu", "0")
 
 
+def _mb(template: dict, what: str) -> float:
+    """A pod's request of ``memory`` or ``ephemeral-storage`` in MB (Metaflow writes e.g. "300000.0M")."""
+    value = template["container"]["resources"]["requests"][what]
+    assert value.endswith("M"), value
+    return float(value[:-1])
+
+
+def _shm(template: dict) -> str | None:
+    """The size of the memory volume a pod mounts at /dev/shm (None: none, the runtime's 64 MiB)."""
+    mounts = {m["name"] for m in template["container"].get("volumeMounts") or [] if m["mountPath"] == "/dev/shm"}
+    sizes = [v["emptyDir"].get("sizeLimit") for v in template.get("volumes") or [] if v["name"] in mounts]
+    assert len(sizes) <= 1, sizes
+    return sizes[0] if sizes else None
+
+
 def test_tangoflow_compiles_for_argo_workflows_with_its_round_loop(tmp_path, s3_server):
     templates = _templates(_deploy(tmp_path, s3_server, "tango_flow.py", "argo-workflows", "create"))
     # the self-looping `round` step becomes a recursive template
@@ -72,12 +89,32 @@ def test_the_paper_recipes_round_compiles_for_argo_with_its_resources(tmp_path, 
     # each step's pod asks for what the recipe's `resources` say: shards on 2 GPUs (TP 2), updates on 8
     assert _gpus(t["sample-shard"]) == _gpus(t["rollout"]) == "2"
     assert _gpus(t["generator-update"]) == _gpus(t["verifier-update"]) == "8"
-    assert t["generator-update"]["container"]["resources"]["requests"]["memory"].startswith("800000")
+    assert _mb(t["generator-update"], "memory") == 800000
     assert _gpus(t["reward"]) == "0"
+    # issue #35, defect 3: the disk each step holds and a /dev/shm for NCCL and vLLM's tensor-parallel workers
+    # (without them: Metaflow's 10,240 MB and the runtime's 64 MiB), as the recipe sets them from the run plan
+    res = load_config(recipe, check_data=False).resources
+    pods = {"rollout": "sample-shard", "judge": "judge", "evaluate": "evaluate",
+            "generator_update": "generator-update", "verifier_update": "verifier-update"}  # fmt: skip
+    for step, pod in pods.items():
+        assert _mb(t[pod], "ephemeral-storage") == res[step].disk > 10240, step
+        assert _shm(t[pod]) == f"{res[step].shared_memory}Mi", step
+    assert _mb(t["rollout"], "ephemeral-storage") == res["rollout"].disk
+    assert _mb(t["reward"], "ephemeral-storage") == 10240 and _shm(t["reward"]) is None  # the defaults: Metaflow's
     # the shards are a foreach and an update across nodes a @parallel (JobSet) step
     assert "split-prompts-foreach-shard-ids" in t and "update-nodes" in t
     command = " ".join(t["sample-shard"]["container"]["args"] or t["sample-shard"]["container"]["command"])
     assert "tango_round_flow.py" in command and "step sample_shard" in command
+    # issue #35, defect 2: TangoFlow's `start` builds and evaluates round 0 under the recipe's resources (its
+    # `round0` entry), not in a default pod
+    args = ("--config", "config", recipe, "argo-workflows", "create")
+    start = _templates(_deploy(tmp_path, s3_server, "tango_flow.py", *args))["start"]
+    r0 = res["round0"]
+    assert (_gpus(start), _mb(start, "memory"), _mb(start, "ephemeral-storage")) == (str(r0.gpu), r0.memory, r0.disk)
+    assert (
+        _shm(start) == f"{r0.shared_memory}Mi" and float(start["container"]["resources"]["requests"]["cpu"]) == r0.cpu
+    )
+    assert r0.gpu == 2 and r0.disk > 10240  # not a default pod
 
 
 def test_step_functions_refuses_the_flows_conditional_steps(tmp_path, s3_server):

@@ -516,15 +516,23 @@ def test_parallel_nodes_run_the_update_and_match_one_process(tmp_path):
     assert res["updates"] == 2.0
 
 
-def test_bad_input_fails_in_start_naming_the_field(tmp_path):
-    """A bad recipe fails inside TangoFlow's start, naming the field, and no round starts (every kind of bad
-    input is checked without a flow in tests/unit/test_run_config.py)."""
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"bogus": 1}, "bogus:"),
+        # issue #35: a recipe the run plan refuses (the rollout step's disk holds less than its engine needs)
+        ({"resources": {"rollout": {"disk": 1000}}}, "resources.rollout.disk: the rollout step needs"),
+    ],
+)
+def test_bad_input_fails_in_start_naming_the_field(tmp_path, extra, named):
+    """A bad recipe, or one that cannot fit, fails inside TangoFlow's start, naming the field, and no round starts
+    (every kind of bad input is checked without a flow in tests/unit/test_run_config.py and tests/unit/test_plan.py)."""
     ds = Datastore(tmp_path / "mf")
-    cfg = ds.config({**SMALL, "bogus": 1})
+    cfg = ds.config({**SMALL, **extra})
     proc = ds.flow("--config", "config", str(cfg), "run", timeout=300)
     assert proc.returncode != 0
     log = proc.stdout + proc.stderr
-    assert "bogus:" in log, log[-3000:]
+    assert named in log, log[-3000:]
     assert "[" in log and "/start/" in log, "must fail inside TangoFlow's start step"
     assert "/round/" not in log, "no round may start after a bad configuration"
 

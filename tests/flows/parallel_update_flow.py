@@ -31,7 +31,7 @@ class ParallelUpdateFlow(FlowSpec):
         """A tiny model, a fixed batch and the one-process update, all into the datastore."""
         from parallel_check import check_case
 
-        from tango_steps.pipeline.model_store import ModelStore, task_key
+        from tango_steps.models.store import ModelStore, task_key
 
         store = ModelStore.for_flow(self)
         with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +44,7 @@ class ParallelUpdateFlow(FlowSpec):
     @step
     def update(self):
         """Every node: load the checkpoint, join the group, run the update; rank 0 stores the result."""
-        from tango_steps.pipeline.model_store import ModelStore, task_key
+        from tango_steps.models.store import ModelStore, task_key
         from tango_steps.training.launch import read_metrics, run_workers, torchrun_command, write_spec
 
         store = ModelStore.for_flow(self)
@@ -66,7 +66,7 @@ class ParallelUpdateFlow(FlowSpec):
         """Compare the N-node update with the one-process one."""
         from parallel_check import compare_with_one_process
 
-        from tango_steps.pipeline.model_store import load_model_dir
+        from tango_steps.models.store import load_model_dir
 
         first = next(i for i in inputs if i.updated is not None)
         self.updated, self.metrics, self.settings = first.updated, first.metrics, first.settings

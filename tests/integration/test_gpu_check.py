@@ -70,8 +70,15 @@ def test_rollout_memory_benchmark_on_a_tiny_model(tiny_model_dir, tmp_path):
     )
     args = ["--model", str(tiny_model_dir), "--prompts", "3", "--max-tokens", "8", "--threads", "1"]
     done = _run(
-        ["benchmarks/speed/rollout_memory.py", *args, "--paths", "recorder", "full-logits", "--benchmarks",
-         str(tmp_path)]
+        [
+            "benchmarks/speed/rollout_memory.py",
+            *args,
+            "--paths",
+            "recorder",
+            "full-logits",
+            "--benchmarks",
+            str(tmp_path),
+        ]
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| recorder") or

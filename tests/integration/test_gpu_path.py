@@ -60,7 +60,7 @@ def test_fsdp_keeps_gradients_sharded_between_micro_batches(group_of_one, tiny_m
     ckpt = init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", settings)
     rt = runtime_for(settings)
     assert isinstance(rt, ProcessGroup)
-    model, policy, tok, _, _ = rt.prepare(ckpt, settings, None, None)
+    model, _, tok, _, _ = rt.prepare(ckpt, settings, None, None)
     t = pack(update_batch(tiny_tokenizer), [0, 1], tok.pad_token_id, rt.device)
     with rt.gradient_sync(model, last=False):  # the first of several micro-batches
         logp, _ = rt.logprobs(model, t["ids"], t["attn"], settings)

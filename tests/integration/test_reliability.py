@@ -98,7 +98,7 @@ def test_a_full_disk_stores_nothing_and_says_so(small_disk, tmp_path):
     no partial copy, and what was stored before still loads."""
     from metaflow.plugins.datastores.local_storage import LocalStorage
 
-    from tango_steps.pipeline.model_store import ModelStore
+    from tango_steps.models.store import ModelStore
 
     disk = small_disk(4)
     store = ModelStore(LocalStorage(str(disk / "ds")))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from helpers import fake_model_dir
 
-from tango_steps.pipeline.model_store import MANIFEST
+from tango_steps.models.store import MANIFEST
 
 
 def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
@@ -30,7 +30,7 @@ def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
         import json, boto3
         boto3.client("s3", endpoint_url={s3_server!r}).create_bucket(Bucket="tango")
         from metaflow.plugins.datastores.s3_storage import S3Storage
-        from tango_steps.pipeline.model_store import ModelStore, load_model_dir
+        from tango_steps.models.store import ModelStore, load_model_dir
         ref = ModelStore(S3Storage("s3://tango/mf")).save({str(src)!r}, "Flow/1/update/3/0/verifier")
         out = load_model_dir(ref)
         again = load_model_dir(ref)  # cached: no second download

@@ -164,3 +164,69 @@ def test_the_study_arms_names_are_the_registered_ones():
     fields = AlgorithmConfig.model_fields
     assert set(typing.get_args(fields["step_verdicts"].annotation)) == {"verifier", *EXACT_LABEL_VERDICTS}
     assert set(typing.get_args(fields["generator_objective"].annotation)) == set(GENERATOR_OBJECTIVES)
+
+
+def test_step_resources_have_disk_and_shared_memory_with_metaflows_defaults():
+    """Issue #35, defect 3: without `disk` and `shared_memory` a step's pod got Metaflow's 10,240 MB disk and the
+    runtime's 64 MiB /dev/shm whatever the recipe said. Their defaults are Metaflow's own (a recipe that sets
+    nothing gets the pods it got before); a /dev/shm as large as the step's memory is refused, naming the step."""
+    from tango_steps.config import StepResources, load_config
+
+    assert StepResources().disk == 10240 and StepResources().shared_memory is None
+    rollout = {"gpu": 2, "memory": 200000, "disk": 300000, "shared_memory": 4096}
+    cfg = load_config(overrides={"resources.rollout": rollout})
+    assert (cfg.resources["rollout"].disk, cfg.resources["rollout"].shared_memory) == (300000, 4096)
+    with pytest.raises(ConfigError, match=r"resources.judge: shared_memory \(70000 MiB\) must be below memory"):
+        load_config(overrides={"resources.judge": {"memory": 64000, "shared_memory": 70000}})
+    with pytest.raises(ConfigError, match=r"resources.rollout.disk: Input should be greater than or equal to 1"):
+        load_config(overrides={"resources.rollout.disk": 0})
+
+
+def test_round0_runs_under_its_own_resources_else_the_evaluations():
+    """Issue #35, defect 2: TangoFlow's `start` builds round 0 (both models loaded, stored, evaluated with the
+    rollout engine) and had no @resources: a default pod. It runs under `resources.round0`, and without one under
+    `resources.evaluate` (the same engine over the same models); the validated recipe and the flows' Config
+    (`parse_recipe`, what `@resources` reads) resolve it alike."""
+    import yaml
+
+    from tango_steps.config import StepResources, load_config, parse_recipe
+
+    evaluate = {"cpu": 16, "memory": 200000, "gpu": 2, "disk": 300000, "shared_memory": 4096}
+    cfg = load_config(overrides={"resources.evaluate": evaluate})
+    assert cfg.step_resources("round0") == StepResources(**evaluate) == cfg.step_resources("evaluate")
+    assert parse_recipe(yaml.safe_dump({"resources": {"evaluate": evaluate}}))["resources"]["round0"] == evaluate
+    own = {"cpu": 8, "memory": 100000, "gpu": 1, "disk": 150000}
+    cfg = load_config(overrides={"resources": {"evaluate": evaluate, "round0": own}})
+    assert cfg.step_resources("round0") == StepResources(**own)
+    parsed = parse_recipe(yaml.safe_dump({"resources": {"evaluate": evaluate, "round0": own}}))["resources"]
+    assert parsed["round0"] == StepResources(**own).model_dump() and parsed["evaluate"] == evaluate
+    assert load_config().step_resources("round0") == StepResources()  # neither: the schema's defaults
+    with pytest.raises(ValueError, match=r"unknown step name 'round1'; known: start, .*, round0"):
+        cfg.step_resources("round1")
+
+
+def test_every_resources_decorator_passes_every_step_resources_field():
+    """The flows' @resources take each StepResources field from the recipe (a field the decorator is not given
+    is silently Metaflow's default on the pod), and TangoFlow's `start` takes `round0`'s."""
+    import ast
+    from pathlib import Path
+
+    from tango_steps.config import RESOURCE_STEPS, StepResources
+
+    flows = Path(__file__).resolve().parents[2] / "flows"
+    seen: dict[str, str] = {}
+    for name in ("tango_flow.py", "tango_round_flow.py", "ablation_flow.py"):
+        for node in ast.walk(ast.parse((flows / name).read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "resources":
+                    kw = {k.arg: ast.unparse(k.value) for k in deco.keywords}
+                    assert set(kw) == set(StepResources.model_fields), (name, node.name, sorted(kw))
+                    steps = {v.split(".")[2] for v in kw.values()}
+                    assert len(steps) == 1 and steps <= set(RESOURCE_STEPS), (name, node.name, kw)
+                    step = steps.pop()
+                    assert all(v == f"config.resources.{step}.{k}" for k, v in kw.items()), kw
+                    seen[f"{name}:{node.name}"] = step
+    assert seen["tango_flow.py:start"] == "round0" and seen["ablation_flow.py:init"] == "round0"  # round 0 too
+    assert seen["tango_round_flow.py:sample_shard"] == "rollout" and seen["tango_round_flow.py:evaluate"] == "evaluate"

@@ -64,5 +64,3 @@ def test_requests_are_checked_before_any_model_loads():
     with pytest.raises(ValueError, match="unknown prompt template"):
         check_request("gsm8k", "g", "", "nope", "auto", 5, 64)
     assert check_request("gsm8k, processbench/math", "g", "v", "full", "hf", 0, 8) == ["gsm8k", "processbench/math"]
-
-

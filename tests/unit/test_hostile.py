@@ -47,8 +47,6 @@ def test_model_output_is_never_evaluated(tmp_path):
     assert any(f is not None for f in flexible)  # the payloads were read as answers, and stayed text
 
 
-
-
 @pytest.mark.parametrize("name", list(HEAVY))
 def test_heavy_answers_go_through_in_bounded_time(name):
     text = HEAVY[name]
@@ -63,5 +61,3 @@ def test_heavy_answers_go_through_in_bounded_time(name):
         timeouts = g.stats.timeouts
     assert isinstance(parsed.well_formed, bool)
     assert ok in (True, False) and timeouts == (1 if name == "a power tower" else 0)
-
-

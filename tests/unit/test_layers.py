@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tango_steps"
 # Bottom to top: a module may import its own layer and the ones below it, never one above. The folders are the
 # layers; the root's small modules sit where their imports put them (config validates task and template names).
 LAYERS: list[tuple[str, ...]] = [
-    ("registry", "atomic", "faults", "process"),  # no tango_steps imports: usable everywhere
+    ("registry", "atomic", "faults", "process", "traffic"),  # no tango_steps imports: usable everywhere
     ("method",),  # the paper's formulas: tensors and floats, no configuration
     ("tasks",),  # tasks, templates, grading, benchmark loaders, held-out sets
     ("config",),  # the recipe schema
@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rollout",),  # sampling engines
     ("training",),  # the RL update, one process or a process group; the warm-ups
     ("round",),  # one round's stages, its state, the in-process runner
-    ("pipeline",),  # rounds as a pipeline: driver, model store, retention, cards, budgets, layout
+    ("pipeline", "plan"),  # rounds as a pipeline: driver, retention, cards, budgets, layout; the run plan
     ("study",),  # studies over the pipeline: ablation arms, benchmark evaluation
 ]
 
@@ -81,7 +81,7 @@ def test_no_import_cycles():
         state[node] = "grey"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "grey":
-                cycles.append(" -> ".join([*trail[trail.index(nxt):], nxt]))
+                cycles.append(" -> ".join([*trail[trail.index(nxt) :], nxt]))
             elif nxt not in state:
                 visit(nxt, [*trail, nxt])
         state[node] = "black"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import fake_model_dir
 
-from tango_steps.pipeline.model_store import MANIFEST, ModelStore, load_model_dir
+from tango_steps.models.store import MANIFEST, ModelStore, load_model_dir
 
 
 def _local_store(root: Path) -> ModelStore:
@@ -69,7 +69,7 @@ def test_a_corrupted_or_missing_file_is_named_with_its_run_and_round(tmp_path):
 
 
 def test_verification_hashes_once_while_files_are_unchanged(tmp_path, monkeypatch):
-    from tango_steps.pipeline import model_store
+    from tango_steps.models import store as model_store
 
     store = _local_store(tmp_path)
     ref = store.save(fake_model_dir(tmp_path), "k/generator")
@@ -95,5 +95,3 @@ def test_bad_sources_and_references(tmp_path):
         load_model_dir({"uri": "x"})
     with pytest.raises(ValueError, match="unknown Metaflow datastore type"):
         load_model_dir({"key": "k", "ds_type": "ftp", "ds_root": "/x"})
-
-

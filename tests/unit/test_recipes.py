@@ -59,3 +59,28 @@ def test_paper_recipe_has_the_paper_numbers(gsm8k_file):
     a = cfg.algorithm
     assert (a.gamma, a.alpha0, a.alpha_min, a.alpha_schedule, a.estimator) == (0.8, 0.1, 0.001, "exp", "grpo")
     assert cfg.rounds == 440 and cfg.resources["rollout"].gpu >= 1
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b-paper.yaml", "qwen2.5-1.5b-1gpu.yaml"])
+def test_the_gpu_recipes_size_disk_and_shared_memory_from_the_plan(name):
+    """Issue #35, defect 3: each step's disk holds what the run plan (tango_steps/plan.py) says it holds, with at most
+    35% + 10 GB to spare; every step on more than one GPU has 1 GiB of /dev/shm per GPU, and every engine's step
+    more than the runtime's 64 MiB (vLLM's engine core is a process of its own)."""
+    from tango_steps import plan
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name, check_data=False)
+    run = plan.check(cfg)
+    need: dict[str, float] = {}
+    for steps in run.rounds.values():
+        for s in steps:
+            if s.disk_request_gib:
+                need[s.step] = max(need.get(s.step, 0.0), s.disk_gib)
+    assert {"start (round 0)", "evaluate"} <= set(need) and len(need) >= 4, need
+    for step, gib in need.items():
+        request = max(x.disk_request_gib for steps in run.rounds.values() for x in steps if x.step == step)
+        assert gib <= request <= 1.35 * gib + 10e9 / 2**30, (step, gib, request)
+    for step in ("rollout", "judge", "evaluate", "generator_update", "verifier_update", "round0"):
+        res = cfg.step_resources(step)
+        assert res.gpu <= 1 or (res.shared_memory or 0) >= 1024 * res.gpu, (step, res)
+        if step in ("rollout", "judge", "evaluate", "round0"):
+            assert (res.shared_memory or 0) >= 1024, (step, res)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tango_steps.pipeline.model_store import REMOVED, ModelStore, load_model_dir
+from tango_steps.models.store import REMOVED, ModelStore, load_model_dir
 from tango_steps.pipeline.retention import plan_retention, remove_checkpoint
 
 

@@ -194,5 +194,3 @@ def test_warmup_sft_trains_in_fp32_without_checkpointing_on_cpu(tmp_path):
     cfg = sft_config(SFTSettings(), 0, str(tmp_path))
     assert cfg.bf16 == torch.cuda.is_available() and not cfg.gradient_checkpointing
     assert cfg.completion_only_loss and cfg.use_cpu == (not torch.cuda.is_available())
-
-

@@ -14,7 +14,13 @@ load. The reference records every file's size and sha256; a load checks them and
 truncated or corrupted file with an error naming the file, the run and the round (a full re-hash
 is skipped while a file keeps the size and modification time it had when last verified: a stamp
 ``VERIFIED.json`` beside the files). Local stores are read in place; S3 stores are downloaded once
-into ``<cache_dir>/models/<hash of uri>/`` (atomically) and reused.
+into ``<cache_dir>/models/<hash of uri>/`` and reused.
+
+A step fetches only the PART of a checkpoint it uses (:func:`part_files`): an engine the serving weights
+(``model/``), an update its training state (fp32 master weights when they differ from the serving ones,
+optimizer, RNG, trainer state). Files are downloaded into a folder beside the cache and moved into place (no
+second copy); each new file is hashed once, from the page cache, right after its download; the manifest is
+written when every file of the part is there.
 
 Why not ``metaflow-checkpoint``: see ``docs/model_store.md`` (its per-task overhead measured
 above the 2 s budget of issue #4 on the tiny default).
@@ -35,6 +41,23 @@ VERIFIED = "VERIFIED.json"  # (size, mtime) of each file when its hash last matc
 REMOVED = "REMOVED.json"  # left by tango_steps.pipeline.retention in place of a deleted checkpoint
 PREFIX = "tango_models"
 _NOT_MODEL = (MANIFEST, VERIFIED, REMOVED)
+PARTS = ("all", "serving", "training")
+
+
+def part_files(names: list[str], part: str) -> list[str]:
+    """The files of a stored model that ``part`` needs (:data:`PARTS`).
+
+    ``serving``: what an engine loads, ``model/`` (weights in the serving dtype, config, tokenizer), the trainer
+    state and a LoRA adapter (merged into its base at load). ``training``: everything but ``model/``'s weights when
+    the checkpoint keeps fp32 master weights of its own (``master/``); else everything. ``all``: every file.
+    """
+    if part not in PARTS:
+        raise ValueError(f"unknown model part '{part}'; known: {', '.join(PARTS)}")
+    if part == "serving":
+        return [n for n in names if n.startswith(("model/", "adapter/")) or n == "trainer_state.json"] or list(names)
+    if part == "training" and any(n.startswith("master/") for n in names):
+        return [n for n in names if not (n.startswith("model/") and n.endswith(".safetensors"))]
+    return list(names)
 
 
 def file_sha256(path: Path) -> str:
@@ -134,38 +157,77 @@ class ModelStore:
             **manifest,
         }
 
-    def load(self, ref: dict[str, Any]) -> Path:
-        """A local directory holding the referenced model (docs/method.md §9); verified against the manifest."""
+    def load(self, ref: dict[str, Any], part: str = "all") -> Path:
+        """A local directory holding the referenced model, or the ``part`` of it a step uses (:func:`part_files`),
+        verified against the manifest (docs/method.md §9)."""
+        from tango_steps import traffic
+
+        names = part_files(list(ref["files"]), part)
         prefix = self.storage.path_join(PREFIX, ref["key"])
         if self.ds_type == "local":
             path = Path(self.storage.full_uri(prefix))
-            _verify(path, ref)
+            _verify(path, ref, names)
             return path
-        from tango_steps.atomic import atomic_directory
-        from tango_steps.models.loading import cache_dir
+        from tango_steps.atomic import exclusive_lock
+        from tango_steps.models.cache import cache_dir
 
         local = cache_dir() / "models" / hashlib.sha256(ref["uri"].encode()).hexdigest()[:20]
         with self.storage.load_bytes([self.storage.path_join(prefix, REMOVED)]) as results:
             for _, path, _ in results:  # removed by retention: refused even when a local copy is cached
                 if path is not None:
                     raise removed_error(ref, Path(path).read_text())
-        if local.exists():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(local.parent / f"{local.name}.lock", f"waiting for another process to fetch {local}"):
+            local.mkdir(exist_ok=True)
             try:
-                _verify(local, ref)
-                return local
-            except ValueError:
-                shutil.rmtree(local, ignore_errors=True)
-        names = [*ref["files"], MANIFEST]
-        with atomic_directory(local, overwrite=True) as tmp:
-            with self.storage.load_bytes([self.storage.path_join(prefix, n) for n in names]) as results:
-                for key, path, _ in results:
-                    name = key[len(prefix) :].lstrip("/")
-                    if path is None:
-                        raise ValueError(f"{_where(ref)} is incomplete in the datastore: file '{name}' is missing")
-                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, tmp / name)
-            _verify(tmp, ref)
+                _verify(local, ref, names, manifest=False)
+            except ValueError:  # missing, damaged (dropped) or never fetched: fetch what is not there
+                stale = [n for n in names if not _same_size(local / n, ref["files"][n])]
+                traffic.add("bytes_downloaded", sum(ref["files"][n] for n in stale))
+                self._download(prefix, stale, local, ref)
+                _verify(local, ref, names, manifest=False)
+            # what the store wrote last: a reader (retention, a notebook) sees a complete copy of the part's files
+            (local / MANIFEST).write_text(json.dumps({k: ref[k] for k in ("files", "sha256", "bytes", "meta")
+                                                      if k in ref}, sort_keys=True))  # fmt: skip
         return local
+
+    def check(self, ref: dict[str, Any]) -> None:
+        """Refuse a stored model whose manifest or any file is missing or of another size in the store, without
+        fetching it (a fork's ``start``: every checkpoint its state names; hashes are checked at each fetch)."""
+        prefix = self.storage.path_join(PREFIX, ref["key"])
+        if self.storage.is_file([self.storage.path_join(prefix, REMOVED)])[0]:
+            with self.storage.load_bytes([self.storage.path_join(prefix, REMOVED)]) as results:
+                for _, path, _ in results:
+                    raise removed_error(ref, Path(path).read_text() if path else "{}")
+        if not self.storage.is_file([self.storage.path_join(prefix, MANIFEST)])[0]:
+            raise ValueError(
+                f"{_where(ref)} has no {MANIFEST}: missing or an interrupted save; re-run the step that produced it"
+            )
+        for name, size in ref["files"].items():
+            found = self.storage.size_file(self.storage.path_join(prefix, name))
+            if found is None:
+                raise ValueError(f"{_where(ref)}: file '{name}' is missing")
+            if found != size:
+                raise ValueError(f"{_where(ref)}: file '{name}' is truncated or damaged ({found} of {size} bytes)")
+
+    def _download(self, prefix: str, names: list[str], local: Path, ref: dict[str, Any]) -> None:
+        """Download ``names`` in parallel into a folder beside ``local`` (the same disk) and move each into place."""
+        import tempfile
+
+        from metaflow import S3
+
+        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=local.parent) as tmp:
+            keys = [self.storage.path_join(prefix, n) for n in names]
+            with S3(s3root=self.ds_root, tmproot=tmp) as s3:
+                for name, obj in zip(names, s3.get_many(keys, return_missing=True), strict=True):
+                    if not obj.exists:
+                        raise ValueError(f"{_where(ref)} is incomplete in the datastore: file '{name}' is missing")
+                    (local / name).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(obj.path, local / name)  # a rename on the same disk: the bytes are written once
+
+
+def _same_size(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
 
 
 def _disk_full_error(final: Path, key: str, manifest: dict[str, Any]) -> OSError:
@@ -221,16 +283,22 @@ def removed_error(ref: dict[str, Any], note: bytes | str) -> ValueError:
     )
 
 
-def _verify(path: Path, ref: dict[str, Any]) -> None:
-    """Refuse a copy that lacks its manifest, or any file that is missing, of another size or (when the
-    reference has hashes) of another sha256 (docs/method.md §9); a checkpoint removed by retention says so."""
+def _verify(path: Path, ref: dict[str, Any], names: list[str] | None = None, manifest: bool = True) -> None:
+    """Refuse a copy that lacks its manifest (``manifest``: the store's own copy, whose manifest is written last),
+    or any of ``names`` (default: every file) that is missing, of another size or (when the reference has hashes)
+    of another sha256 (docs/method.md §9); a checkpoint removed by retention says so. In a cache's copy
+    (``manifest`` False) a corrupted file is deleted, so that the next fetch replaces it."""
+    from tango_steps import traffic
+
     if (path / REMOVED).exists():
         raise removed_error(ref, (path / REMOVED).read_text())
-    if not (path / MANIFEST).exists():
+    if manifest and not (path / MANIFEST).exists():
         raise ValueError(
             f"{_where(ref)} has no {MANIFEST}: missing or an interrupted save; re-run the step that produced it"
         )
-    for name, size in ref["files"].items():
+    names = list(ref["files"]) if names is None else names
+    for name in names:
+        size = ref["files"][name]
         f = path / name
         if not f.is_file():
             raise ValueError(f"{_where(ref)}: file '{name}' is missing")
@@ -238,7 +306,7 @@ def _verify(path: Path, ref: dict[str, Any]) -> None:
             raise ValueError(
                 f"{_where(ref)}: file '{name}' is truncated or damaged ({f.stat().st_size} of {size} bytes)"
             )
-    hashes = ref.get("sha256")
+    hashes = {n: h for n, h in (ref.get("sha256") or {}).items() if n in names}
     if not hashes:  # a reference written before hashes were recorded: sizes only
         return
     stamp_file = path / VERIFIED
@@ -246,11 +314,15 @@ def _verify(path: Path, ref: dict[str, Any]) -> None:
         stamp = json.loads(stamp_file.read_text())
     except (OSError, ValueError):
         stamp = {}
-    now = {name: [(path / name).stat().st_size, (path / name).stat().st_mtime_ns] for name in hashes}
+    now = {**stamp, **{name: [(path / name).stat().st_size, (path / name).stat().st_mtime_ns] for name in hashes}}
     changed = [name for name in hashes if stamp.get(name) != now[name]]
-    for name, digest in _hash_files(path, changed).items():
-        if digest != hashes[name]:
-            raise ValueError(f"{_where(ref)}: file '{name}' is corrupted (its sha256 differs from the reference's)")
+    traffic.add("bytes_hashed", sum(ref["files"][n] for n in changed))
+    bad = [name for name, digest in _hash_files(path, changed).items() if digest != hashes[name]]
+    if bad:
+        for name in bad if not manifest else []:
+            (path / name).unlink(missing_ok=True)
+        which = ", ".join(f"'{n}'" for n in bad)
+        raise ValueError(f"{_where(ref)}: file {which} is corrupted (its sha256 differs from the reference's)")
     if stamp != now:
         tmp = stamp_file.with_name(f".{VERIFIED}.{os.getpid()}")
         try:  # written whole, then renamed: a reader sees the old stamp or the new one
@@ -260,11 +332,34 @@ def _verify(path: Path, ref: dict[str, Any]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def load_model_dir(ref: dict[str, Any]) -> Path:
+STORE_SCHEME = "tango-store:"  # a model reference naming a stored model (models.loading.resolve_model_ref)
+
+
+def model_reference(ref: dict[str, Any], part: str = "serving", folder: str = "model") -> str:
+    """A model reference (a string a checkpoint can record and any machine resolve) for ``folder`` of the ``part``
+    of a stored model: e.g. a LoRA checkpoint's base, or the KL reference, named by the round-0 checkpoint in the
+    store rather than by the cache folder of the machine that first fetched it (docs/method.md §9)."""
+    if not isinstance(ref, dict) or "key" not in ref or "ds_type" not in ref:
+        raise ValueError(f"not a Tango model reference: {ref!r}")
+    part_files([], part)  # a known part, or the error naming the known ones
+    return STORE_SCHEME + json.dumps({"ref": ref, "part": part, "folder": folder}, sort_keys=True)
+
+
+def resolve_reference(reference: str) -> Path:
+    """The local folder a :func:`model_reference` names on this machine: its part fetched (once) and verified."""
+    try:
+        spec = json.loads(reference.removeprefix(STORE_SCHEME))
+        ref, part, folder = spec["ref"], spec["part"], spec["folder"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"not a model-store reference: {reference[:200]!r} ({e})") from None
+    return load_model_dir(ref, part) / folder
+
+
+def load_model_dir(ref: dict[str, Any], part: str = "all") -> Path:
     """Local directory of a stored model from its reference alone (docs/method.md §9), e.g. in a notebook."""
     if not isinstance(ref, dict) or "key" not in ref or "ds_type" not in ref:
         raise ValueError(f"not a Tango model reference: {ref!r}")
-    return ModelStore.for_ref(ref).load(ref)
+    return ModelStore.for_ref(ref).load(ref, part)
 
 
 def task_key(name: str) -> str:
