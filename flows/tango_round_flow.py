@@ -67,8 +67,10 @@ class TangoRoundFlow(FlowSpec):
         frozen heap so that the process's exit does not spend a second collecting garbage."""
         from tango_steps.faults import maybe_kill
         from tango_steps.process import freeze_heap, peak_rss_mb
+        from tango_steps.traffic import snapshot
 
         self.peak_rss_mb = peak_rss_mb()
+        self.traffic = snapshot()  # bytes fetched, stored, written, hashed; model loads, engine starts
         maybe_kill(self.round_idx, current.step_name)
         freeze_heap()
 

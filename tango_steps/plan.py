@@ -225,6 +225,18 @@ def plan_run(cfg: TangoConfig, device: Device = DEVICES["h100"], a: Assumptions 
     return run
 
 
+def _runtime_gib(gpus: int) -> float:
+    """Host memory a step's process takes besides the models: python, torch and its libraries (and, with GPUs, the
+    CUDA context and pinned buffers)."""
+    return 4.0 if gpus else 1.5
+
+
+def on_cluster(cfg: TangoConfig) -> bool:
+    """Whether the rounds run on Kubernetes or AWS Batch (``round_with``), where each step gets what its
+    ``resources`` request; a local run ignores them (Metaflow's ``@resources``), so they are not checked there."""
+    return any(w.split(":")[0] in ("kubernetes", "batch") for w in cfg.round_with)
+
+
 def _round_zero(cfg, g: ModelShape, v: ModelShape, dev: Device, a: Assumptions, parts: bool) -> StepPlan:
     """TangoFlow's ``start`` in a new run: both source models, their first checkpoints written and stored, then
     round 0's evaluation (both models served, one after the other). A fork's start fetches its source's state
@@ -241,7 +253,7 @@ def _round_zero(cfg, g: ModelShape, v: ModelShape, dev: Device, a: Assumptions, 
         step.disk_gib += (2 * shape.params + first) / GIB
     step.upload_gb = written / GB
     step.disk_gib += a.engine_cache_gb * GB / GIB
-    step.host_gib = 4 * max(g.params, v.params) / GIB + 4  # a source loaded in fp32 to write its checkpoint
+    step.host_gib = 4 * max(g.params, v.params) / GIB + _runtime_gib(gpus)  # a source in fp32 for its checkpoint
     step.gpu_gib = cfg.rollout.gpu_memory_utilization * dev.memory_gib if gpus else 0.0
     e, r = cfg.evaluation, cfg.rollout
     step.compute_s = sum(
@@ -284,7 +296,7 @@ def _round_steps(cfg, plan, g: ModelShape, v: ModelShape, dev: Device, a: Assump
         step.engine_starts = len(models)
         step.disk_gib += a.engine_cache_gb * GB / GIB
         step.gpu_gib = r.gpu_memory_utilization * dev.memory_gib if gpus else 0.0
-        step.host_gib = max(2 * shape.params for shape, _, _, _ in models) / GIB + 4  # weights staged + runtime
+        step.host_gib = max(2 * shape.params for shape, _, _, _ in models) / GIB + _runtime_gib(gpus)  # staged
         for shape, c, max_tokens, count in models:
             per_shard = -(-count // shards)
             mean_tokens = max(1, int(max_tokens * a.response_fill))
@@ -312,7 +324,7 @@ def _round_steps(cfg, plan, g: ModelShape, v: ModelShape, dev: Device, a: Assump
         # both fetches in the cache (the larger staged twice before), and the new checkpoint written
         step.disk_gib = (fetched + (c.staged - 1) * c.training + c.written) / GIB
         # rank 0 gathers the full fp32 weights and AdamW moments to host memory to write them (FSDP)
-        step.host_gib = (4 * shape.params + (0 if lora else 8 * shape.params)) / GIB + 8
+        step.host_gib = (4 * shape.params + (0 if lora else 8 * shape.params)) / GIB + 2 * _runtime_gib(gpus)
         step.model_loads = 2 if (u.kl_coef > 0 and not lora) else 1
         samples = solutions if role == "generator" else verifications
         tokens = samples * (cfg.rollout.max_prompt_tokens * a.prompt_fill + sampling.max_tokens * a.response_fill)
@@ -332,7 +344,7 @@ def _round_steps(cfg, plan, g: ModelShape, v: ModelShape, dev: Device, a: Assump
         step.disk_gib = (fetched + max(gc.serving * (gc.staged - 1), vc.serving * (vc.staged - 1))) / GIB
         step.disk_gib += (gc.merged + vc.merged + a.engine_cache_gb * GB) / GIB
         step.gpu_gib = r.gpu_memory_utilization * dev.memory_gib if gpus else 0.0
-        step.host_gib = 2 * max(g.params, v.params) / GIB + 4
+        step.host_gib = 2 * max(g.params, v.params) / GIB + _runtime_gib(gpus)
         step.compute_s = _decode_seconds(g, r.tensor_parallel_size, e.heldout_problems, e.max_tokens, r.chunk_samples,
                                          dev, a) + _decode_seconds(v, r.tensor_parallel_size, e.heldout_problems,
                                                                    cfg.verifier_sampling.max_tokens, r.chunk_samples,
@@ -367,26 +379,26 @@ def refusals(cfg: TangoConfig, run: RunPlan, visible_gpus: int | None = None) ->
                 f"no KV cache in {budget:.0f} GiB; raise rollout.gpu_memory_utilization or rollout.tensor_parallel_size"
             )
     tp = cfg.rollout.tensor_parallel_size
-    for step in ("rollout", "judge", "evaluate"):
+    for step in ("rollout", "judge", "evaluate") if on_cluster(cfg) else ():
         gpus = _res(cfg, step)[0]
         if gpus and tp > gpus:
             out.append(
                 f"rollout.tensor_parallel_size is {tp} but resources.{step}.gpu is {gpus}: an engine spans TP GPUs"
             )
-    if visible_gpus is not None and not cfg.round_with and visible_gpus > 0:
+    if visible_gpus is not None and not on_cluster(cfg) and visible_gpus > 0:
         need = cfg.rollout.shards * tp
         if need > visible_gpus:
             out.append(
                 f"rollout.shards x rollout.tensor_parallel_size = {need} GPUs, but this machine has {visible_gpus}: "
                 "run on a cluster (round_with) or lower rollout.shards"
             )
-    seen = set()
+    seen = set() if on_cluster(cfg) else {s.step for steps in run.rounds.values() for s in steps}  # local: ignored
     for steps in run.rounds.values():
         for s in steps:
             if s.step in seen:
                 continue
             seen.add(s.step)
-            res_step = {"sample_shard": "rollout"}.get(s.step, s.step)
+            res_step = {"sample_shard": "rollout", "start (round 0)": "round0"}.get(s.step, s.step)
             if s.disk_request_gib and s.disk_gib > s.disk_request_gib:
                 out.append(
                     f"resources.{res_step}.disk: the {s.step} step needs ~{s.disk_gib:.0f} GiB of local disk, "
@@ -405,7 +417,7 @@ def local_gpus(cfg: TangoConfig) -> int | None:
     its own) or there is no GPU here."""
     import torch
 
-    if cfg.round_with or not torch.cuda.is_available():
+    if on_cluster(cfg) or not torch.cuda.is_available():
         return None
     return torch.cuda.device_count()
 

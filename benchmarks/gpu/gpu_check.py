@@ -23,6 +23,16 @@ random model costs the same FLOPs as a trained one).
    checkpoint save and load) for a verifier round and a generator round, then the held-out
    evaluation; reports where each model ran, per-stage seconds and the round's figures.
 
+4. **The process-group path** (issue #35): one update through torchrun and a process group of ONE process
+   (``TANGO_FORCE_PROCESS_GROUP=1``: NCCL on a GPU, gloo on CPU), FSDP2 with bf16 (on a GPU) and gradient
+   checkpointing over several micro-batches (gradient accumulation), with every collective checked to take tensors
+   on the group's device (``TANGO_STRICT_COLLECTIVES=1``); then the checkpoint round trip: the group's checkpoint
+   continued on one process and the one-process checkpoint on the group, each against the same update on one
+   process (largest weight difference).
+5. **Disk and hash**: writing a file with fsync, and sha256 over it (the model store's verification), in GB/s.
+
+Update rows carry the memory estimate of ``tango_steps/pipeline/layout.py`` beside the measured peak.
+
 The update also runs a fourth way, ``full+liger`` (``update.logprob_backend: liger``: liger-kernel's fused
 linear cross-entropy instead of the chunked log-probs; entropy bonus 0, which it requires), when
 liger-kernel is installed (it is not a dependency: ``pip install --no-deps liger_kernel-*.whl``
@@ -137,6 +147,24 @@ def update_row(shape: str, mode: str, model_dir: Path, n_params: int, work: Path
     step = time.perf_counter() - t1
     tokens = seqs * length
     where = str(next(run.model.parameters()).device)
+    from tango_steps.pipeline.layout import ModelShape, update_memory_gib
+
+    spec = SHAPES[shape]
+    estimate = (
+        update_memory_gib(
+            ModelShape(n_params, spec["hidden_size"], spec["num_hidden_layers"], spec["vocab_size"]),
+            1,
+            "ddp",
+            4,
+            length,
+            kl=False,
+            gradient_checkpointing=mode == "full+gc",
+            lora=mode == "lora",
+            bf16=torch.cuda.is_available(),
+        )["total"]
+        * 2**30
+        / 1e9
+    )
     h100 = H100_UPDATE.get((shape, mode), (None, None))
     del run
     reset_peak()
@@ -144,7 +172,8 @@ def update_row(shape: str, mode: str, model_dir: Path, n_params: int, work: Path
         "shape": shape, "mode": mode, "params (M)": round(n_params / 1e6), "device": where,
         "tokens": tokens, "step s": round(step, 3), "tok/s": round(tokens / step),
         "TFLOP/s": round(6 * n_params * tokens / step / 1e12, 1), "H100 TFLOP/s": h100[0] or "-",
-        "whole update s": round(whole, 2), "peak GB (step)": round(peak_gb(), 1), "H100 peak GB": h100[1] or "-",
+        "whole update s": round(whole, 2), "peak GB (step)": round(peak_gb(), 1), "estimate GB": round(estimate, 1),
+        "H100 peak GB": h100[1] or "-",
     }  # fmt: skip
 
 
@@ -212,6 +241,90 @@ def tiny_round(work: Path, smoke: bool) -> list[dict]:
     return rows
 
 
+def group_rows(model_dir: Path, work: Path, smoke: bool) -> list[dict]:
+    """The update through a process group of one (torchrun; NCCL on a GPU), FSDP2 with gradient checkpointing over
+    micro-batches, collectives checked; and the checkpoint round trip between it and one process."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from tango_steps.training.batch import RLBatch
+    from tango_steps.training.checkpoint import init_checkpoint, master_weights
+    from tango_steps.training.distributed import STRICT_COLLECTIVES_ENV
+    from tango_steps.training.launch import FORCE_GROUP_ENV
+    from tango_steps.training.settings import UpdateSettings
+    from tango_steps.training.update import rl_update
+
+    seqs, length = (4, 32) if smoke else (8, 512)
+    settings = UpdateSettings.of(learning_rate=1e-4 if smoke else 1e-6, micro_batch_size=2, kl_coef=0.001,
+                                 gradient_checkpointing=True, strategy="fsdp", seed=0)  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    batch = RLBatch(
+        prompt_ids=[torch.randint(3, 384, (length // 4,), generator=g).tolist() for _ in range(seqs)],
+        response_ids=[torch.randint(3, 384, (length - length // 4,), generator=g).tolist() for _ in range(seqs)],
+        advantages=[[(-1.0) ** i] * (length - length // 4) for i in range(seqs)],
+    )
+    ckpt0 = init_checkpoint(str(model_dir), work / "group-ckpt0", settings)
+
+    def update(src: Path, out: str, group: bool) -> tuple[float, dict]:
+        env = {FORCE_GROUP_ENV: "1" if group else "0", STRICT_COLLECTIVES_ENV: "1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            reset_peak()
+            t0 = time.perf_counter()
+            m = rl_update(src, batch, settings, work / out)
+            return time.perf_counter() - t0, m
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+    def diff(a: str, b: str) -> float:
+        wa = load_file(master_weights(work / a) / "model.safetensors")
+        wb = load_file(master_weights(work / b) / "model.safetensors")
+        return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+
+    rows = []
+    s1, m1 = update(ckpt0, "one", group=False)
+    sg, mg = update(ckpt0, "group", group=True)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    rows.append({"run": f"update, group of 1 ({backend}, fsdp, gc, {seqs // 2} micro-batches)", "seconds": round(sg, 1),
+                 "one-process s": round(s1, 1), "loss": round(mg["loss"], 5), "one-process loss": round(m1["loss"], 5),
+                 "max weight diff": f"{diff('one', 'group'):.2e}"})  # fmt: skip
+    update(work / "group", "group>one", group=False)
+    update(work / "one", "one>group", group=True)
+    update(work / "one", "one>one", group=False)
+    rows.append({"run": "round trip: group's checkpoint on one process", "max weight diff":
+                 f"{diff('group>one', 'one>one'):.2e}"})  # fmt: skip
+    rows.append({"run": "round trip: one process's checkpoint on the group", "max weight diff":
+                 f"{diff('one>group', 'one>one'):.2e}"})  # fmt: skip
+    return rows
+
+
+def io_rows(work: Path, smoke: bool) -> list[dict]:
+    """Disk write (with fsync) and sha256 throughput on ``work``'s disk, the file deleted after."""
+    import os
+
+    from tango_steps.models.store import file_sha256
+
+    size = (64 if smoke else 4096) << 20
+    block = os.urandom(8 << 20)
+    path = work / "io-check.bin"
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(size // len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    write = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    file_sha256(path)
+    hashed = time.perf_counter() - t0
+    path.unlink()
+    return [{"what": f"write {size >> 20} MiB + fsync", "GB/s": round(size / write / 1e9, 2)},
+            {"what": "sha256 of it (page cache)", "GB/s": round(size / hashed / 1e9, 2)}]  # fmt: skip
+
+
 def table(title: str, rows: list[dict]) -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
     print(f"\n### {title}\n")
@@ -225,7 +338,8 @@ def table(title: str, rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes and batches: the same code paths, on CPU")
-    ap.add_argument("--parts", default="update,sampling,round", help="comma-separated: update, sampling, round")
+    ap.add_argument("--parts", default="update,sampling,round,group,io",
+                    help="comma-separated: update, sampling, round, group, io")  # fmt: skip
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     from transformers.utils import logging as hf_logging
@@ -242,7 +356,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         models = {}
-        for shape in shapes if parts & {"update", "sampling"} else []:
+        for shape in shapes if parts & {"update", "sampling", "group"} else []:
             models[shape] = build_random_model(shape, tok, work / shape)
             print(f"built {shape}: {models[shape][1] / 1e6:.0f}M parameters", flush=True)
         if "update" in parts:
@@ -266,6 +380,11 @@ def main() -> None:
             table(f"HF engine sampling: {shapes[0]}, T = 1, {new} new tokens", rows)
         if "round" in parts:
             table("The tiny default through the stage functions", tiny_round(work, args.smoke))
+        if "group" in parts:
+            table("The process-group path and the checkpoint round trip", group_rows(models[shapes[0]][0], work,
+                                                                                    args.smoke))  # fmt: skip
+        if "io" in parts:
+            table("Disk and hash", io_rows(work, args.smoke))
     print(f"\ngpu_check done in {time.perf_counter() - t_start:.0f} s")
 
 

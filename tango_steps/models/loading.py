@@ -122,8 +122,12 @@ def load_model(ref: str, dtype: str = "float32"):
     """Load a causal LM from a model reference in the given dtype (docs/method.md §7)."""
     from transformers import AutoModelForCausalLM
 
+    from tango_steps import traffic
+
     dt = torch_dtype(dtype)  # validate before touching the disk or the hub
-    return AutoModelForCausalLM.from_pretrained(resolve_model_ref(ref), dtype=dt)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_ref(ref), dtype=dt)
+    traffic.add("model_loads")
+    return model
 
 
 def smollm2_dir() -> Path:

@@ -107,6 +107,8 @@ class ModelStore:
 
         An existing complete copy under the same key (a retried task) is replaced.
         """
+        from tango_steps import traffic
+
         src = Path(src)
         if not src.is_dir():
             raise ValueError(f"cannot store '{src}': not a directory")
@@ -119,6 +121,7 @@ class ModelStore:
             raise ValueError(f"cannot store '{src}': the directory is empty")
         prefix = self.storage.path_join(PREFIX, key)
         sha = _hash_files(src, list(files))
+        traffic.add("bytes_hashed", sum(files.values()))
         manifest = {"files": files, "sha256": sha, "bytes": sum(files.values()), "meta": dict(meta or {})}
         if self.ds_type == "local":
             final = Path(self.storage.full_uri(prefix))
@@ -134,6 +137,7 @@ class ModelStore:
                 if is_disk_full(e):
                     raise _disk_full_error(final, key, manifest) from e
                 raise
+            traffic.add("bytes_written", manifest["bytes"])
         else:
             handles = []
             try:
@@ -147,6 +151,7 @@ class ModelStore:
                 for f in handles:
                     f.close()
             _kill_point(meta)
+            traffic.add("bytes_uploaded", manifest["bytes"])
             body = io.BytesIO(json.dumps(manifest, sort_keys=True).encode())
             self.storage.save_bytes(iter([(self.storage.path_join(prefix, MANIFEST), body)]), overwrite=True)
         return {
@@ -169,9 +174,8 @@ class ModelStore:
             _verify(path, ref, names)
             return path
         from tango_steps.atomic import exclusive_lock
-        from tango_steps.models.cache import cache_dir
 
-        local = cache_dir() / "models" / hashlib.sha256(ref["uri"].encode()).hexdigest()[:20]
+        local = store_cache() / hashlib.sha256(ref["uri"].encode()).hexdigest()[:20]
         with self.storage.load_bytes([self.storage.path_join(prefix, REMOVED)]) as results:
             for _, path, _ in results:  # removed by retention: refused even when a local copy is cached
                 if path is not None:
@@ -224,6 +228,15 @@ class ModelStore:
                         raise ValueError(f"{_where(ref)} is incomplete in the datastore: file '{name}' is missing")
                     (local / name).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(obj.path, local / name)  # a rename on the same disk: the bytes are written once
+
+
+def store_cache() -> Path:
+    """Where models fetched from an S3 store are kept: ``<cache_dir>/models``, or ``$TANGO_STORE_CACHE`` (``{pid}``
+    in it: a folder per process, as every pod of a cluster has its own; benchmarks/speed/round_bytes.py)."""
+    from tango_steps.models.cache import cache_dir
+
+    custom = os.environ.get("TANGO_STORE_CACHE")
+    return Path(custom.format(pid=os.getpid())) if custom else cache_dir() / "models"
 
 
 def _same_size(path: Path, size: int) -> bool:

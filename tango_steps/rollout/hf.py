@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from tango_steps import traffic
 from tango_steps.config import ModelConfig, RolloutConfig, schema_default
 from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings
 
@@ -49,6 +50,13 @@ class HFEngine(RolloutEngine):
         self.model = model if model is not None else load_model(model_path, dtype=dtype)
         self.model.to(self.device).eval()
         self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
+        traffic.add("engine_starts")
+
+    def close(self) -> None:
+        """Drop the model (a stage that opens a second engine must not hold the first one's weights)."""
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @classmethod
     def from_config(cls, cfg, model_path: str, seed: int = 0, **common) -> HFEngine:

@@ -16,6 +16,7 @@ import traceback
 
 import torch
 
+from tango_steps import traffic
 from tango_steps.config import ModelConfig, RolloutConfig, schema_default
 from tango_steps.rollout.base import Completion, RolloutEngine, SamplingSettings
 
@@ -85,6 +86,7 @@ class VLLMEngine(RolloutEngine):
             seed=seed,
             **_cpu_scheduling(max_model_len),
         )
+        traffic.add("engine_starts")
 
     @classmethod
     def from_config(cls, cfg, model_path: str, seed: int = 0, **common) -> VLLMEngine:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from tango_steps import traffic
 from tango_steps.atomic import atomic_directory, disk_full_error, free_bytes, is_disk_full
 from tango_steps.training.settings import UpdateSettings, resolved_serving_dtype
 
@@ -119,6 +120,7 @@ def write_checkpoint(
 
     if free_bytes(Path(out_dir).parent) < needed:  # (of the nearest existing folder: nothing is made yet)
         raise full()
+    traffic.add("bytes_written", needed)
     with atomic_directory(out_dir) as tmp:
         try:
             _write_checkpoint_files(tmp, model, tokenizer, optimizer_state, state, settings, model_state)

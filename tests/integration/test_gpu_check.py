@@ -51,6 +51,16 @@ def test_gpu_check_smoke_runs_every_part_on_cpu():
     assert [(r["round"], r["slot"]) for r in rounds] == [("1", "verifier"), ("2", "generator"), ("eval", "-")]
     assert all(r["checkpoint updates"] == "1" and r["rng state saved"] == "True" for r in rounds[:2])
     assert 0 <= float(rounds[2]["generator acc"]) <= 1
+    assert all(float(r["estimate GB"]) >= 0 for r in update)  # the layout's estimate beside the measured peak
+    # issue #35: the process-group path (torchrun, a group of one, FSDP2, gradient checkpointing over micro-batches,
+    # collectives checked) lands where one process does, and each checkpoint continues on the other path
+    group = tables["The process-group path and the checkpoint round trip"]
+    assert group[0]["run"].startswith("update, group of 1 (gloo, fsdp, gc, 2 micro-batches)")
+    assert group[0]["loss"] == group[0]["one-process loss"]
+    assert len(group) == 3 and all(float(r["max weight diff"]) <= 1e-6 for r in group), group
+    io = tables["Disk and hash"]
+    assert [r["what"] for r in io] == ["write 64 MiB + fsync", "sha256 of it (page cache)"]
+    assert all(float(r["GB/s"]) > 0 for r in io)
 
 
 def test_gpu_check_without_a_gpu_says_to_use_smoke():
