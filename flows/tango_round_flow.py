@@ -155,7 +155,7 @@ class TangoRoundFlow(FlowSpec):
         # a pydantic object re-pickles with its field sets in a per-process order: the same cfg, other bytes
         self.cfg = inputs[0].cfg
         mine = ["rollouts", "judgments", "rollout_result", "judge_result", "shard_stats", "compute_seconds"]
-        self.merge_artifacts(inputs, exclude=[*mine, "peak_rss_mb"])
+        self.merge_artifacts(inputs, exclude=[*mine, "peak_rss_mb", "traffic"])  # (per task: each its own)
         plan = plan_from_dict(self.plan)
         parts = [ShardResult(i.rollouts, i.rollout_result, i.judgments, i.judge_result, i.shard_stats) for i in inputs]
         self.rollouts, res, self.judgments, jres = join_shards(self.cfg, plan, parts)
@@ -371,7 +371,7 @@ class TangoRoundFlow(FlowSpec):
     def join_nodes(self, inputs):
         """The update's result: node 0's checkpoint and metrics."""
         self.cfg = inputs[0].cfg  # (see join_shards)
-        self.merge_artifacts(inputs, exclude=["node_out", "node_metrics", "compute_seconds", "peak_rss_mb"])
+        self.merge_artifacts(inputs, exclude=["node_out", "node_metrics", "compute_seconds", "peak_rss_mb", "traffic"])
         first = next(i for i in inputs if i.node_out is not None)
         setattr(self, f"{self.update_role}_out", first.node_out)
         setattr(self, f"{self.update_role}_update_metrics", first.node_metrics)

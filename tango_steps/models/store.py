@@ -138,18 +138,11 @@ class ModelStore:
                     raise _disk_full_error(final, key, manifest) from e
                 raise
             traffic.add("bytes_written", manifest["bytes"])
-        else:
-            handles = []
-            try:
-                items = []
-                for name in files:
-                    f = open(src / name, "rb")
-                    handles.append(f)
-                    items.append((self.storage.path_join(prefix, name), f))
-                self.storage.save_bytes(iter(items), overwrite=True, len_hint=len(items))
-            finally:
-                for f in handles:
-                    f.close()
+        else:  # every file from where it is, in parallel: Metaflow's save_bytes would first copy each into a temp file
+            from metaflow import S3
+
+            with S3(s3root=self.ds_root, tmproot=str(src.parent)) as s3:
+                s3.put_files([(self.storage.path_join(prefix, name), str(src / name)) for name in files])
             _kill_point(meta)
             traffic.add("bytes_uploaded", manifest["bytes"])
             body = io.BytesIO(json.dumps(manifest, sort_keys=True).encode())
