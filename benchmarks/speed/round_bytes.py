@@ -9,7 +9,7 @@ checkpoints, staged then copied), so the plan's byte model is checked against a 
 are then the plan's, with the throughputs it assumes as named inputs (``--set assume.<name>=<value>``; their
 sources are in docs/scaling.md).
 
-    python benchmarks/speed/round_bytes.py                          # the tiny default, 2 rounds (~4 minutes)
+    python benchmarks/speed/round_bytes.py                          # the tiny default, 3 rounds (~6 minutes)
     python benchmarks/speed/round_bytes.py --model smollm2-135m     # SmolLM2-135M (its recipe, small batches)
 
 Needs moto's server (``pip install 'moto[server]'``, a dev dependency).
@@ -156,7 +156,7 @@ def mb(x: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", choices=sorted(RECIPES))
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="3: round 3 updates a model a second time (steady state)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tango-round-bytes-"))
     server, url = start_s3()
