@@ -50,16 +50,12 @@ class TangoFlow(FlowSpec):
         from tango_steps.faults import maybe_kill
         from tango_steps.models.store import ModelStore
         from tango_steps.pipeline.driver import begin, fork_source, validate_run_config
-        from tango_steps.plan import check, local_gpus
+        from tango_steps.plan import start_check
         from tango_steps.process import freeze_heap
 
         cfg = validate_run_config(self.config.to_dict(), self.rounds)
         # the run plan's check (python -m tango_steps.plan): a recipe that cannot fit stops here, naming the field
-        run_plan = check(cfg, visible_gpus=local_gpus(cfg))
-        if run_plan.on_gpus:
-            print(
-                f"plan: ~{run_plan.hours:.0f} hours, ~{run_plan.gpu_hours:,.0f} GPU-hours (python -m tango_steps.plan)"
-            )
+        print(start_check(cfg))
         self.root_id = current.run_id  # a resumed run keeps the original id: children are found by it
         self.forked_from = self.start_from or None
         store = ModelStore.for_flow(self)

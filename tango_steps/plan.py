@@ -69,6 +69,10 @@ class PlanError(ValueError):
     """A recipe that cannot fit; the message names the recipe field to change."""
 
 
+class UnsizedModel(PlanError):
+    """A model whose shape the plan cannot tell from its name or a local config.json (the command takes ``--shape``)."""
+
+
 @dataclass
 class StepPlan:
     """One step of a round (``tasks`` tasks of it, each with ``gpus`` GPUs)."""
@@ -141,7 +145,7 @@ def model_shape(path: str, role: str) -> ModelShape:
         embed = vocab * hidden * (1 if c.get("tie_word_embeddings", False) else 2)
         return ModelShape(float(embed + layers * (4 * hidden * hidden + 3 * hidden * inter)), hidden, layers, vocab)
     known = ", ".join(SHAPES)
-    raise PlanError(
+    raise UnsizedModel(
         f"{role}.path '{path}': cannot size this model (not one of {known}, and no config.json there); "
         f"give its shape with --shape {role}=<known shape>"
     )
@@ -279,7 +283,6 @@ def _round_steps(cfg, plan, g: ModelShape, v: ModelShape, dev: Device, a: Assump
     steps: list[StepPlan] = []
 
     # sampling (and, with shards, judging in the same task): one engine per model served
-    gpus, mem, disk = _res(cfg, "rollout")
     served = [(g, gc, cfg.generator_sampling.max_tokens, solutions)]
     if judges:
         served.append((v, vc, cfg.verifier_sampling.max_tokens, verifications))
@@ -431,6 +434,21 @@ def check(cfg: TangoConfig, device: Device = DEVICES["h100"], visible_gpus: int 
     return run
 
 
+def start_check(cfg: TangoConfig) -> str:
+    """TangoFlow's ``start``: :func:`check` on this machine's GPUs, and the line it prints. A recipe that cannot fit
+    raises :class:`PlanError`; a model the plan cannot size (a hub name it does not know) is said, not refused:
+    the run itself needs no shape."""
+    try:
+        run = check(cfg, visible_gpus=local_gpus(cfg))
+    except UnsizedModel as e:
+        return f"plan: not checked ({e})"
+    if not run.on_gpus:
+        return "plan: fits (a CPU recipe: no GPU projection)"
+    return (
+        f"plan: fits; ~{run.hours:.0f} hours, ~{run.gpu_hours:,.0f} GPU-hours (python -m tango_steps.plan: the steps)"
+    )
+
+
 def _fmt(x: float, digits: int = 1) -> str:
     return "-" if not x else f"{x:,.{digits}f}"
 
@@ -493,7 +511,11 @@ def main(argv: list[str] | None = None) -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         target = assume if key.startswith("assume.") else overrides
-        target[key.removeprefix("assume.")] = json.loads(value) if value[:1] in "[{0123456789.-tfn" else value
+        try:  # a number, true/false, null, a list or a mapping; anything else is the text as written
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        target[key.removeprefix("assume.")] = parsed
     try:
         cfg = load_config(args.config[-1], overrides, check_data=False)  # sizes only: no data read
         shapes = {}

@@ -290,7 +290,6 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
     ``path: tiny`` builds and warms up the embedded tiny models once (cached by their settings); any
     other path is loaded as it is. Each checkpoint is also its model's frozen KL reference.
     """
-    from tango_steps.models.loading import resolve_model_ref
     from tango_steps.training.checkpoint import init_checkpoint
     from tango_steps.training.settings import update_settings
     from tango_steps.training.warmup import warmed_up_models, warmup_settings
@@ -303,8 +302,7 @@ def initial_checkpoints(cfg, out_dir: str | Path, log: Callable[[str], None] = p
             warm, _ = warmed_up_models(warmup_settings(cfg), log=log)
             src = str(warm / role)
         else:  # the reference as the recipe gives it: the checkpoint records it, not this machine's cache path
-            resolve_model_ref(mcfg.path)  # a missing model fails here, naming it
-            src = mcfg.path
+            src = mcfg.path  # (init_checkpoint resolves it: a missing model fails there, naming it)
         ucfg = cfg.generator_update if role == "generator" else cfg.verifier_update
         log(f"{role}: initial checkpoint from {src}")
         settings = update_settings(ucfg, seed=cfg.seed, serving_dtype=cfg.rollout.dtype)

@@ -3,6 +3,7 @@ the field, before any pod starts."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,24 @@ def test_the_command_prints_the_plan_and_exits_2_on_a_refusal(capsys):
         SystemExit, match=r"plan: invalid configuration(.|\n)*generator_update\.strategy: Input should be"
     ):
         plan.main(["--config", str(PAPER), "--set", "generator_update.strategy=zero9"])
+
+
+def test_start_says_it_cannot_size_a_model_it_does_not_know_and_refuses_what_cannot_fit():
+    """TangoFlow's ``start`` check: a hub model the plan has no shape for is said (the run needs no shape); a recipe
+    that cannot fit is refused; a CPU recipe fits without a GPU projection."""
+    unknown = _cfg(PAPER, **{"generator.path": "someone/unknown-7b-model"})
+    assert plan.start_check(unknown).startswith("plan: not checked (generator.path 'someone/unknown-7b-model'")
+    with pytest.raises(plan.PlanError, match="generator_update: an update process needs"):
+        plan.start_check(_cfg(PAPER, **{"generator_update.strategy": "ddp"}))
+    assert plan.start_check(_cfg(CONFIGS / "tiny.yaml")) == "plan: fits (a CPU recipe: no GPU projection)"
+    assert plan.start_check(_cfg(PAPER)).startswith("plan: fits; ~124 hours")
+
+
+def test_the_command_takes_text_numbers_and_assumptions_in_set(capsys):
+    """``--set`` values read as JSON where they are (numbers, booleans), else as the text written (``full`` once
+    failed: it was read as JSON because it starts like ``false``)."""
+    plan.main(["--config", str(PAPER), "--set", "template=full", "--set", "evaluation.every=20",
+               "--set", "assume.upload_gbs=2.4", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["counts"]["generator round + evaluation"] < 23  # every 20th round evaluated, not every 10th
+    assert out["hours"] < plan.plan_run(_cfg(PAPER)).hours  # faster uploads
