@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.speed.model_transfer import start_s3  # noqa: E402  (moto's server, its keys and bucket)
 
 STEPS = ("rollout", "judge", "sample_shard", "reward", "verifier_update", "generator_update", "evaluate")
 RECIPES = {
@@ -42,29 +43,9 @@ RECIPES = {
 }  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_s3() -> tuple[subprocess.Popen, str]:
-    exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    port = _free_port()
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def run_flow(model: str, rounds: int, work: Path, url: str) -> dict[str, str]:
-    """A TangoFlow run on the S3 store at ``url``; round 1 updates the verifier, round 2 the generator."""
-    import boto3
+def run_flow(model: str, rounds: int, work: Path) -> Path:
+    """A TangoFlow run on the local S3 server ``start_s3`` started (its endpoint and keys in the environment);
+    round 1 updates the verifier, rounds 2 and 3 the generator. Returns the run's recipe."""
     import yaml
 
     recipe, extra = RECIPES[model]
@@ -76,15 +57,16 @@ def run_flow(model: str, rounds: int, work: Path, url: str) -> dict[str, str]:
         cfg["task"]["params"]["path"] = str(REPO.parent / "shared/data/benchmarks/gsm8k/train.jsonl")
     path = work / "recipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "METAFLOW_DEFAULT_DATASTORE": "s3", "METAFLOW_DATASTORE_SYSROOT_S3": "s3://tango/mf",
-           "METAFLOW_S3_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1", "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(work),
-           "TANGO_CACHE": os.environ.get("TANGO_CACHE", str(Path.home() / ".cache/tango")),
-           "USERNAME": os.environ.get("USERNAME", "tango-bench")}  # fmt: skip
-    os.environ.update({k: v for k, v in env.items() if k.startswith(("METAFLOW_", "AWS_"))})
-    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="tango")
+    os.environ.update(
+        {
+            "METAFLOW_DEFAULT_DATASTORE": "s3",
+            "METAFLOW_DATASTORE_SYSROOT_S3": "s3://tango/mf",
+            "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(work),
+        }
+    )  # (also what the client queries read)
+    os.environ.setdefault("USERNAME", "tango-bench")
     # every step process fetches from S3 into a cache of its own, as a fresh pod would (models.store.store_cache)
-    env["TANGO_STORE_CACHE"] = str(work / "pod-caches" / "{pid}")
+    env = {**os.environ, "TANGO_STORE_CACHE": str(work / "pod-caches" / "{pid}")}
     t0 = time.perf_counter()
     cmd = [sys.executable, str(REPO / "flows/tango_flow.py"), "--config", "config", str(path), "run",
            "--rounds", str(rounds)]  # fmt: skip
@@ -92,7 +74,7 @@ def run_flow(model: str, rounds: int, work: Path, url: str) -> dict[str, str]:
     if done.returncode != 0:
         raise SystemExit(f"the run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     print(f"{model}: {rounds} rounds in {time.perf_counter() - t0:.0f} s", flush=True)
-    return {"recipe": str(path)}
+    return path
 
 
 def measured() -> list[dict]:
@@ -115,19 +97,15 @@ def measured() -> list[dict]:
     return sorted(rows, key=lambda r: (r["round"], STEPS.index(r["step"])))
 
 
-def model_params(recipe: str) -> float:
-    """The parameter count of the run's generator (its stored checkpoint's fp32 weights / 4)."""
+def model_params() -> float:
+    """The parameter count of the run's generator: its stored round-0 checkpoint's fp32 weights / 4 (read off the
+    reference's file sizes, nothing fetched)."""
     from metaflow import Flow, namespace
 
-    from tango_steps.models.store import load_model_dir
-
     namespace(None)
-    state = Flow("TangoFlow").latest_successful_run["start"].task["state"].data
-    ref = state["generator"]
-    weights = sum(size for name, size in ref["files"].items() if name.startswith("model/") and name.endswith(
-        ".safetensors"))  # fmt: skip
-    load_model_dir(ref, "serving")  # (verifies it is there)
-    return weights / 4
+    ref = Flow("TangoFlow").latest_successful_run["start"].task["state"].data["generator"]
+    return sum(size for name, size in ref["files"].items() if name.startswith("model/") and name.endswith(
+        ".safetensors")) / 4  # fmt: skip
 
 
 def planned(recipe: str, params: float, parts: bool) -> dict[tuple[str, str], dict]:
@@ -139,7 +117,7 @@ def planned(recipe: str, params: float, parts: bool) -> dict[tuple[str, str], di
     from tango_steps.pipeline.layout import SHAPES
 
     cfg = load_config(recipe, check_data=False)
-    shape = replace(SHAPES["tiny"], params=params)
+    shape = replace(SHAPES["tiny"], params=params)  # bytes depend on the parameter count alone
     run = plan.plan_run(cfg, shapes={"generator": shape, "verifier": shape}, parts=parts)
     out = {}
     for kind, steps in run.rounds.items():
@@ -159,12 +137,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="3: round 3 updates a model a second time (steady state)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tango-round-bytes-"))
-    server, url = start_s3()
+    server = start_s3()
     try:
-        info = run_flow(args.model, args.rounds, work, url)
+        recipe = str(run_flow(args.model, args.rounds, work))
         rows = measured()
-        params = model_params(info["recipe"])
-        now, before = planned(info["recipe"], params, True), planned(info["recipe"], params, False)
+        params = model_params()
+        now, before = planned(recipe, params, True), planned(recipe, params, False)
     finally:
         server.terminate()
         shutil.rmtree(work, ignore_errors=True)

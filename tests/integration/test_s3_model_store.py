@@ -14,10 +14,9 @@ from helpers import fake_model_dir
 from tango_steps.models.store import MANIFEST
 
 
-def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
-    """Save through Metaflow's S3 back-end, then load from the reference alone (as another machine would)."""
-    src = fake_model_dir(tmp_path)
-    env = {
+def _s3_env(s3_server: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of a process that stores on the local S3 server, with a model cache of its own."""
+    return {
         **os.environ,
         "METAFLOW_S3_ENDPOINT_URL": s3_server,
         "AWS_ACCESS_KEY_ID": "test",
@@ -25,6 +24,12 @@ def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
         "AWS_DEFAULT_REGION": "us-east-1",
         "TANGO_CACHE": str(tmp_path / "cache"),
     }
+
+
+def test_s3_round_trip_on_a_local_s3_server(tmp_path, s3_server):
+    """Save through Metaflow's S3 back-end, then load from the reference alone (as another machine would)."""
+    src = fake_model_dir(tmp_path)
+    env = _s3_env(s3_server, tmp_path)
     code = textwrap.dedent(
         f"""
         import json, boto3
@@ -75,14 +80,7 @@ def test_s3_fetches_only_the_part_a_step_uses_once_into_the_cache(tmp_path, s3_s
     for name, size in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(os.urandom(size))
-    env = {
-        **os.environ,
-        "METAFLOW_S3_ENDPOINT_URL": s3_server,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "TANGO_CACHE": str(tmp_path / "cache"),
-    }
+    env = _s3_env(s3_server, tmp_path)
     code = textwrap.dedent(
         f"""
         import json, os, boto3
