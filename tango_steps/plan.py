@@ -10,9 +10,10 @@ GPU-hours. TangoFlow's ``start`` step runs :func:`check` on the recipe, so a rec
 
 Every figure is an ESTIMATE from the recipe, the model's shape and the named throughputs of :class:`Assumptions`
 (their public sources are in docs/scaling.md); nothing here has been measured on GPUs. What each step fetches is
-what the flow's steps do today (flows/tango_round_flow.py): a step that serves a model downloads its whole
-checkpoint (fp32 weights and, after its first update, two AdamW moments), from the object store into a temporary
-folder, copied into the cache and hashed again.
+what the flow's steps do (flows/tango_round_flow.py): an engine's step the serving weights only, an update the
+training state (:func:`tango_steps.models.store.part_files`), downloaded into the cache and hashed once there; an
+update writes its checkpoint from every process of its first node, hashed as it is written. ``--before`` plans
+the design before issue #35 (whole checkpoints fetched by every step, staged then copied, hashed again).
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def _round_zero(cfg, g: ModelShape, v: ModelShape, dev: Device, a: Assumptions, 
         for shape, tokens in ((g, e.max_tokens), (v, cfg.verifier_sampling.max_tokens))
     )
     step.overhead_s = step.download_gb * GB / (a.object_store_gbs * GB) + written / (a.upload_gbs * GB)
-    step.overhead_s += written / (a.hash_gbs * GB) + 2 * a.engine_start_s
+    step.overhead_s += (0.0 if parts else written / (a.hash_gbs * GB)) + 2 * a.engine_start_s  # hashed as written
     return step
 
 
@@ -326,7 +327,8 @@ def _round_steps(cfg, plan, g: ModelShape, v: ModelShape, dev: Device, a: Assump
         step.download_gb, step.upload_gb = fetched / GB, c.written / GB
         # both fetches in the cache (the larger staged twice before), and the new checkpoint written
         step.disk_gib = (fetched + (c.staged - 1) * c.training + c.written) / GIB
-        # rank 0 gathers the full fp32 weights and AdamW moments to host memory to write them (FSDP)
+        # the processes of a node gather the full fp32 weights and AdamW moments to host memory to write them
+        # (each its share since issue #35; rank 0 all of it before): the same bytes per node either way
         step.host_gib = (4 * shape.params + (0 if lora else 8 * shape.params)) / GIB + 2 * _runtime_gib(gpus)
         step.model_loads = 2 if (u.kl_coef > 0 and not lora) else 1
         samples = solutions if role == "generator" else verifications
@@ -334,7 +336,9 @@ def _round_steps(cfg, plan, g: ModelShape, v: ModelShape, dev: Device, a: Assump
         flop_per_token = 6 + (2 if u.kl_coef > 0 else 0) + (2 if u.gradient_checkpointing else 0)
         processes = u.processes * u.nodes
         step.compute_s = tokens * shape.params * flop_per_token / (processes * dev.bf16_tflops * 1e12 * a.train_mfu)
-        write = c.written / (a.disk_gbs * GB) + c.written / (a.hash_gbs * GB) + c.written / (a.upload_gbs * GB)
+        # hashed while written (the parts design) or in a pass of its own before the upload (before)
+        hashing = 0.0 if parts else c.written / (a.hash_gbs * GB)
+        write = c.written / (a.disk_gbs * GB) + hashing + c.written / (a.upload_gbs * GB)
         step.overhead_s = _fetch(fetched, c, a) + write + fetched / (a.load_gbs * GB)
         steps.append(step)
 

@@ -10,7 +10,8 @@ can read what another machine wrote. The artifact keeps only a :class:`ModelRef`
      "bytes": total, "meta": {...}}
 
 ``MANIFEST.json`` is written last: a directory without it is an interrupted save and is refused on
-load. The reference records every file's size and sha256; a load checks them and refuses a missing,
+load. The reference records every file's size and sha256 (of a checkpoint's weight and optimizer files, the
+digests taken as they were written: :mod:`tango_steps.models.digests`); a load checks them and refuses a missing,
 truncated or corrupted file with an error naming the file, the run and the round (a full re-hash
 is skipped while a file keeps the size and modification time it had when last verified: a stamp
 ``VERIFIED.json`` beside the files). Local stores are read in place; S3 stores are downloaded once
@@ -36,11 +37,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tango_steps.models.digests import WRITTEN, written_hashes
+
 MANIFEST = "MANIFEST.json"
 VERIFIED = "VERIFIED.json"  # (size, mtime) of each file when its hash last matched: not part of the model
 REMOVED = "REMOVED.json"  # left by tango_steps.pipeline.retention in place of a deleted checkpoint
 PREFIX = "tango_models"
-_NOT_MODEL = (MANIFEST, VERIFIED, REMOVED)
+_NOT_MODEL = (MANIFEST, VERIFIED, REMOVED, WRITTEN)
 PARTS = ("all", "serving", "training")
 
 
@@ -120,8 +123,12 @@ class ModelStore:
         if not files:
             raise ValueError(f"cannot store '{src}': the directory is empty")
         prefix = self.storage.path_join(PREFIX, key)
-        sha = _hash_files(src, list(files))
-        traffic.add("bytes_hashed", sum(files.values()))
+        # a checkpoint's big files were hashed as they were written (WRITTEN.json): only the others are read here
+        sha = written_hashes(src, list(files))
+        unhashed = [n for n in files if n not in sha]
+        sha.update(_hash_files(src, unhashed))
+        sha = {n: sha[n] for n in files}
+        traffic.add("bytes_hashed", sum(files[n] for n in unhashed))
         manifest = {"files": files, "sha256": sha, "bytes": sum(files.values()), "meta": dict(meta or {})}
         if self.ds_type == "local":
             final = Path(self.storage.full_uri(prefix))

@@ -8,7 +8,10 @@ A policy checkpoint is a directory:
                         evaluation fetch (with LoRA: the MERGED fp32 weights, so inference never needs peft)
     master/             full fine-tuning served in bf16 only: the fp32 master weights training continues from
     adapter/            LoRA only: the peft adapter that training continues from
-    optimizer.pt        AdamW state (absent before the first update)
+    optimizer.pt        AdamW state (absent before the first update); written by several processes in
+                        parallel: ``optimizer/``, one file per writer, and the weights in HF's sharded
+                        layout (``model.safetensors.index.json``; :mod:`tango_steps.training.checkpoint_files`)
+    WRITTEN.json        the sha256 of each weight and optimizer file, taken as it was written (not stored)
     rng_state.pt        torch / python RNG states at save time
     trainer_state.json  update counter, reference model, LoRA base, provenance (``extra``), settings
                         used (the verifier's reweighting EMAs live in the round state, not here)
@@ -26,6 +29,8 @@ import torch
 
 from tango_steps import traffic
 from tango_steps.atomic import atomic_directory, disk_full_error, free_bytes, is_disk_full
+from tango_steps.models.digests import record_written
+from tango_steps.training import checkpoint_files as files
 from tango_steps.training.settings import UpdateSettings, resolved_serving_dtype
 
 STATE_FILE = "trainer_state.json"
@@ -106,13 +111,13 @@ def write_checkpoint(
     small for it is refused before anything is written, and a disk that fills up while it is written
     (another process) is named as such; either way nothing is left behind.
     """
-    if settings.section.lora is None or state.updates == 0:
-        weights = model_state if model_state is not None else causal_lm(model).state_dict()
+    if settings.section.lora is None:
+        weights = weight_tensors(model, model_state)
+    elif state.updates == 0:
+        weights = causal_lm(model).state_dict()
     else:  # the adapter only
         weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    needed = _tensor_bytes(weights) + _tensor_bytes(optimizer_state)
-    if settings.section.lora is None and resolved_serving_dtype(settings.serving_dtype) != "float32":
-        needed += _tensor_bytes(weights) // 2  # model/ in bf16 beside master/ in fp32
+    needed = checkpoint_bytes(_tensor_bytes(weights), _tensor_bytes(optimizer_state), settings)
 
     def full() -> OSError:
         what = f"writing the checkpoint '{out_dir}'"
@@ -123,12 +128,116 @@ def write_checkpoint(
     traffic.add("bytes_written", needed)
     with atomic_directory(out_dir) as tmp:
         try:
-            _write_checkpoint_files(tmp, model, tokenizer, optimizer_state, state, settings, model_state)
+            if settings.section.lora is None:  # the one writer of a checkpoint in one share
+                hashes = write_share(tmp, weights, optimizer_state, 0, 1, settings)
+                sizes = {n: t.numel() for n, t in weights.items()}
+                finish_checkpoint(tmp, model, tokenizer, state, settings, [list(weights)], sizes, hashes)
+            else:
+                _write_lora_checkpoint_files(tmp, model, tokenizer, optimizer_state, state, settings)
         except Exception as e:
             if is_disk_full(e, where=tmp):
                 raise full() from e
             raise
     return out_dir
+
+
+def checkpoint_bytes(weight_bytes: int, optimizer_bytes: int, settings: UpdateSettings) -> int:
+    """Bytes a checkpoint of weights of ``weight_bytes`` (fp32) and an optimizer state of ``optimizer_bytes`` writes:
+    with a serving copy in bf16 beside the fp32 master weights when the recipe serves in bf16 (full fine-tuning)."""
+    needed = weight_bytes + optimizer_bytes
+    if settings.section.lora is None and resolved_serving_dtype(settings.serving_dtype) != "float32":
+        needed += weight_bytes // 2  # model/ in bf16 beside master/ in fp32
+    return needed
+
+
+def write_checkpoint_share(tmp: Path, weights: dict, optimizer_state, k: int, writers: int, settings) -> dict[str, str]:
+    """:func:`write_share` with a full disk named as such (the disk of ``tmp``, how much this share needed)."""
+    try:
+        return write_share(tmp, weights, optimizer_state, k, writers, settings)
+    except Exception as e:
+        if is_disk_full(e, where=tmp):
+            needed = checkpoint_bytes(_tensor_bytes(weights), _tensor_bytes(optimizer_state), settings)
+            what = f"writing share {k + 1} of {writers} of a checkpoint into '{tmp}'"
+            raise disk_full_error("the disk", what, needed, tmp, "Free space, then `resume`.") from e
+        raise
+
+
+def tied_duplicates(lm) -> set[str]:
+    """Names of the second and later names of a tied weight (a causal LM's ``lm_head.weight`` tied to its input
+    embedding): saved once, under its first name, as ``save_pretrained`` does; the model ties it again at load."""
+    first: dict[int, str] = {}
+    dup = set()
+    for name, p in lm.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            dup.add(name)
+        else:
+            first[id(p)] = name
+    return dup
+
+
+def weight_tensors(model, model_state: dict | None = None) -> dict[str, torch.Tensor]:
+    """The weights a full checkpoint stores: ``model_state`` or the model's state dict, a tied weight once."""
+    lm = causal_lm(model)
+    sd = model_state if model_state is not None else lm.state_dict()
+    dup = tied_duplicates(lm)
+    return {k: v for k, v in sd.items() if k not in dup}
+
+
+def write_share(
+    tmp: Path, weights: dict, optimizer_state: dict | None, k: int, writers: int, settings: UpdateSettings
+) -> dict[str, str]:
+    """Write share ``k`` of ``writers`` of a full checkpoint into ``tmp``: its ``weights`` (full tensors) in fp32
+    (``master/`` when served in another dtype, else ``model/``) and in the serving dtype (``model/``), and its
+    ``optimizer_state`` (one writer: by position, ``optimizer.pt``; several: this share's parameters by name in
+    ``optimizer/``). Returns the sha256 of each file written (relative name), taken as it was written."""
+    serving = resolved_serving_dtype(settings.serving_dtype)
+    f = files.shard_file("model", "safetensors", k, writers)
+    hashes = {}
+    folders = [(MASTER, None), ("model", getattr(torch, serving))] if serving != "float32" else [("model", None)]
+    for folder, cast in folders:
+        (tmp / folder).mkdir(parents=True, exist_ok=True)
+        hashes[f"{folder}/{f}"] = files.write_safetensors(tmp / folder / f, weights, cast)
+    if optimizer_state is not None and writers == 1:
+        if any(not isinstance(i, int) for i in optimizer_state["state"]):  # what load_state_dict takes, not names
+            raise ValueError("optimizer.pt holds the state by parameter position; got it by name")
+        hashes["optimizer.pt"] = files.save_hashed(optimizer_state, tmp / "optimizer.pt")
+    elif optimizer_state is not None:
+        (tmp / files.OPTIMIZER_DIR).mkdir(exist_ok=True)
+        name = f"{files.OPTIMIZER_DIR}/{files.shard_file('optimizer', 'pt', k, writers)}"
+        hashes[name] = files.save_hashed({**optimizer_state, "writers": writers}, tmp / name)
+    return hashes
+
+
+def finish_checkpoint(
+    tmp: Path, model, tokenizer, state: TrainerState, settings: UpdateSettings,
+    share_names: list[list[str]], numels: dict[str, int], hashes: dict[str, str],
+) -> None:  # fmt: skip
+    """The small files of a full checkpoint whose weights :func:`write_share` wrote in ``share_names`` (the names of
+    each share; ``numels``: each weight's element count): every weight folder's config (and index when sharded),
+    the tokenizer, the RNG and trainer state, and ``WRITTEN.json`` with ``hashes`` (every share's digests)."""
+    serving = resolved_serving_dtype(settings.serving_dtype)
+    lm = causal_lm(model)
+    folders = [(MASTER, "float32"), ("model", serving)] if serving != "float32" else [("model", "float32")]
+    for folder, dtype in folders:
+        lm.config.save_pretrained(tmp / folder)
+        if getattr(lm, "generation_config", None) is not None and lm.can_generate():
+            lm.generation_config.save_pretrained(tmp / folder)
+        config = json.loads((tmp / folder / "config.json").read_text())
+        config["dtype"] = dtype  # what the weights are: an engine under dtype auto serves them as they are
+        (tmp / folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        if len(share_names) > 1:
+            size = getattr(torch, dtype).itemsize
+            files.write_index(tmp / folder, share_names, {n: c * size for n, c in numels.items()})
+    _write_state_files(tmp, tokenizer, state, settings)
+    record_written(tmp, hashes)
+
+
+def _write_state_files(tmp: Path, tokenizer, state: TrainerState, settings: UpdateSettings) -> None:
+    """The tokenizer (beside the served weights), the RNG state and the trainer state of a checkpoint."""
+    tokenizer.save_pretrained(tmp / "model")
+    torch.save(rng_state(), tmp / "rng_state.pt")
+    payload = {**asdict(state), "settings": settings.to_dict()}
+    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -149,33 +258,17 @@ def _tensor_bytes(obj: Any) -> int:
     return sum(seen.values())
 
 
-def _write_checkpoint_files(tmp: Path, model, tokenizer, optimizer_state, state, settings, model_state) -> None:
-    """The files of a checkpoint (``write_checkpoint``), into the temporary directory ``tmp``."""
-    serving = resolved_serving_dtype(settings.serving_dtype)
-    if settings.section.lora is None and serving != "float32":
-        # engines fetch model/ in the serving dtype only (half the bytes in bf16); the update fetches master/
-        full = model_state if model_state is not None else causal_lm(model).state_dict()
-        model.save_pretrained(tmp / MASTER, safe_serialization=True, state_dict=full)
-        dt = getattr(torch, serving)
-        cast = {k: v.to(dt) if v.is_floating_point() else v for k, v in full.items()}
-        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=cast)
-        config = json.loads((tmp / "model" / "config.json").read_text())
-        config["dtype"] = serving  # what the weights are: an engine under dtype auto serves them as they are
-        (tmp / "model" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    elif settings.section.lora is None:
-        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
-    elif state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
+def _write_lora_checkpoint_files(tmp: Path, model, tokenizer, optimizer_state, state, settings) -> None:
+    """The files of a LoRA checkpoint (``write_checkpoint``), into the temporary directory ``tmp``."""
+    if state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
         model.save_pretrained(tmp / "adapter")
         model.merge_and_unload(safe_merge=True).save_pretrained(tmp / "model", safe_serialization=True)
     else:  # later ones only the adapter: small I/O per update; engines merge it at load (servable_model)
         model.save_pretrained(tmp / "adapter")
         causal_lm(model).config.save_pretrained(tmp / "model")
-    tokenizer.save_pretrained(tmp / "model")
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng_state.pt")
-    payload = {**asdict(state), "settings": settings.to_dict()}
-    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True))
+    _write_state_files(tmp, tokenizer, state, settings)
 
 
 def resolved_base(ckpt: str | Path, ref: str | None, field: str) -> str:
@@ -278,8 +371,9 @@ def load_policy(
     either is resolved on this machine (:func:`resolved_base`). ``with_optimizer`` False: the optimizer
     is None (FSDP builds it over the sharded parameters).
 
-    ``optimizer.pt`` is memory-mapped (:func:`load_optimizer_file`), not read whole: the moments stay
-    in the page cache, one copy per machine however many processes load it.
+    The optimizer state (``optimizer.pt``, or the ``optimizer/`` files of several writers) is memory-mapped
+    (:func:`tango_steps.training.checkpoint_files.read_optimizer_state`), not read whole: the moments stay in the page
+    cache, one copy per machine however many processes load it.
     """
     from tango_steps.models.loading import load_model, load_tokenizer
 
@@ -305,23 +399,14 @@ def load_policy(
     optimizer = None
     if with_optimizer:
         optimizer = adamw(model, settings)
-        if (ckpt / "optimizer.pt").exists():
-            optimizer.load_state_dict(load_optimizer_file(ckpt / "optimizer.pt"))
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        saved = files.read_optimizer_state(ckpt, names)
+        if saved is not None:
+            optimizer.load_state_dict(files.optimizer_state_by_position(saved, names))
             apply_optimizer_settings(optimizer, settings)
     if (ckpt / "rng_state.pt").exists():
         set_rng_state(torch.load(ckpt / "rng_state.pt", weights_only=False))
     return model, tok, optimizer, state
-
-
-def load_optimizer_file(path: str | Path) -> dict:
-    """An ``optimizer.pt``'s state dict with its tensors memory-mapped from the file (on the CPU).
-
-    Read whole, every process of an update held its own copy in host memory (8 x 61 GB for a 7B
-    model on one node; issue #35, defect 5). Mapped, the processes share the page cache's one copy and
-    read only the pages they use; ``Optimizer.load_state_dict`` then moves each moment to its
-    parameter's device, and keeps a CPU tensor of the parameter's dtype as it is (still file-backed).
-    """
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def master_weights(ckpt: str | Path) -> Path:

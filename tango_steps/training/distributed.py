@@ -13,9 +13,9 @@ summation order (tested).
 ``ddp`` keeps a full replica of the model and optimizer on each process; ``fsdp`` shards parameters,
 gradients and AdamW state over them (``torch.distributed.fsdp.fully_shard``, one unit per decoder
 layer plus the root), which is what lets a 7B model's optimizer state fit (docs/scaling.md).
-Checkpoints stay the single-process format either way: rank 0 writes the FULL model and the
-optimizer state keyed as a one-process optimizer keys it, so rollouts, `resume`, forks and a later
-update with any P read them unchanged.
+Checkpoints hold FULL tensors either way, written in parallel by the processes on rank 0's machine, each a
+share of the parameters (:func:`gather_share`, :mod:`tango_steps.training.checkpoint_files`): rollouts,
+`resume`, forks and a later update with any P read them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tango_steps.training.checkpoint import causal_lm
+from tango_steps.training.checkpoint import causal_lm, weight_tensors
+from tango_steps.training.checkpoint_files import (
+    optimizer_state_by_position,
+    read_optimizer_state,
+    writer_shares,
+)
 from tango_steps.training.logprobs import LogprobModule
 
 STRATEGIES = ("ddp", "fsdp")
@@ -161,29 +166,65 @@ def trainable_names(policy: torch.nn.Module, prefix: str = "") -> list[str]:
     return [prefix + n for n, p in policy.named_parameters() if p.requires_grad]
 
 
-def optimizer_state_by_name(state: dict, names: list[str]) -> dict:
-    """A one-process ``optimizer.state_dict()`` (parameters by position) keyed by parameter name."""
-    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
-    return {"state": {names[i]: v for i, v in state["state"].items()}, "param_groups": groups}
-
-
-def optimizer_state_by_position(state: dict, names: list[str]) -> dict:
-    """The inverse of :func:`optimizer_state_by_name`: what ``optimizer.pt`` holds."""
-    pos = {n: i for i, n in enumerate(names)}
-    groups = [{**g, "params": [pos[n] for n in g["params"]]} for g in state["param_groups"]]
-    return {"state": {pos[n]: v for n, v in state["state"].items()}, "param_groups": groups}
-
-
 def load_sharded_optimizer(model, optimizer, policy, ckpt: Path) -> None:
-    """Load ``ckpt/optimizer.pt`` (full, by position) into an optimizer over FSDP-sharded parameters."""
+    """Load a checkpoint's full optimizer state (one file by position, or several writers' by name) into an
+    optimizer over FSDP-sharded parameters."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    path = Path(ckpt) / "optimizer.pt"
-    if not path.exists():
+    saved = read_optimizer_state(ckpt, trainable_names(policy))
+    if saved is None:
         return
-    full = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    by_name = optimizer_state_by_name(full, trainable_names(policy, WRAPPED))
+    by_name = {
+        "state": {WRAPPED + n: v for n, v in saved["state"].items()},
+        "param_groups": [{**g, "params": [WRAPPED + n for n in g["params"]]} for g in saved["param_groups"]],
+    }
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The full tensor of a shard (an all-gather: every process calls it in the same order), else ``t``."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def gather_share(policy, optimizer, writers: int) -> tuple[list[list[str]], dict[str, int], dict, dict]:
+    """This process's share of the next checkpoint, as full tensors on the CPU (issue #35, defect 5).
+
+    Every process calls it (under FSDP each weight and moment is all-gathered, one at a time, in the same order
+    everywhere); processes ``0 .. writers-1`` keep their share, split by bytes
+    (:func:`~tango_steps.training.checkpoint_files.writer_shares`), the others nothing. Returns (the weight names
+    of each share, each weight's element count, this share's weights, this share's optimizer state by parameter
+    name with every parameter group).
+    """
+    rank = dist.get_rank()
+    sd = weight_tensors(policy)
+    numels = {n: t.numel() for n, t in sd.items()}
+    share_names = writer_shares({n: t.numel() * t.element_size() for n, t in sd.items()}, writers)
+    owner = {n: k for k, names in enumerate(share_names) for n in names}
+    weights = {}
+    for n, t in sd.items():
+        full = _full(t.detach())
+        if owner[n] == rank:
+            weights[n] = full.to("cpu", copy=full.device.type == "cpu")  # a copy: never a view of a live parameter
+    names = trainable_names(policy)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    state = {}
+    for n, p in zip(names, params, strict=True):
+        mine = owner.get(n, 0) == rank  # (a trainable name is a weight's: a tied weight is one parameter)
+        entry = {}
+        for key, v in sorted(optimizer.state.get(p, {}).items()):
+            full = _full(v) if isinstance(v, torch.Tensor) else v
+            if mine:
+                entry[key] = full.to("cpu", copy=True) if isinstance(full, torch.Tensor) else full
+        if entry:
+            state[n] = entry
+    name_of = {id(p): n for n, p in zip(names, params, strict=True)}
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [name_of[id(p)] for p in g["params"]]}
+        for g in optimizer.param_groups
+    ]
+    return share_names, numels, weights, {"state": state, "param_groups": groups}
 
 
 def full_states(model, optimizer, policy, strategy: str) -> tuple[dict | None, dict]:

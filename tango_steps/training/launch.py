@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 FAIL_RANK_ENV = "TANGO_FAIL_UPDATE_RANK"  # test-only switch: that process of a multi-process update raises
+# (at its start; "<rank>:write": while it writes its share of the checkpoint)
 # check switch: an update with ``processes: 1`` still goes through torchrun and a process group of one, so the
 # multi-process code path (its collectives on NCCL, FSDP2's wrapping) can be checked on a machine with one GPU
 FORCE_GROUP_ENV = "TANGO_FORCE_PROCESS_GROUP"
@@ -41,14 +42,15 @@ def needs_launch(settings) -> bool:
 
 
 # What the checkpoint write may take before the other processes, waiting at a barrier, give up: NCCL's default
-# collective timeout is 10 minutes, and rank 0 writes a 7B checkpoint (fp32 weights + two AdamW moments: 91 GB)
-# alone. Sized from the bytes at a slow disk's rate, with a margin, never below the default.
+# collective timeout is 10 minutes, and a 7B checkpoint is ~106 GB (fp32 weights + two AdamW moments + the bf16
+# serving copy). The processes of rank 0's machine write it in parallel, each a share, but they share one disk:
+# sized from ALL the bytes at a slow disk's rate, with a margin, never below the default.
 WRITE_BYTES_PER_SECOND = 100e6  # a network disk's sustained write (a local NVMe does 1-3 GB/s)
 MIN_TIMEOUT_SECONDS = 600.0
 
 
 def collective_timeout_seconds(ckpt: str | Path, lora: bool = False) -> float:
-    """The process group's timeout for an update from ``ckpt``: room for rank 0 to write the next checkpoint.
+    """The process group's timeout for an update from ``ckpt``: room to write the next checkpoint on one disk.
 
     Full fine-tuning writes the weights and, once there is an optimizer, two AdamW moments of the same size (3 x
     the fp32 weights of ``ckpt``, :func:`~tango_steps.training.checkpoint.master_weights`; the serving copy beside
@@ -158,4 +160,7 @@ def run_workers(cmd: list[str], log, what: str, out_dir: Path) -> None:
             log(line[len("[rank0] ") :])
     rc = proc.wait()
     if rc != 0:
+        from tango_steps.training.checkpoint_files import remove_staging
+
+        remove_staging(out_dir)  # the writers' half-written checkpoint, if they had started it
         raise RuntimeError(f"{what} exited with {rc}; '{out_dir}' was not written. Its last lines:\n" + "\n".join(tail))

@@ -10,8 +10,9 @@ nanoGPT's is with and without DDP: everything that differs sits behind one runti
 - ``micro_batches`` / ``frozen_micro_batches``: this process's share of a step, of the frozen passes;
 - ``gradient_sync``: accumulate locally or reduce across processes in a micro-batch's backward;
 - ``clip_grad_norm``: clip the (reduced) gradient, returning its norm;
-- ``reduce`` / ``full_states`` / ``barrier``: the metric sums over processes, the one-process checkpoint
-  state, and waiting for the checkpoint's writer.
+- ``reduce``: the metric sums over processes;
+- ``write_checkpoint``: the next checkpoint, written by this process alone or by every process on rank 0's
+  machine in parallel, each its share (:mod:`tango_steps.training.checkpoint_files`).
 
 :class:`OneProcess` is accelerate's ``Accelerator`` (bf16 on GPU, fp32 on CPU); :class:`ProcessGroup` runs
 DDP or FSDP2 over the group (:mod:`tango_steps.training.distributed`).
@@ -26,10 +27,21 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from tango_steps.training import checkpoint_files as files
 from tango_steps.training import distributed
 from tango_steps.training.batch import micro_batches, rank_micro_batches, step_slices
-from tango_steps.training.checkpoint import TrainerState, adamw, apply_optimizer_settings, causal_lm, load_policy
-from tango_steps.training.launch import in_update_group
+from tango_steps.training.checkpoint import (
+    TrainerState,
+    adamw,
+    apply_optimizer_settings,
+    causal_lm,
+    checkpoint_bytes,
+    finish_checkpoint,
+    load_policy,
+    write_checkpoint,
+    write_checkpoint_share,
+)
+from tango_steps.training.launch import FAIL_RANK_ENV, in_update_group
 from tango_steps.training.logprobs import sequence_logprobs
 from tango_steps.training.settings import UpdateSettings
 
@@ -129,12 +141,9 @@ class OneProcess:
         return sums, tokens
 
     @staticmethod
-    def full_states(model, optimizer, policy) -> tuple[dict | None, dict]:
-        """(full model state or None to save the policy as it is, the optimizer state in the one-process format)."""
-        return None, optimizer.state_dict()
-
-    def barrier(self) -> None:
-        """Nothing to wait for."""
+    def write_checkpoint(out_dir: Path, model, policy, tok, optimizer, state: TrainerState, settings) -> None:
+        """Write the next checkpoint (atomically: a temporary sibling renamed into place)."""
+        write_checkpoint(out_dir, policy, tok, optimizer.state_dict(), state, settings)
 
 
 class ProcessGroup:
@@ -213,14 +222,46 @@ class ProcessGroup:
         """The metric sums and token counts added over the processes (every process gets the totals)."""
         return distributed.all_reduce_sums(sums, tokens)
 
-    def full_states(self, model, optimizer, policy) -> tuple[dict | None, dict]:
-        """The full model state (FSDP: gathered onto rank 0) and the one-process optimizer state: a collective."""
-        return distributed.full_states(model, optimizer, policy, self.strategy)
+    def write_checkpoint(self, out_dir: Path, model, policy, tok, optimizer, state: TrainerState, settings) -> None:
+        """Write the next checkpoint: a collective, every process calls it and returns once the checkpoint exists.
 
-    @staticmethod
-    def barrier() -> None:
-        """No process reports success before the checkpoint exists."""
-        dist.barrier()
+        Full fine-tuning: each process on rank 0's machine writes a share of the weights and optimizer state in
+        parallel (FSDP gathers each weight in turn, the share's owner keeps it; issue #35, defect 5) into a folder
+        that rank 0 made beside ``out_dir``, then rank 0 writes the small files and renames the folder into place.
+        A process that fails is seen by torchrun, which stops the others; the launcher removes the folder
+        (:func:`tango_steps.training.launch.remove_staging`). LoRA (an adapter: small) is gathered and written by
+        rank 0.
+        """
+        if settings.section.lora is not None:
+            model_state, optimizer_state = distributed.full_states(model, optimizer, policy, self.strategy)
+            if self.rank == 0:
+                write_checkpoint(out_dir, policy, tok, optimizer_state, state, settings, model_state)
+            dist.barrier()  # no process reports success before the checkpoint exists
+            return
+        writers = files.local_writers(self.world)
+        share_names, numels, weights, optimizer_state = distributed.gather_share(policy, optimizer, writers)
+        if writers == 1:  # one writer: the one-process layout, optimizer.pt by position
+            optimizer_state = files.optimizer_state_by_position(optimizer_state, distributed.trainable_names(policy))
+        staging: list[str | None] = [None]
+        if self.rank == 0:  # fp32 weights and, after an update, two AdamW moments of the same size
+            fp32 = 4 * sum(numels.values())
+            staging[0] = str(files.start_staging(out_dir, checkpoint_bytes(fp32, 2 * fp32, settings)))
+        dist.broadcast_object_list(staging)
+        tmp = Path(staging[0])
+        hashes = {}
+        if os.environ.get(FAIL_RANK_ENV) == f"{self.rank}:write":  # test-only: a writer dies mid-checkpoint
+            raise RuntimeError(f"failure injected by {FAIL_RANK_ENV}={self.rank}:write (test-only switch)")
+        if self.rank < writers:
+            hashes = write_checkpoint_share(tmp, weights, optimizer_state, self.rank, writers, settings)
+        del weights, optimizer_state
+        everyone: list[dict] = [{} for _ in range(self.world)]
+        dist.all_gather_object(everyone, hashes)
+        if self.rank == 0:
+            merged = {k: v for h in everyone for k, v in h.items()}
+            with files.removed_on_error(tmp):
+                finish_checkpoint(tmp, policy, tok, state, settings, share_names, numels, merged)
+                files.publish_staging(tmp, out_dir)
+        dist.barrier()  # no process reports success before the checkpoint exists
 
 
 Runtime = OneProcess | ProcessGroup

@@ -19,7 +19,7 @@ import torch
 
 from tango_steps.method.loss import ppo_clip_loss
 from tango_steps.training.batch import RLBatch, pack, stack_padded, step_slices
-from tango_steps.training.checkpoint import TrainerState, write_checkpoint
+from tango_steps.training.checkpoint import TrainerState
 from tango_steps.training.launch import launch_update, needs_launch
 from tango_steps.training.logprobs import sequence_logprobs
 from tango_steps.training.runtime import Runtime, runtime_for
@@ -71,10 +71,7 @@ def rl_update(
     where = f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
     sums, grad_norms, tokens = _optimizer_steps(run, batch, settings, old_lp, ref_lp, where, t0, log)
     sums, tokens = run.runtime.reduce(sums, tokens)
-    model_state, optimizer_state = run.runtime.full_states(run.model, run.optimizer, run.policy)
-    if run.runtime.rank == 0:
-        write_checkpoint(out_dir, run.policy, run.tok, optimizer_state, run.state, settings, model_state)
-    run.runtime.barrier()  # no process reports success before the checkpoint exists
+    run.runtime.write_checkpoint(out_dir, run.model, run.policy, run.tok, run.optimizer, run.state, settings)
     metrics = {k: v / max(tokens, 1) for k, v in sums.items() if k != "loss"}
     metrics.update(
         loss=sums.get("loss", 0.0) / settings.section.optimizer_steps,

@@ -27,7 +27,7 @@ def main(spec_path: str) -> None:
 
     spec = torch.load(spec_path, weights_only=False)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    # the barrier after rank 0's checkpoint write waits as long as the write may take (launch.collective_timeout)
+    # the collectives around the checkpoint's write wait as long as the write may take (launch.collective_timeout)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=spec.get("timeout_seconds", 600.0)))
     rank = dist.get_rank()
     try:

@@ -2,21 +2,31 @@
 
 The same global batch on 1 process and on 2 (DDP, FSDP2) must end with the same weights within
 float tolerance (the processes add their gradients in another order) and log the same loss, KL and
-entropy; the checkpoint is the one-process format, so a later update on any number of processes
-continues from it, and the optimizer and RNG state survive that hand-over.
+entropy; two processes write the checkpoint in parallel, each a share of the full tensors (issue #35,
+defect 5), and a later update on any number of processes continues from either layout, the optimizer
+and RNG state surviving that hand-over.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tango_steps.models.digests import WRITTEN
+from tango_steps.models.loading import load_model
+from tango_steps.models.store import file_sha256
 from tango_steps.training.batch import RLBatch, rank_micro_batches
 from tango_steps.training.checkpoint import init_checkpoint, read_state
-from tango_steps.training.distributed import optimizer_state_by_name, optimizer_state_by_position
+from tango_steps.training.checkpoint_files import (
+    optimizer_state_by_name,
+    optimizer_state_by_position,
+    read_optimizer_state,
+)
+from tango_steps.training.launch import FAIL_RANK_ENV
 from tango_steps.training.settings import UpdateSettings
 from tango_steps.training.update import rl_update
 
@@ -61,7 +71,13 @@ def updates(tmp_path_factory, tiny_model_dir, batch):
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return load_file(ckpt / "model" / "model.safetensors")
+    """Every weight of a checkpoint's model/, from one file or from each writer's share."""
+    return {k: v for f in sorted((ckpt / "model").glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def _optimizer(ckpt: Path) -> dict:
+    names = [n for n, p in load_model(str(ckpt / "model"), "float32").named_parameters() if p.requires_grad]
+    return read_optimizer_state(ckpt, names)
 
 
 # AdamW moves each weight by up to lr per step whatever the gradient's size, so a gradient summed in
@@ -88,10 +104,15 @@ def test_two_processes_end_where_one_does(updates, strategy):
         assert m2[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-7), k
     assert m2["tokens"] == m1["tokens"] and m2["updates"] == m1["updates"] == 2  # 2 optimizer steps
     assert m2["launch_seconds"] > 0 and "launch_seconds" not in m1
-    # the checkpoint is the one-process format: the same files, the optimizer state by position
-    assert sorted(p.name for p in c2.iterdir()) == sorted(p.name for p in c1.iterdir())
-    o1, o2 = torch.load(c1 / "optimizer.pt"), torch.load(c2 / "optimizer.pt")
-    assert o1["state"].keys() == o2["state"].keys()
+    # two writers, each a share: HF's sharded layout (an index) and one optimizer file each, the same tensors
+    assert sorted(p.name for p in (c2 / "model").glob("*.safetensors")) == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
+    assert (c2 / "model" / "model.safetensors.index.json").exists() and not (c2 / "optimizer.pt").exists()
+    assert len(list((c2 / "optimizer").glob("*.pt"))) == 2
+    o1, o2 = _optimizer(c1), _optimizer(c2)
+    assert o1["state"].keys() == o2["state"].keys() and o1["param_groups"] == o2["param_groups"]
     for i in o1["state"]:
         assert torch.equal(o1["state"][i]["step"], o2["state"][i]["step"])
         torch.testing.assert_close(o1["state"][i]["exp_avg"], o2["state"][i]["exp_avg"], rtol=1e-4, atol=1e-7)
@@ -186,3 +207,26 @@ def test_a_recipe_with_an_impossible_update_layout_is_refused_naming_the_field(o
     with pytest.raises(ConfigError, match=msg):
         load_config(None, override)
     assert load_config(None, {"generator_update.processes": 2, "resources.generator_update.gpu": 2})
+
+
+def test_the_writers_digests_are_their_files(updates):
+    """Each writer hashed its files as it wrote them: WRITTEN.json holds every share's weights and optimizer file,
+    each digest the file's."""
+    _, out = updates
+    ckpt = out["fsdp"][1]
+    written = json.loads((ckpt / WRITTEN).read_text())
+    big = {p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.suffix in (".safetensors", ".pt")}
+    assert set(written) == big - {"rng_state.pt"}
+    for name, (size, _, digest) in written.items():
+        assert size == (ckpt / name).stat().st_size and digest == file_sha256(ckpt / name), name
+
+
+def test_a_writer_failing_mid_checkpoint_leaves_nothing(tmp_path, tiny_model_dir, batch, monkeypatch):
+    """Process 1 dies after rank 0 made the staging folder: the update fails naming it, and neither the checkpoint
+    nor its half-written staging folder is left."""
+    ckpt0 = init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", SETTINGS)
+    monkeypatch.setenv(FAIL_RANK_ENV, "1:write")
+    with pytest.raises(RuntimeError, match="2-process update exited") as err:
+        rl_update(ckpt0, batch, SETTINGS.with_section(processes=2, strategy="fsdp"), tmp_path / "out")
+    assert "failure injected by TANGO_FAIL_UPDATE_RANK=1:write" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt0"]  # no checkpoint, no .out.tmp-* folder

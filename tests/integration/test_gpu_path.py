@@ -88,6 +88,13 @@ def test_an_update_through_a_process_group_of_one_ends_where_one_process_does(tm
     a, b = load_file(tmp_path / "one/model/model.safetensors"), load_file(tmp_path / "group/model/model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    # the group's one writer keeps the one-process layout (optimizer.pt by position): one process continues from it
+    monkeypatch.delenv(launch.FORCE_GROUP_ENV)
+    rl_update(tmp_path / "one", batch, settings, tmp_path / "one2")
+    rl_update(tmp_path / "group", batch, settings, tmp_path / "group2")
+    a, b = load_file(tmp_path / "one2/model/model.safetensors"), load_file(tmp_path / "group2/model/model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def test_the_group_waits_for_the_checkpoint_write_as_long_as_it_may_take(tmp_path):

@@ -96,7 +96,7 @@ def test_start_says_it_cannot_size_a_model_it_does_not_know_and_refuses_what_can
     with pytest.raises(plan.PlanError, match="generator_update: an update process needs"):
         plan.start_check(_cfg(PAPER, **{"generator_update.strategy": "ddp"}))
     assert plan.start_check(_cfg(CONFIGS / "tiny.yaml")) == "plan: fits (a CPU recipe: no GPU projection)"
-    assert plan.start_check(_cfg(PAPER)).startswith("plan: fits; ~124 hours")
+    assert plan.start_check(_cfg(PAPER)).startswith("plan: fits; ~111 hours")
 
 
 def test_the_command_takes_text_numbers_and_assumptions_in_set(capsys):
