@@ -97,7 +97,18 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
 
 
 def _digest(model_dir: str) -> str:
-    h = hashlib.sha256()
+    """The sha256 of a checkpoint's served weights, tensor by tensor in name order (name, dtype, shape, bytes): the
+    same for the same weights whether one process wrote them in one file or several wrote shares (issue #35)."""
+    import torch
+    from safetensors import safe_open
+
+    tensors = {}
     for p in sorted(Path(model_dir, "model").glob("*.safetensors")):
-        h.update(p.read_bytes())
+        with safe_open(str(p), "pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
