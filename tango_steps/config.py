@@ -49,11 +49,18 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="bf16 on GPU, fp32 on CPU when auto")
     # self_check since issue #12: with it the default's verifier kept its balanced accuracy and format
     # over 20 rounds on 3 seeds, where outcome's declined (docs/results.md, "The default's verifier").
-    warmup: Literal["outcome", "self_check"] = Field(
+    warmup: Literal["outcome", "self_check", "self_check_and"] = Field(
         "self_check",
         description="tiny verifier only: how it learns the output format (outcome: from scratch, step verdicts "
         "derived from the outcome; self_check: initialised from the generator, step verdicts from the "
-        "generator redoing each step). See tango_steps.training.warmup",
+        "generator redoing each step; self_check_and: the same, its final target the AND of its step targets, "
+        "for final_from_steps). See tango_steps.training.warmup",
+    )
+    final_from_steps: bool = Field(
+        False,
+        description="verifier only: its final verdict is the AND of its step verdicts (wrong iff some step is "
+        "flagged; unusable step verdicts: no verdict), not the one it writes, so the outcome reward trains the step "
+        "verdicts. A declared deviation from the paper (issue #36); the warm-up then trains that rule too",
     )
     prompt_format: Literal["auto", "chat", "raw"] = Field(
         "auto",
@@ -472,6 +479,19 @@ class TangoConfig(_Section):
                     f"rollout.shards {r.shards} needs rollout.chunk_samples ({r.chunk_samples}) to be a multiple "
                     f"of {section}.n ({n}), so that every shard starts a whole engine call"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _final_from_steps_is_the_verifiers(self) -> TangoConfig:
+        if self.generator.final_from_steps:
+            raise ValueError("generator.final_from_steps: a verifier's option (verifier.final_from_steps)")
+        v = self.verifier
+        if v.final_from_steps and v.path == "tiny" and v.warmup == "self_check":
+            raise ValueError(
+                "verifier.final_from_steps with verifier.warmup 'self_check': that warm-up's final verdict is the "
+                "outcome label, which its step verdicts need not agree with; use verifier.warmup 'self_check_and' "
+                "(its final target is the AND of its step targets) or 'outcome'"
+            )
         return self
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tango_steps.config import load_config, parse_overrides
+from tango_steps.pipeline.budgets import check_budgets
 from tango_steps.pipeline.driver import initial_checkpoints
 from tango_steps.round.evaluate import rejudge
 from tango_steps.round.in_process import QUIET, InProcessRun
@@ -50,6 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     overrides = {**(VARIANTS[args.variant] if args.variant else {}), **parse_overrides(args.set)}
     cfg = load_config(args.config, {**overrides, "rounds": args.rounds})
+    check_budgets(cfg)  # as TangoFlow's start does: a budget the tokenised prompts or solutions overrun is refused
     variant = args.name or args.variant or "custom"
     if args.finals and args.finals.exists():
         args.finals.unlink()  # one run per file: a rerun replaces it, never doubles its rows
@@ -58,8 +60,8 @@ def main() -> None:
         work = Path(tmp)
         run = InProcessRun(cfg, initial_checkpoints(cfg, work / "r0", log=QUIET), work)
         table, res = run.evaluate()
-        cols = ["gen acc", "ver F1", "ver bal acc", "ver format", "says CORRECT", "process F1", "outcome reward",
-                "alpha", "flat groups", "w correct", "w incorrect"]  # fmt: skip
+        cols = ["gen acc", "ver F1", "ver bal acc", "ver format", "says CORRECT", "process F1", "chance",
+                "outcome reward", "alpha", "flat groups", "w correct", "w incorrect"]  # fmt: skip
         # s: the round's training seconds (rollout, judge, reward, updates); eval s: its evaluation's
         print("| round | slot | updated | " + " | ".join(cols) + " | s | eval s |")
         print("|" + "---|" * (len(cols) + 5))
@@ -96,7 +98,9 @@ def main() -> None:
 
 
 def _save_finals(path: Path | None, cfg, variant: str, k: int, updates: int, table) -> None:
-    """Append one evaluation's per-problem correctness (study_intervals.py's long format)."""
+    """Append one evaluation's per-problem correctness (study_intervals.py's long format), with each solution's first
+    wrong step and the verifier's predicted one (-1: none; -2: unusable verdicts), so process F1 and its chance line
+    can be recomputed from the file."""
     if path is None:
         return
     import pandas as pd
@@ -104,7 +108,8 @@ def _save_finals(path: Path | None, cfg, variant: str, k: int, updates: int, tab
     run = f"quick_rounds/{cfg.task.name}/{variant}/s{cfg.seed}/r{k}"  # the evaluation's identity in the table
     rows = pd.DataFrame({"task": cfg.task.name, "variant": variant, "seed": cfg.seed, "round": k,
                          "generator_updates": updates, "run": run, "prompt_id": table["prompt_id"],
-                         "correct": table["correct"].astype(float)})  # fmt: skip
+                         "correct": table["correct"].astype(float), "first_error": table["first_error"],
+                         "predicted_first_error": table["predicted_first_error"]})  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(path, mode="a", header=not path.exists(), index=False)
 
@@ -120,8 +125,9 @@ def _cells(m: dict, rm: dict, alpha: float) -> str:
             f(m.get("eval/generator_accuracy")), f(m.get("eval/verifier_f1")),
             f(m.get("eval/verifier_balanced_accuracy")), f(m.get("eval/verifier_format_ok_frac")),
             f(m.get("eval/verifier_says_correct_frac")), f(m.get("eval/verifier_process_f1")),
-            f(rm.get("reward/outcome_mean")), f"{alpha:.4f}", f(rm.get("reward/verifier_flat_groups_frac")),
-            f(rm.get("reward/verifier_weight_correct")), f(rm.get("reward/verifier_weight_incorrect")),
+            f(m.get("eval/verifier_process_f1_chance")), f(rm.get("reward/outcome_mean")), f"{alpha:.4f}",
+            f(rm.get("reward/verifier_flat_groups_frac")), f(rm.get("reward/verifier_weight_correct")),
+            f(rm.get("reward/verifier_weight_incorrect")),
         ]
     )  # fmt: skip
 

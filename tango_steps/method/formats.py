@@ -262,7 +262,9 @@ def verifier_format_score(text: str, num_steps: int, solution_well_formed: bool 
     return min(1.0, max(0.0, score))
 
 
-def parse_verification(text: str, num_steps: int, solution_well_formed: bool = True) -> ParsedVerification:
+def parse_verification(
+    text: str, num_steps: int, solution_well_formed: bool = True, final_from_steps: bool = False
+) -> ParsedVerification:
     """Read the verifier's step verdicts, final verdict and format score (docs/method.md §2, §5).
 
     Verdicts are read leniently (last ``\\boxed{}`` of each block, any case, ``\\text{}`` allowed)
@@ -274,6 +276,10 @@ def parse_verification(text: str, num_steps: int, solution_well_formed: bool = T
         num_steps: K, the number of steps of the judged solution.
         solution_well_formed: whether the judged solution was well-formed (gates the step-count
             penalty of the format score, docs/method.md §5).
+        final_from_steps: the final verdict is the AND of the step verdicts, not the written one: a solution
+            is judged wrong iff some step is flagged, and None (INCORRECT, no reward) when the step verdicts
+            are unusable (``verifier.final_from_steps``, a declared deviation from the paper, issue #36: the
+            outcome reward then trains the step verdicts). The written final still counts in the format score.
     """
     if not isinstance(text, str):
         text = "" if text is None else str(text)
@@ -294,6 +300,8 @@ def parse_verification(text: str, num_steps: int, solution_well_formed: bool = T
     if finals:
         s, e = finals[-1]
         final_verdict = _verdict(last_boxed(text[s + len(FINALV_OPEN) : e - len(FINALV_CLOSE)]))
+    if final_from_steps:
+        final_verdict = None if step_verdicts is None else all(step_verdicts)
     return ParsedVerification(
         step_verdicts=step_verdicts,
         final_verdict=final_verdict,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -76,6 +77,28 @@ def process_f1(predicted_first_error: list[int], true_first_error: list[int]) ->
     return {"process_acc_erroneous": acc_err, "process_acc_correct": acc_cor, "process_f1": f1}
 
 
+def chance_process_f1(true_first_error: list[int]) -> dict[str, float]:
+    """The content-blind chance line of :func:`process_f1` (docs/method.md §8): the best expected process F1 of a rule
+    that reads nothing, flags step ``k`` on a fraction ``q`` of the solutions at random and says "no error" on the
+    rest.
+
+    Its accuracy on erroneous solutions is ``q * a`` (``a``: the share of erroneous solutions whose first error is
+    step ``k``), on correct ones ``1 - q``; the harmonic mean is largest at the most common first-error step and
+    ``q = 1 / (1 + sqrt(a))``, where it is ``2a / (1 + sqrt(a))^2`` (0.5 when every error is at one step). A
+    verifier's process F1 means something only above this line. 0 when either class is empty, as process F1 is.
+    """
+    err = [t for t in true_first_error if t >= 0]
+    if not err or len(err) == len(true_first_error):
+        return {"process_f1_chance": 0.0, "chance_step": -1.0, "chance_flag_frac": 0.0}
+    step = max(sorted(set(err)), key=err.count)
+    a = err.count(step) / len(err)
+    return {
+        "process_f1_chance": 2 * a / (1 + math.sqrt(a)) ** 2,
+        "chance_step": float(step),
+        "chance_flag_frac": 1 / (1 + math.sqrt(a)),
+    }
+
+
 NO_PREDICTION = -2  # unusable step verdicts (count != K): matches neither a step index nor "none" (-1)
 
 
@@ -107,8 +130,10 @@ def process_metrics(eval_table: pd.DataFrame) -> dict[str, Any]:
         if lab is not None and (c or fe >= 0)
     ]  # fmt: skip
     pm = process_f1([u[0] for u in usable], [u[1] for u in usable])
+    chance = chance_process_f1([u[1] for u in usable])["process_f1_chance"]
     return {
         **{f"eval/verifier_{k}": v for k, v in pm.items()},
+        "eval/verifier_process_f1_chance": chance,  # what a rule reading nothing reaches on these solutions
         "eval/verifier_process_excluded": len(eval_table) - len(usable),
     }
 

@@ -109,7 +109,9 @@ def measure(cfg: TangoConfig, generator_tokenizer, verifier_tokenizer, sample: i
             ]
         )
         # a self_check verifier writes each step's redo as its analysis: about the step's own length
-        analyses = (lambda s: list(s.steps)) if cfg.verifier.warmup == "self_check" else (lambda s: None)
+        analyses = (
+            (lambda s: list(s.steps)) if cfg.verifier.warmup in ("self_check", "self_check_and") else (lambda s: None)
+        )
         out["verification"] = percentile(
             [
                 count(verifier_tokenizer, format_verification([True] * s.num_steps, True, analyses(s))) + eos

@@ -33,36 +33,14 @@ def evaluate(
     is every solution of a task without step labels (``dataset``).
     """
     from tango_steps.method.formats import parse_solution
-    from tango_steps.rollout import SamplingSettings
-    from tango_steps.tasks import get_task
-    from tango_steps.tasks.templates import get_template
 
-    task = get_task(cfg.task.name, **cfg.task.params)
-    template = get_template(cfg.template)
-    problems = heldout_problems(cfg)
     t0 = time.perf_counter()
-    greedy = SamplingSettings(n=1, temperature=0.0, max_tokens=cfg.evaluation.max_tokens)
-    with engine_for(cfg, "generator", servable(generator_ckpt), cfg.seed) as engine:
-        comps = generate(
-            engine, [template.generator_prompt(p.question) for p in problems], greedy, "evaluate generator", log
-        )
-    del engine  # closed, and dropped before the verifier's engine starts (the HF engine's model lives with it)
-    texts = [c[0].text for c in comps]
+    solutions = heldout_solutions(cfg, generator_ckpt, log)
+    texts = list(solutions["text"])
     parsed = [parse_solution(t) for t in texts]
-    checks = [task.check(p, t) for p, t in zip(problems, texts, strict=True)]
-    verdicts, vcut = judge_texts(cfg, verifier_ckpt, [p.question for p in problems], texts, parsed, log)
+    verdicts, vcut = judge_texts(cfg, verifier_ckpt, list(solutions["question"]), texts, parsed, log)
     compute = time.perf_counter() - t0
-    rows = []
-    for p, t, s, ch, c in zip(problems, texts, parsed, checks, comps, strict=True):
-        rows.append(
-            EvalRow(
-                prompt_id=p.id, question=p.question, gold=p.answer, text=t,
-                truncated=c[0].truncated, length=len(c[0].token_ids), num_steps=s.num_steps,
-                correct=ch.correct, first_error=ch.first_error,
-                step_labels=None if ch.step_labels is None else list(ch.step_labels),
-            )
-        )  # fmt: skip
-    df = with_verdicts(table(rows, EvalRow), verdicts)
+    df = with_verdicts(solutions, verdicts)
     metrics: dict[str, Any] = {
         "eval/generator_accuracy": float(df["correct"].mean()),
         "eval/generator_truncated_frac": float(df["truncated"].mean()),
@@ -87,6 +65,40 @@ def evaluate(
     return df, StageResult(metrics, compute)
 
 
+def heldout_solutions(
+    cfg: TangoConfig, generator_ckpt: Path, log: Log = print, temperature: float = 0.0, seed: int | None = None
+) -> pd.DataFrame:
+    """The generator's solutions of the held-out problems, checked, as an evaluation table without verdicts
+    (docs/method.md §7-§8): greedy (``temperature`` 0: the evaluation's), or one sampled solution per problem at
+    ``temperature`` under ``seed`` (default ``cfg.seed``): e.g. a fixed set of solutions for verifiers to judge."""
+    from tango_steps.method.formats import parse_solution
+    from tango_steps.rollout import SamplingSettings
+    from tango_steps.tasks import get_task
+    from tango_steps.tasks.templates import get_template
+
+    task = get_task(cfg.task.name, **cfg.task.params)
+    template = get_template(cfg.template)
+    problems = heldout_problems(cfg)
+    settings = SamplingSettings(n=1, temperature=temperature, max_tokens=cfg.evaluation.max_tokens)
+    with engine_for(cfg, "generator", servable(generator_ckpt), cfg.seed if seed is None else seed) as engine:
+        comps = generate(engine, [template.generator_prompt(p.question) for p in problems], settings,
+                         "evaluate generator", log)  # fmt: skip
+    del engine  # closed, and dropped before a verifier's engine starts (the HF engine's model lives with it)
+    rows = []
+    for p, c in zip(problems, comps, strict=True):
+        text = c[0].text
+        s, ch = parse_solution(text), task.check(p, text)
+        rows.append(
+            EvalRow(
+                prompt_id=p.id, question=p.question, gold=p.answer, text=text,
+                truncated=c[0].truncated, length=len(c[0].token_ids), num_steps=s.num_steps,
+                correct=ch.correct, first_error=ch.first_error,
+                step_labels=None if ch.step_labels is None else list(ch.step_labels),
+            )
+        )  # fmt: skip
+    return table(rows, EvalRow)
+
+
 def rejudge(cfg: TangoConfig, verifier_ckpt: Path, eval_table: pd.DataFrame, log: Log = print) -> dict[str, Any]:
     """Another verifier's held-out metrics on the SAME solutions as ``eval_table`` (docs/method.md §5, §8).
 
@@ -95,9 +107,15 @@ def rejudge(cfg: TangoConfig, verifier_ckpt: Path, eval_table: pd.DataFrame, log
     solutions (did the solutions get harder to judge?). Returns the :func:`verifier_metrics` that
     :func:`evaluate` would report for that pairing.
     """
+    return verifier_metrics(judged(cfg, verifier_ckpt, eval_table, log))
+
+
+def judged(cfg: TangoConfig, verifier_ckpt: Path, eval_table: pd.DataFrame, log: Log = print) -> pd.DataFrame:
+    """``eval_table`` (solutions, as :func:`heldout_solutions` makes them) with the greedy verdicts of the verifier
+    ``verifier_ckpt`` (docs/method.md §2, §8): the table :func:`rejudge` scores, one row per solution."""
     from tango_steps.method.formats import parse_solution
 
     texts = list(eval_table["text"])
     parsed = [parse_solution(t) for t in texts]
     verdicts, _ = judge_texts(cfg, verifier_ckpt, list(eval_table["question"]), texts, parsed, log)
-    return verifier_metrics(with_verdicts(eval_table, verdicts))
+    return with_verdicts(eval_table, verdicts)

@@ -10,7 +10,7 @@ decide what to run, then TangoFlow / AblationFlow run that.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +36,7 @@ class RoundOutput:
     judgments: pd.DataFrame
     rewards: RoundRewards
     seconds: dict[str, float]
+    update_metrics: dict[str, float] = field(default_factory=dict)  # the slot's update's (role-prefixed), if any
 
     @property
     def train_seconds(self) -> float:
@@ -112,17 +113,18 @@ class InProcessRun:
         out = reward(cfg, plan, rollouts, judgments, state.reweighter, log=log)
         t["reward"], t0 = time.perf_counter() - t0, time.perf_counter()
         models = {"generator": state.generator, "verifier": state.verifier}
+        update_metrics: dict[str, float] = {}
         step = update_step(plan)
         if step in ("verifier_update", "generator_update"):
             role = step.removesuffix("_update")
             batch = out.generator_batch if role == "generator" else out.verifier_batch
             new = self.work / f"r{k}" / role
             init = self.generator_init if role == "generator" else self.verifier_init
-            update(cfg, plan, role, self._path(role), init, batch, new, log=log)
+            update_metrics = update(cfg, plan, role, self._path(role), init, batch, new, log=log)
             models[role] = {"path": str(new)}
         t["update"] = time.perf_counter() - t0
         self.state = state.advance(plan, models["generator"], models["verifier"], out.reweighter)
-        return RoundOutput(plan, out.rollouts, out.judgments, out, t)
+        return RoundOutput(plan, out.rollouts, out.judgments, out, t, update_metrics)
 
     def evaluate(self) -> tuple[pd.DataFrame, StageResult]:
         """The held-out evaluation of the current models (docs/method.md §7-§8)."""

@@ -74,7 +74,7 @@ def judge(
     for k, (s, prompt, cs) in enumerate(zip(parsed, prompts, comps, strict=True)):
         i = first + k
         for j, c in enumerate(cs):
-            v = parse_verification(c.text, s.num_steps, s.well_formed)
+            v = parse_verification(c.text, s.num_steps, s.well_formed, cfg.verifier.final_from_steps)
             rows.append(
                 Judgment(
                     solution=i,
@@ -223,7 +223,10 @@ def judge_texts(
     vprompts, vcut = verifier_prompts(cfg, verifier_ckpt / "model", questions, parsed, texts)
     with engine_for(cfg, "verifier", servable(verifier_ckpt), cfg.seed) as engine:
         vcomps = generate(engine, vprompts, vgreedy, "evaluate verifier", log)
-    verdicts = [parse_verification(c[0].text, s.num_steps, s.well_formed) for c, s in zip(vcomps, parsed, strict=True)]
+    rule = cfg.verifier.final_from_steps
+    verdicts = [
+        parse_verification(c[0].text, s.num_steps, s.well_formed, rule) for c, s in zip(vcomps, parsed, strict=True)
+    ]
     return verdicts, vcut
 
 

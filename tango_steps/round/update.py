@@ -110,8 +110,10 @@ def update(
             if index > 0:
                 return {}
             m = read_metrics(spec)
+    skipped = int(m.get("skipped_steps", 0))
+    note = f" ({skipped} of {ucfg.optimizer_steps} optimizer steps skipped: every advantage zero)" if skipped else ""
     log(
         f"{role} update: loss {m['loss']:.4f}, kl {m.get('kl', 0.0):.5f}, "
-        f"grad norm {m['grad_norm']:.3f}, {m['seconds']:.1f} s"
+        f"grad norm {m['grad_norm']:.3f}, {m['seconds']:.1f} s{note}"
     )
     return {f"{role}_update/{k}": v for k, v in m.items()}

@@ -113,7 +113,7 @@ def write_checkpoint(
     """
     if settings.section.lora is None:
         weights = weight_tensors(model, model_state)
-    elif state.updates == 0:
+    elif optimizer_state is None:  # LoRA's first checkpoint (init_checkpoint: no optimizer yet) holds the base
         weights = causal_lm(model).state_dict()
     else:  # the adapter only
         weights = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -260,7 +260,9 @@ def _tensor_bytes(obj: Any) -> int:
 
 def _write_lora_checkpoint_files(tmp: Path, model, tokenizer, optimizer_state, state, settings) -> None:
     """The files of a LoRA checkpoint (``write_checkpoint``), into the temporary directory ``tmp``."""
-    if state.updates == 0:  # the first checkpoint holds the base (the adapter is still zero) once
+    # the first checkpoint (no optimizer yet) holds the base once (the adapter is still zero); an update's, even
+    # one whose optimizer steps were all skipped (state.updates still 0), only the adapter
+    if optimizer_state is None:
         model.save_pretrained(tmp / "adapter")
         model.merge_and_unload(safe_merge=True).save_pretrained(tmp / "model", safe_serialization=True)
     else:  # later ones only the adapter: small I/O per update; engines merge it at load (servable_model)

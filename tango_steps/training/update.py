@@ -51,7 +51,8 @@ def rl_update(
 
     Returns:
         Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy``, ``clip_frac``, ``grad_norm``, ``tokens``,
-        ``seconds``, ``updates`` (after this one), ``lr``.
+        ``seconds``, ``updates`` (after this one), ``lr``, ``skipped_steps`` (optimizer steps not taken because
+        every advantage of their samples was zero: KL and entropy alone would move the policy).
 
     Raises:
         FloatingPointError: a non-finite loss or gradient norm; ``out_dir`` is not created.
@@ -70,6 +71,7 @@ def rl_update(
     old_lp, ref_lp = _frozen_logprobs(run, batch, settings, ckpt)
     where = f"checkpoint '{ckpt}' is left as it was and '{out_dir}' was not written"
     sums, grad_norms, tokens = _optimizer_steps(run, batch, settings, old_lp, ref_lp, where, t0, log)
+    skipped = sums.pop("skipped_steps", 0.0)  # the same on every process: not summed over them
     sums, tokens = run.runtime.reduce(sums, tokens)
     run.runtime.write_checkpoint(out_dir, run.model, run.policy, run.tok, run.optimizer, run.state, settings)
     metrics = {k: v / max(tokens, 1) for k, v in sums.items() if k != "loss"}
@@ -79,6 +81,7 @@ def rl_update(
         tokens=float(tokens),
         seconds=time.perf_counter() - t0,
         updates=float(run.state.updates),
+        skipped_steps=skipped,  # optimizer steps not taken: every advantage of their samples was zero
         lr=settings.section.learning_rate,
     )
     return metrics
@@ -187,6 +190,14 @@ def _optimizer_steps(
     slices = step_slices(len(batch), settings)
     for step_idx, mini in enumerate(slices):
         if not mini:
+            continue
+        if all(a == 0.0 for i in mini for a in batch.advantages[i]):
+            # no policy-gradient signal: the KL and entropy terms alone would still move every weight by about the
+            # learning rate (AdamW normalises the step), e.g. shortening answers with nothing rewarding it. Every
+            # process holds the whole batch, so all of them skip the same step, before any collective
+            sums["skipped_steps"] = sums.get("skipped_steps", 0.0) + 1.0
+            if log is not None:
+                log(f"update step {step_idx + 1}/{len(slices)}: every advantage is zero; optimizer step skipped")
             continue
         # the step's GLOBAL token count: each process's loss is a share of the one-process loss
         n_tokens = float(sum(len(batch.response_ids[i]) for i in mini)) or 1.0

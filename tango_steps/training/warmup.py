@@ -45,7 +45,9 @@ WARMUP_VERSION = 2
 # How the tiny verifier learns its output format (module doc): "outcome" (scratch model; step verdicts
 # derived from the outcome) or "self_check" (initialised from the warmed-up generator; each step's
 # verdict says whether the GENERATOR, redoing that step's claim, agrees with it).
-VERIFIER_RECIPES = ("outcome", "self_check")
+# "self_check_and" (issue #36): self_check's step targets with the final target their AND, for a verifier whose final
+# verdict is computed from its step verdicts (``verifier.final_from_steps``).
+VERIFIER_RECIPES = ("outcome", "self_check", "self_check_and")
 # The default warm-up's models, shipped in the repository (``python data/build_tiny_models.py``) so a
 # fresh machine skips the slowest part of its first run. A folder is used only under its own key, so a
 # stale one (warm-up settings or WARMUP_VERSION changed since) is never read: the models are rebuilt.
@@ -272,6 +274,7 @@ def self_check_rows(
     texts: list[str],
     seed: int,
     max_new_tokens: int = 16,
+    final_from_steps: bool = False,
 ) -> tuple[list[dict], dict]:
     """Rows for the ``self_check`` verifier warm-up: outcome labels plus the generator's own re-check of each step.
 
@@ -283,6 +286,9 @@ def self_check_rows(
     opinion, which misses errors the model itself makes and any error carried over from an earlier
     step (a step computed right from a wrong running value is judged CORRECT). Classes are balanced by
     subsampling as in :func:`verifier_warmup_rows`. docs/method.md §1, §2.
+
+    ``final_from_steps`` (recipe ``self_check_and``): the final verdict's target is the AND of the step targets, the
+    rule of ``verifier.final_from_steps``, so the model is not taught a final verdict that rule ignores.
     """
     from tango_steps.rollout.base import SamplingSettings
 
@@ -320,7 +326,7 @@ def self_check_rows(
         by_class[correct].append(
             {
                 "prompt": template.verifier_prompt(p.question, s, t),
-                "completion": format_verification(verdicts, correct, analyses),
+                "completion": format_verification(verdicts, all(verdicts) if final_from_steps else correct, analyses),
             }
         )
     n = min(len(by_class[True]), len(by_class[False]))
@@ -337,9 +343,16 @@ def self_check_rows(
 
 
 def verifier_quality(
-    engine, task: Task, template: PromptTemplate, problems: list[Problem], texts: list[str], max_new_tokens: int
+    engine,
+    task: Task,
+    template: PromptTemplate,
+    problems: list[Problem],
+    texts: list[str],
+    max_new_tokens: int,
+    final_from_steps: bool = False,
 ) -> dict:
-    """Format rate and final-verdict accuracy of a verifier on given solutions (docs/method.md §5 metrics)."""
+    """Format rate and final-verdict accuracy of a verifier on given solutions (docs/method.md §5 metrics); with
+    ``final_from_steps`` the final verdict is the AND of its step verdicts (``verifier.final_from_steps``)."""
     from tango_steps.rollout.base import SamplingSettings
 
     parsed = [parse_solution(t) for t in texts]
@@ -348,7 +361,7 @@ def verifier_quality(
     fmt = acc = 0
     right = {True: [0, 0], False: [0, 0]}  # class -> [right, total]
     for p, s, t, c in zip(problems, parsed, texts, comps, strict=True):
-        v = parse_verification(c[0].text, s.num_steps, s.well_formed)
+        v = parse_verification(c[0].text, s.num_steps, s.well_formed, final_from_steps)
         truth = task.check(p, t).correct
         ok = v.final_verdict is not None and v.final_verdict == truth
         fmt += v.format_score == 1.0
@@ -386,7 +399,8 @@ def _heldout_verifier_quality(
 
     engine = HFEngine("", model=verifier, tokenizer=gen_engine.tokenizer, device=gen_engine.device)
     texts = heldout_samples(settings, template, gen_engine, heldout)
-    return verifier_quality(engine, task, template, heldout, texts, max_tokens)
+    rule = settings.verifier_recipe == "self_check_and"
+    return verifier_quality(engine, task, template, heldout, texts, max_tokens, final_from_steps=rule)
 
 
 def heldout_samples(settings: WarmupSettings, template: PromptTemplate, gen_engine, heldout) -> list[str]:
@@ -468,8 +482,9 @@ def warm_up(settings: WarmupSettings, generator_dir: str | Path, out_dir: str | 
     gen = load_model(str(base), "float32").eval()
     gen_engine = HFEngine("", model=gen, tokenizer=tok, device="cpu" if not torch.cuda.is_available() else None)
     vp, vt = _verifier_training_solutions(settings, task, template, gen_engine)
-    if settings.verifier_recipe == "self_check":
-        rows, counts = self_check_rows(task, template, gen_engine, vp, vt, settings.seed)
+    if settings.verifier_recipe in ("self_check", "self_check_and"):
+        rule = settings.verifier_recipe == "self_check_and"
+        rows, counts = self_check_rows(task, template, gen_engine, vp, vt, settings.seed, final_from_steps=rule)
         ver = load_model(str(base), "float32")  # initialised from the generator: it can compute
         max_tokens = 3 * settings.max_new_tokens  # each step's verdict follows its analysis
     else:  # "outcome": a scratch model learns the format from outcome labels only
@@ -544,7 +559,21 @@ def warmed_up_generator(
     settings = settings or WarmupSettings()
     base = Path(root) if root is not None else cache_dir() / "tiny"
     gen_dir = base / "generators" / settings.generator_key()
+    shipped = shipped_generator(settings.generator_key()) if root is None else None
+    if shipped is not None and not (gen_dir / "report.json").exists():
+        return shipped  # a shipped pair's generator: a new verifier recipe or setting needs no generator warm-up
     return gen_dir, _cached(gen_dir, lambda d: warm_up_generator(settings, d, log=log), log)
+
+
+def shipped_generator(generator_key: str) -> tuple[Path, dict] | None:
+    """A :data:`SHIPPED` pair whose generator was warmed up under ``generator_key`` (its ``tango.json`` says so):
+    (the pair's folder, which holds ``generator/``, and the generator's part of its report), or None."""
+    for record in sorted(SHIPPED.glob("*/generator/tango.json")):
+        if json.loads(record.read_text()).get("warmup_key") == generator_key:
+            pair = record.parent.parent
+            report = json.loads((pair / "report.json").read_text())
+            return pair, {k: v for k, v in report.items() if k.startswith("generator") or k == "vocab_size"}
+    return None
 
 
 def warmed_up_models(

@@ -152,6 +152,6 @@ def test_in_process_rounds_reproduce_the_flow_branch(study, tmp_path):
     for k in (1, 2):
         cells = printed[k]
         assert cells[2] == f"{rows[k]['generator_accuracy']:.3f}" and cells[3] == f"{rows[k]['verifier_f1']:.3f}"
-        assert cells[7] == f"{rows[k]['verifier_process_f1']:.3f}"
-        assert cells[8] == f"{rows[k]['mean_outcome_reward']:.3f}"
-    assert printed[2][9] == f"{rows[2]['alpha']:.4f}"
+        assert cells[7] == f"{rows[k]['verifier_process_f1']:.3f}"  # then its chance line (cells[8])
+        assert cells[9] == f"{rows[k]['mean_outcome_reward']:.3f}"
+    assert printed[2][10] == f"{rows[2]['alpha']:.4f}"

@@ -230,3 +230,17 @@ def test_a_writer_failing_mid_checkpoint_leaves_nothing(tmp_path, tiny_model_dir
         rl_update(ckpt0, batch, SETTINGS.with_section(processes=2, strategy="fsdp"), tmp_path / "out")
     assert "failure injected by TANGO_FAIL_UPDATE_RANK=1:write" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt0"]  # no checkpoint, no .out.tmp-* folder
+
+
+def test_two_processes_skip_a_step_without_signal_together(tmp_path, tiny_model_dir, batch):
+    """Issue #36: a step whose advantages are all zero is skipped by every process alike (each holds the whole
+    batch, so none waits in a collective the others skipped); the other step is taken, as on one process."""
+    ckpt0 = init_checkpoint(str(tiny_model_dir), tmp_path / "ckpt0", SETTINGS)
+    half = [[0.0] * len(r) if i % 2 == 0 else batch.advantages[i] for i, r in enumerate(batch.response_ids)]
+    flat = RLBatch(batch.prompt_ids, batch.response_ids, half)
+    m1 = rl_update(ckpt0, flat, SETTINGS, tmp_path / "p1")
+    m2 = rl_update(ckpt0, flat, SETTINGS.with_section(processes=2, strategy="fsdp"), tmp_path / "p2")
+    assert m1["skipped_steps"] == m2["skipped_steps"] == 1 and m1["updates"] == m2["updates"] == 1
+    w1, w2 = _weights(tmp_path / "p1"), _weights(tmp_path / "p2")
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=WEIGHT_ATOL)

@@ -84,3 +84,22 @@ def test_a_small_data_file_is_measured_and_its_heldout_limit_named(tmp_path):
     assert set(lengths) == {"generator_prompt"}  # no gold steps: prompts only
     with pytest.raises(ConfigError, match=r"evaluation\.heldout_problems: .*asked for 500 heldout problems"):
         check_budgets(load_config(REPO / "configs" / "tiny.yaml", {"task": task}), tok, tok)
+
+
+def test_quick_rounds_checks_the_budgets_as_the_flow_does(monkeypatch):
+    """Issue #36: benchmarks/studies/quick_rounds.py (how studies run in one process) refuses a budget the flow's
+    start refuses, before any model loads; it used to run with answers cut at the budget."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("quick_rounds", REPO / "benchmarks/studies/quick_rounds.py")
+    quick = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quick)
+
+    def no_models(*a, **k):
+        raise AssertionError("models were loaded before the budgets were checked")
+
+    monkeypatch.setattr(quick, "initial_checkpoints", no_models)
+    monkeypatch.setattr(sys, "argv", ["quick_rounds.py", "--rounds", "1", "--set", "evaluation.max_tokens=4"])
+    with pytest.raises(ConfigError, match=r"evaluation\.max_tokens"):
+        quick.main()

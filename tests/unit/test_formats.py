@@ -267,3 +267,78 @@ def test_register_custom_template():
         assert get_template("mine").generator_prompt("1+1") == "Q: 1+1\nA:"
     finally:
         templates.TEMPLATES.pop("mine", None)
+
+
+def test_the_final_verdict_from_the_steps_is_their_and():
+    """Issue #36, ``verifier.final_from_steps``: the final verdict is the AND of the usable step verdicts, whatever the
+    verifier wrote; unusable step verdicts give no verdict (INCORRECT, no reward); the written final still counts in
+    the format score."""
+    from tango_steps.method.formats import format_verification, parse_verification
+
+    text = format_verification([True, False, True], True)  # writes CORRECT, flags step 2
+    assert parse_verification(text, 3).final_verdict is True
+    v = parse_verification(text, 3, final_from_steps=True)
+    assert v.final_verdict is False and v.step_verdicts == [True, False, True] and v.format_score == 1.0
+    clean = format_verification([True, True], False)  # writes INCORRECT, flags nothing
+    assert parse_verification(clean, 2, final_from_steps=True).final_verdict is True
+    assert parse_verification(clean, 3, final_from_steps=True).final_verdict is None  # 2 verdicts for 3 steps
+
+
+def test_final_from_steps_is_a_verifier_option_with_a_consistent_warm_up():
+    from tango_steps.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"generator\.final_from_steps"):
+        load_config(overrides={"generator": {"final_from_steps": True}})
+    with pytest.raises(ConfigError, match="self_check_and"):  # self_check's final target is the outcome label
+        load_config(overrides={"verifier": {"final_from_steps": True}})
+    cfg = load_config(overrides={"verifier": {"final_from_steps": True, "warmup": "self_check_and"}})
+    assert cfg.verifier.final_from_steps
+    load_config(overrides={"verifier": {"final_from_steps": True, "warmup": "outcome"}})  # AND-consistent already
+
+
+def test_the_self_check_and_warm_up_targets_the_and_of_its_step_targets():
+    """The B2 warm-up: self_check's step targets (the generator's redo of each step), the final target their AND,
+    never the outcome label; the plain recipe keeps the outcome label."""
+    from tango_steps.method.formats import parse_verification
+    from tango_steps.rollout.base import Completion
+    from tango_steps.tasks import get_task
+    from tango_steps.tasks.templates import get_template
+    from tango_steps.training.warmup import self_check_rows
+
+    task, template = get_task("arithmetic"), get_template("compact")
+    problems = task.problems(40, "train", 0)
+    # gold solutions, every other one with a wrong final answer: both classes
+    texts = [p.gold_solution.replace("\\boxed{", "\\boxed{1" if i % 2 else "\\boxed{") for i, p in enumerate(problems)]
+
+    class Redo:  # the "generator" redoes every step wrong: every step is flagged
+        def generate(self, prompts, settings):
+            return [[Completion("999</step>", [1], None, "stop")] for _ in prompts]
+
+    for rule in (False, True):
+        rows, _ = self_check_rows(task, template, Redo(), problems, texts, seed=0, final_from_steps=rule)
+        finals = [parse_verification(r["completion"], 99).final_verdict for r in rows]
+        steps = [r["completion"].count("INCORRECT") for r in rows]
+        if rule:
+            assert all(f is False for f, n in zip(finals, steps, strict=True) if n), "a flagged step: final INCORRECT"
+        else:
+            assert any(f is True for f in finals)  # correct gold solutions keep the outcome label CORRECT
+
+
+def test_a_new_verifier_recipe_reuses_the_shipped_generator(monkeypatch, tmp_path):
+    """Issue #36: the ``self_check_and`` warm-up (a verifier recipe the repository does not ship) starts from the
+    SHIPPED generator of the same generator settings instead of warming one up again (~10 minutes on 2 cores)."""
+    from dataclasses import replace
+
+    from tango_steps.training import warmup
+
+    settings = replace(warmup.WarmupSettings(), verifier_recipe="self_check_and")
+    assert not (warmup.SHIPPED / settings.key()).exists()  # the pair is not shipped: its verifier is built
+
+    def no_warm_up(*a, **k):
+        raise AssertionError("the generator was warmed up again")
+
+    monkeypatch.setattr(warmup, "warm_up_generator", no_warm_up)
+    monkeypatch.setenv("TANGO_CACHE", str(tmp_path))
+    folder, report = warmup.warmed_up_generator(settings)
+    assert (folder / "generator" / "config.json").exists() and folder.parent == warmup.SHIPPED
+    assert report["generator_heldout"] and "verifier_heldout" not in report

@@ -408,3 +408,40 @@ def test_a_non_finite_update_names_the_round_and_model_and_writes_nothing(tmp_pa
         update(cfg, plan, "generator", ckpt, ckpt, batch, tmp_path / "out", log=lambda m: None)
     assert not (tmp_path / "out").exists()
     assert (ckpt / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_the_chance_line_is_the_best_content_blind_process_f1():
+    """Issue #36: a verifier's process F1 means something only above what a rule reading nothing reaches: flag the
+    most common first-error step on a fraction q of the solutions, "no error" on the rest. Its closed form equals a
+    brute-force search over every step and q, and process_metrics reports it beside process F1."""
+    import itertools
+
+    from tango_steps.method.metrics import chance_process_f1, process_metrics
+
+    def brute(fe: list[int]) -> float:
+        err = [t for t in fe if t >= 0]
+        best = 0.0
+        for k, q in itertools.product(sorted(set(err)), [i / 2000 for i in range(2001)]):
+            a, c = q * err.count(k) / len(err), 1 - q
+            best = max(best, 2 * a * c / (a + c) if a + c else 0.0)
+        return best
+
+    for fe in ([-1, -1, 0, 0], [-1, 0, 1], [-1, -1, -1, 0, 0, 1, 2, 2, 2, 3], [-1, 4, 4, 4, 4, 1]):
+        assert chance_process_f1(fe)["process_f1_chance"] == pytest.approx(brute(fe), abs=1e-5), fe
+    assert chance_process_f1([-1, -1, 0, 0])["process_f1_chance"] == pytest.approx(0.5)
+    assert (
+        chance_process_f1([-1, -1])["process_f1_chance"] == 0.0
+        and chance_process_f1([0, 1])["process_f1_chance"] == 0.0
+    )
+    # reading nothing, a rule of that kind reaches the line in expectation (here exactly, q = 1/(1+sqrt(1/2)))
+    table = pd.DataFrame(
+        {
+            "predicted_first_error": [-1, -1, -1, -1],
+            "first_error": [-1, -1, 0, 1],
+            "correct": [True, True, False, False],
+            "step_labels": [[True], [True], [False], [True, False]],
+        }
+    )
+    m = process_metrics(table)
+    assert m["eval/verifier_process_f1"] == 0.0  # never flagging: no error found
+    assert m["eval/verifier_process_f1_chance"] == pytest.approx(chance_process_f1([-1, -1, 0, 1])["process_f1_chance"])

@@ -269,5 +269,32 @@ def test_lora_rounds_sample_from_the_merged_adapter(tmp_path, tiny_model_dir, mo
         assert (ckpt / "adapter").exists() and not list((ckpt / "model").glob("*.safetensors"))
     _, res = run.evaluate()
     assert 0 <= res.metrics["eval/generator_accuracy"] <= 1
-    # round 3 sampled from round 2's merged generator; the evaluation from round 3's; one verifier update
-    assert len(list((tmp_path / "cache" / "merged").glob("*/config.json"))) == 3
+    # round 3 sampled from round 2's merged generator; the evaluation from round 3's; one verifier update. An
+    # update whose advantages were all zero (2 prompts x 2 samples: often) leaves its adapter as it was, and the
+    # merged model is cached by the adapter's bytes: one merge per DISTINCT adapter
+    work = tmp_path / "work"
+    adapters = {
+        b"".join(f.read_bytes() for f in sorted((work / r / role / "adapter").glob("*")))
+        for r, role in (("r2", "generator"), ("r3", "generator"), ("r1", "verifier"))
+    }
+    assert len(list((tmp_path / "cache" / "merged").glob("*/config.json"))) == len(adapters) >= 2
+
+
+def test_an_update_whose_advantages_are_all_zero_takes_no_optimizer_step(tmp_path, ckpt0, batch):
+    """Issue #36: with every advantage zero there is no policy-gradient signal, yet the KL and entropy terms would move
+    every weight by about the learning rate (AdamW normalises the step; the SmolLM2 run's answers shrank from 215 to 64
+    tokens that way). Such a step is skipped and said; a step with signal beside it is still taken."""
+    from safetensors.torch import load_file
+
+    settings = SETTINGS.with_section(entropy_coef=0.01, kl_coef=0.01, optimizer_steps=2)
+    flat = RLBatch(batch.prompt_ids, batch.response_ids, [[0.0] * len(r) for r in batch.response_ids])
+    lines: list[str] = []
+    m = rl_update(ckpt0, flat, settings, tmp_path / "flat", log=lines.append)
+    assert m["skipped_steps"] == 2 and m["updates"] == 0
+    assert any("every advantage is zero; optimizer step skipped" in line for line in lines), lines
+    w0, w1 = load_file(ckpt0 / "model/model.safetensors"), load_file(tmp_path / "flat/model/model.safetensors")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # the first step's samples (interleaved slices: the even ones) without signal, the second's with: it is taken
+    half = [[0.0] * len(r) if i % 2 == 0 else batch.advantages[i] for i, r in enumerate(batch.response_ids)]
+    m = rl_update(ckpt0, RLBatch(batch.prompt_ids, batch.response_ids, half), settings, tmp_path / "half")
+    assert m["skipped_steps"] == 1 and m["updates"] == 1
