@@ -37,9 +37,9 @@ from tango_steps.round.evaluate import heldout_solutions, judged
 from tango_steps.round.in_process import QUIET, InProcessRun
 
 REPO = Path(__file__).resolve().parents[2]
-ARMS = {
+ARMS = {  # dotted keys: they set one field of the tiny recipe, never replace a section
     "b1": {},  # the verifier as the paper specifies: its written final verdict, free-standing
-    "b2": {"verifier": {"final_from_steps": True, "warmup": "self_check_and"}},
+    "b2": {"verifier.final_from_steps": True, "verifier.warmup": "self_check_and"},
 }
 FIXED_SEED = 36  # the fixed set's sampling seed (one set for every arm and run)
 COLUMNS = ["prompt_id", "question", "gold", "text", "truncated", "length", "num_steps", "correct", "first_error",
@@ -52,20 +52,14 @@ def recipe(arm: str, updates: int, overrides: list[str]):
     rounds = updates // 2
     base = {
         "rounds": rounds,
-        "schedule": {"verifier_warmup_rounds": rounds, "generator_per_verifier": 0, "train_generator": False},
-        "verifier_sampling": {"n": 8},
-        "verifier_update": {"optimizer_steps": 2},
-        "evaluation": {"every": 10_000},  # measured here, on the fixed set
+        "schedule.verifier_warmup_rounds": rounds,
+        "schedule.generator_per_verifier": 0,
+        "schedule.train_generator": False,
+        "verifier_sampling.n": 8,
+        "verifier_update.optimizer_steps": 2,
+        "evaluation.every": 10_000,  # measured here, on the fixed set
     }
-    merged = _merge(_merge(base, ARMS[arm]), parse_overrides(overrides))
-    return load_config(REPO / "configs" / "tiny.yaml", merged)
-
-
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return load_config(REPO / "configs" / "tiny.yaml", {**base, **ARMS[arm], **parse_overrides(overrides)})
 
 
 def fixed_set(cfg, generator_ckpt: Path, path: Path) -> pd.DataFrame:
