@@ -228,6 +228,8 @@ def tiny_round(work: Path, smoke: bool) -> list[dict]:
             "round": out.plan.round_idx, "slot": role, "seconds": round(time.perf_counter() - t0, 1),
             **{f"{k} s": round(v, 1) for k, v in out.seconds.items()},
             "checkpoint updates": state.updates, "rng state saved": (getattr(run, role) / "rng_state.pt").exists(),
+            # an optimizer step without signal (every advantage zero) is skipped, not taken (issue #36)
+            "skipped steps": int(out.update_metrics.get(f"{role}_update/skipped_steps", 0)),
         })  # fmt: skip
     t0 = time.perf_counter()
     _, res = run.evaluate()

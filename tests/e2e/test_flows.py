@@ -631,8 +631,10 @@ def test_smollm2_chat_model_runs_a_verifier_and_a_generator_round_with_vllm(tmp_
         assert p.startswith("<|im_start|>system") and p.endswith("<|im_start|>assistant\n"), p[-200:]
     assert info["n1"] == 2 and info["nj1"] == 4  # a verifier round: 1 solution a prompt, judged N = 2 times
     assert info["n"] == 4 and info["nj"] == 4  # a generator round: 2 samples a prompt, judged once each
-    assert info["vupd1"]["verifier_update/updates"] == 1.0
-    assert info["gupd"]["generator_update/updates"] == 1.0
+    # one optimizer step each, taken, or skipped when every advantage was zero (SmolLM2 earns no reward here: issue
+    # #36, an update without signal takes no step)
+    for m, role in ((info["vupd1"], "verifier"), (info["gupd"], "generator")):
+        assert m[f"{role}_update/updates"] + m[f"{role}_update/skipped_steps"] == 1.0, m
     assert 0 <= info["eval"]["eval/generator_accuracy"] <= 1
     assert set(info["cards1"]) >= {"rollout", "judge", "reward", "verifier_update"}
     assert set(info["cards"]) >= {"rollout", "judge", "reward", "generator_update", "evaluate"}

@@ -49,7 +49,9 @@ def test_gpu_check_smoke_runs_every_part_on_cpu():
     assert [(r["batch"], r["new tokens"]) for r in sampling] == [("2", "16"), ("4", "32")]
     rounds = tables["The tiny default through the stage functions"]
     assert [(r["round"], r["slot"]) for r in rounds] == [("1", "verifier"), ("2", "generator"), ("eval", "-")]
-    assert all(r["checkpoint updates"] == "1" and r["rng state saved"] == "True" for r in rounds[:2])
+    # one optimizer step per round, taken or skipped for want of signal (every advantage zero: issue #36)
+    assert all(int(r["checkpoint updates"]) + int(r["skipped steps"]) == 1 for r in rounds[:2]), rounds
+    assert all(r["rng state saved"] == "True" for r in rounds[:2])
     assert 0 <= float(rounds[2]["generator acc"]) <= 1
     assert all(float(r["estimate GB"]) >= 0 for r in update)  # the layout's estimate beside the measured peak
     # issue #35: the process-group path (torchrun, a group of one, FSDP2, gradient checkpointing over micro-batches,
